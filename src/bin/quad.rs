@@ -1,0 +1,351 @@
+//! `quad`: the command line. It parses flags and wires the library's stages; no stage logic here.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use quad_select::cluster::{self, Clustering, KMeansEvent, KMeansParams};
+use quad_select::corpus::{CorpusConfig, CorpusReader, ReadReport};
+use quad_select::embed::{self, BertOptions, Embeddings, HashingEmbedder};
+
+/// Quad: select pretraining data that is both influential on a reference set and diverse.
+#[derive(Parser)]
+#[command(name = "quad", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed every document of a corpus; writes embeddings.npy, ids.jsonl and embeddings.json.
+    Embed {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[command(flatten)]
+        embedder: EmbedderArgs,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Cluster a corpus with k-means; writes assignments.jsonl, clusters.json and centroids.npy.
+    Cluster {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[command(flatten)]
+        embedder: EmbedderArgs,
+        /// Reuse embeddings written by `quad embed` (its folder or its embeddings.npy) instead of
+        /// embedding the corpus again.
+        #[arg(long, conflicts_with = "model")]
+        embeddings: Option<PathBuf>,
+        /// Number of clusters.
+        #[arg(long)]
+        k: usize,
+        /// k-means++ initialisations; the lowest inertia wins.
+        #[arg(long, default_value_t = 3)]
+        n_init: usize,
+        /// Maximum Lloyd iterations per initialisation (epochs with --mini-batch).
+        #[arg(long, default_value_t = 300)]
+        max_iter: usize,
+        /// Relative tolerance on the centroid shift (as scikit-learn's KMeans).
+        #[arg(long, default_value_t = 1e-4)]
+        tol: f64,
+        /// Random seed for initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Use mini-batch k-means with this batch size (for large pools).
+        #[arg(long)]
+        mini_batch: Option<usize>,
+        /// Neighbour radius τ: clusters whose centroids are closer than this cosine distance are
+        /// neighbours (the bandit shares rewards between them).
+        #[arg(long, default_value_t = 0.2)]
+        tau: f32,
+        /// Compare clusters with this field of the records: prints NMI, ARI and purity.
+        #[arg(long)]
+        label_field: Option<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct CorpusArgs {
+    /// Corpus: a .jsonl, .jsonl.gz, .jsonl.zst or .parquet file, or a folder of them.
+    #[arg(long)]
+    input: PathBuf,
+    /// Field holding the document text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
+    /// Field holding the document id (default when absent: file:line).
+    #[arg(long, default_value = "id")]
+    id_field: String,
+    /// Stop at the first bad record instead of skipping and counting it.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl CorpusArgs {
+    fn config(&self) -> CorpusConfig {
+        CorpusConfig {
+            text_field: self.text_field.clone(),
+            id_field: self.id_field.clone(),
+            strict: self.strict,
+        }
+    }
+
+    fn open(&self) -> Result<CorpusReader> {
+        CorpusReader::open(&self.input, self.config())
+            .with_context(|| format!("opening corpus {}", self.input.display()))
+    }
+}
+
+#[derive(Args)]
+struct EmbedderArgs {
+    /// Sentence-embedding model folder (config.json, model.safetensors, tokenizer.json), e.g.
+    /// all-MiniLM-L6-v2. Without it, the hashing embedder is used.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Texts per forward pass of the model.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Override the model's maximum sequence length (tokens, [CLS] and [SEP] included).
+    #[arg(long)]
+    max_seq_length: Option<usize>,
+    /// Dimension of the hashing embedder.
+    #[arg(long, default_value_t = HashingEmbedder::DEFAULT_DIM)]
+    hashing_dim: usize,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed {
+            corpus,
+            embedder,
+            out,
+        } => {
+            let (emb, report, secs) = embed_corpus(&corpus, &embedder, None)?;
+            eprintln!("{report}");
+            emb.save(&out)?;
+            println!(
+                "embedded {} documents ({} dims, {}) in {:.1} s ({:.1} docs/s) -> {}",
+                emb.ids.len(),
+                emb.matrix.ncols(),
+                emb.embedder,
+                secs,
+                emb.ids.len() as f64 / secs.max(1e-9),
+                out.join(Embeddings::MATRIX_FILE).display()
+            );
+            Ok(())
+        }
+        Command::Cluster {
+            corpus,
+            embedder,
+            embeddings,
+            k,
+            n_init,
+            max_iter,
+            tol,
+            seed,
+            mini_batch,
+            tau,
+            label_field,
+            out,
+        } => {
+            let params = KMeansParams {
+                k,
+                n_init,
+                max_iter,
+                tol,
+                seed,
+                mini_batch,
+                tau,
+            };
+            let valid = params.clone().check()?;
+            let (mut emb, labels) = match embeddings {
+                Some(path) => {
+                    let emb = Embeddings::load(&path)?;
+                    let labels = match &label_field {
+                        Some(field) => Some(labels_by_id(&corpus, field, &emb.ids)?),
+                        None => None,
+                    };
+                    (emb, labels)
+                }
+                None => {
+                    let mut labels = label_field.as_ref().map(|_| Vec::new());
+                    let (emb, report, secs) =
+                        embed_corpus(&corpus, &embedder, label_field.as_deref().map(|f| (f, &mut labels)))?;
+                    eprintln!("{report}");
+                    eprintln!(
+                        "embedded {} documents with {} in {:.1} s",
+                        emb.ids.len(),
+                        emb.embedder,
+                        secs
+                    );
+                    (emb, labels)
+                }
+            };
+            let rescaled = cluster::prepare_rows(&mut emb)?;
+            if rescaled > 0 {
+                eprintln!("note: rescaled {rescaled} embedding rows to unit norm");
+            }
+            let bar = bar(max_iter as u64, "k-means");
+            let started = Instant::now();
+            let fitted = Clustering::fit(&valid, emb.matrix.view(), |ev| match ev {
+                KMeansEvent::RunStarted { run, n_init } => {
+                    bar.set_position(0);
+                    bar.set_message(format!("init {}/{}", run + 1, n_init));
+                }
+                KMeansEvent::Iteration { iter, shift, .. } => {
+                    bar.set_position(iter as u64);
+                    if shift.is_finite() {
+                        bar.set_message(format!("shift {shift:.2e}"));
+                    }
+                }
+            })?;
+            bar.finish_and_clear();
+            let secs = started.elapsed().as_secs_f64();
+            let mut extra = serde_json::json!({
+                "embedder": emb.embedder,
+                "fit_seconds": secs,
+            });
+            println!(
+                "k-means: k={} n={} inertia={:.3} iterations={} ({:.2} s)",
+                fitted.k(),
+                emb.ids.len(),
+                fitted.inertia,
+                fitted.n_iter,
+                secs
+            );
+            let mut sizes = fitted.sizes.clone();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            println!("cluster sizes (largest first): {sizes:?}");
+            let with_neighbours = fitted.neighbours.iter().filter(|n| !n.is_empty()).count();
+            let edges: usize = fitted.neighbours.iter().map(Vec::len).sum::<usize>() / 2;
+            println!(
+                "neighbours within tau={}: {} pairs; {} of {} clusters have at least one",
+                tau,
+                edges,
+                with_neighbours,
+                fitted.k()
+            );
+            if let (Some(field), Some(labels)) = (&label_field, &labels) {
+                let agreement = cluster::label_agreement(&fitted.assignment, labels);
+                println!(
+                    "agreement with '{field}': NMI={:.4} ARI={:.4} purity={:.4}",
+                    agreement.nmi, agreement.ari, agreement.purity
+                );
+                extra["label_field"] = serde_json::json!(field);
+                extra["agreement"] = serde_json::to_value(agreement)?;
+            }
+            fitted.save(&out, &emb.ids, &params, extra)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+type LabelSink<'a> = (&'a str, &'a mut Option<Vec<String>>);
+
+/// Streams the corpus through the chosen embedder with a progress bar.
+fn embed_corpus(
+    corpus: &CorpusArgs,
+    args: &EmbedderArgs,
+    labels: Option<LabelSink<'_>>,
+) -> Result<(Embeddings, ReadReport, f64)> {
+    let embedder = quad_select::make_embedder(
+        args.model.as_deref(),
+        BertOptions {
+            max_seq_length: args.max_seq_length,
+            batch_size: args.batch_size,
+        },
+        args.hashing_dim,
+    )
+    .with_context(|| match &args.model {
+        Some(m) => format!("loading embedding model {}", m.display()),
+        None => "building the hashing embedder".into(),
+    })?;
+    let mut reader = corpus.open()?;
+    let bar = spinner("embedding");
+    let started = Instant::now();
+    let (field, mut sink) = match labels {
+        Some((f, s)) => (Some(f.to_string()), Some(s)),
+        None => (None, None),
+    };
+    let mut missing_label = 0usize;
+    let emb = embed::embed_documents(
+        reader.by_ref(),
+        embedder.as_ref(),
+        args.batch_size.max(1) * 8,
+        |doc| {
+            if let (Some(f), Some(Some(v))) = (&field, sink.as_mut()) {
+                let label = doc.field(f).unwrap_or_else(|| {
+                    missing_label += 1;
+                    String::new()
+                });
+                v.push(label);
+            }
+        },
+        |n| bar.inc(n as u64),
+    )?;
+    bar.finish_and_clear();
+    if missing_label > 0 {
+        eprintln!(
+            "note: {missing_label} documents have no '{}' field; they count as label \"\"",
+            field.unwrap_or_default()
+        );
+    }
+    if emb.ids.is_empty() {
+        bail!("{}: no documents to embed", corpus.input.display());
+    }
+    Ok((emb, reader.into_report(), started.elapsed().as_secs_f64()))
+}
+
+/// Reads the label field for each id, in the order of `ids` (for embeddings computed earlier).
+fn labels_by_id(corpus: &CorpusArgs, field: &str, ids: &[String]) -> Result<Vec<String>> {
+    let mut by_id = std::collections::HashMap::new();
+    for doc in corpus.open()? {
+        let doc = doc?;
+        let label = doc.field(field).unwrap_or_default();
+        by_id.insert(doc.id, label);
+    }
+    ids.iter()
+        .map(|id| {
+            by_id.get(id).cloned().with_context(|| {
+                format!("document {id:?} of the embeddings is not in {}", corpus.input.display())
+            })
+        })
+        .collect()
+}
+
+fn spinner(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix}: {pos} docs, {per_sec} [{elapsed_precise}]")
+            .expect("valid template"),
+    );
+    bar.set_prefix(what.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix}: [{bar:30}] iter {pos} {msg} [{elapsed_precise}]")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}

@@ -1,0 +1,678 @@
+//! Cluster stage: k-means over unit-norm embeddings, and the cluster structure the bandit uses.
+//!
+//! k-means runs with linfa-clustering (k-means++ initialisation, linfa's Lloyd update step) on unit
+//! vectors, so squared Euclidean distance is `2 − 2·cos`: cosine geometry. We drive linfa one
+//! iteration at a time (initialising from the previous centroids) so that we can show progress and
+//! stop on scikit-learn's criterion: the summed squared centroid shift falls below
+//! `tol · mean_j Var(X[:, j])`. `n_init` runs with derived seeds; the lowest inertia wins.
+//! For large pools, [`KMeansParams::mini_batch`] switches to linfa's incremental (mini-batch)
+//! k-means, which holds only the embeddings, one batch and O(k·d) state.
+//!
+//! Outputs ([`Clustering`]): cluster of every document and its distance to the centroid,
+//! centroids, sizes, inertia `Σ_n ‖x_n − c(n)‖²`, the k×k cosine distance matrix between centroids
+//! `d(i,j) = 1 − cos(c_i, c_j)`, and each cluster's neighbours `{ j ≠ i : d(i,j) < τ }` — the graph
+//! over which the bandit shares rewards.
+
+use std::path::{Path, PathBuf};
+
+use linfa::prelude::*;
+use linfa::DatasetBase;
+use linfa_clustering::{KMeans, KMeansInit};
+use linfa_nn::distance::L2Dist;
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256Plus;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::atomic::write_atomic;
+use crate::embed::Embeddings;
+
+/// Errors of the cluster stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("invalid k-means parameters: {0}")]
+    Params(String),
+    #[error("k = {k} is larger than the number of documents ({n})")]
+    TooFewDocuments { k: usize, n: usize },
+    #[error("embedding of document {id:?} (row {row}) contains NaN or infinity")]
+    NonFinite { id: String, row: usize },
+    #[error("embedding of document {id:?} (row {row}) is all zeros; it has no direction to cluster by")]
+    ZeroRow { id: String, row: usize },
+    #[error("k-means failed: {0}")]
+    KMeans(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// k-means settings, validated by [`KMeansParams::check`] (linfa style).
+#[derive(Debug, Clone, Serialize)]
+pub struct KMeansParams {
+    /// Number of clusters.
+    pub k: usize,
+    /// Independent k-means++ initialisations; the lowest inertia wins.
+    pub n_init: usize,
+    /// Maximum Lloyd iterations per run (epochs in mini-batch mode).
+    pub max_iter: usize,
+    /// Relative tolerance on the centroid shift (scikit-learn's meaning).
+    pub tol: f64,
+    pub seed: u64,
+    /// Batch size for mini-batch k-means; `None` runs full-batch Lloyd.
+    pub mini_batch: Option<usize>,
+    /// Neighbour radius τ in cosine distance between centroids.
+    pub tau: f32,
+}
+
+impl Default for KMeansParams {
+    fn default() -> Self {
+        Self {
+            k: 64,
+            n_init: 3,
+            max_iter: 300,
+            tol: 1e-4,
+            seed: 0,
+            mini_batch: None,
+            tau: 0.2,
+        }
+    }
+}
+
+/// Parameters that passed [`KMeansParams::check`].
+#[derive(Debug, Clone)]
+pub struct ValidKMeansParams(KMeansParams);
+
+impl KMeansParams {
+    pub fn check(self) -> Result<ValidKMeansParams, ClusterError> {
+        let bad = |m: &str| Err(ClusterError::Params(m.to_string()));
+        if self.k == 0 {
+            return bad("k must be at least 1");
+        }
+        if self.n_init == 0 {
+            return bad("n_init must be at least 1");
+        }
+        if self.max_iter == 0 {
+            return bad("max_iter must be at least 1");
+        }
+        if !(self.tol >= 0.0 && self.tol.is_finite()) {
+            return bad("tol must be a finite number ≥ 0");
+        }
+        if self.mini_batch == Some(0) {
+            return bad("mini-batch size must be at least 1");
+        }
+        if !(self.tau >= 0.0 && self.tau.is_finite()) {
+            return bad("tau must be a finite number ≥ 0");
+        }
+        Ok(ValidKMeansParams(self))
+    }
+}
+
+impl std::ops::Deref for ValidKMeansParams {
+    type Target = KMeansParams;
+    fn deref(&self) -> &KMeansParams {
+        &self.0
+    }
+}
+
+/// Checks every row for NaN/∞ and zeros (naming the document), and rescales rows that are not
+/// unit-norm. Returns how many rows were rescaled.
+pub fn prepare_rows(embeddings: &mut Embeddings) -> Result<usize, ClusterError> {
+    let mut rescaled = 0;
+    for (row, mut v) in embeddings.matrix.rows_mut().into_iter().enumerate() {
+        let id = || embeddings.ids[row].clone();
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(ClusterError::NonFinite { id: id(), row });
+        }
+        let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            return Err(ClusterError::ZeroRow { id: id(), row });
+        }
+        if (norm - 1.0).abs() > 1e-4 {
+            v /= norm as f32;
+            rescaled += 1;
+        }
+    }
+    Ok(rescaled)
+}
+
+/// Progress events of a k-means fit.
+#[derive(Debug, Clone, Copy)]
+pub enum KMeansEvent {
+    /// Run `run` (0-based) of `n_init` starts.
+    RunStarted { run: usize, n_init: usize },
+    /// One Lloyd iteration (or mini-batch epoch) done, with the centroid shift it made.
+    Iteration { run: usize, iter: usize, shift: f64 },
+}
+
+/// A fitted clustering.
+#[derive(Debug, Clone, Serialize)]
+pub struct Clustering {
+    /// Cluster of each document (row order of the embeddings).
+    pub assignment: Vec<usize>,
+    /// Euclidean distance of each document to its centroid.
+    pub distance: Vec<f32>,
+    /// k × d centroids (means of unit vectors, so not unit-norm themselves).
+    #[serde(skip)]
+    pub centroids: Array2<f32>,
+    pub sizes: Vec<usize>,
+    /// Sum of squared distances of documents to their centroids.
+    pub inertia: f64,
+    /// Iterations of the winning run.
+    pub n_iter: usize,
+    /// k × k cosine distances between centroids, `1 − cos(c_i, c_j)`.
+    #[serde(skip)]
+    pub centroid_distances: Array2<f32>,
+    /// Neighbour radius τ used for [`Clustering::neighbours`].
+    pub tau: f32,
+    /// For each cluster, the other clusters within τ, nearest first, with their distance.
+    pub neighbours: Vec<Vec<(usize, f32)>>,
+}
+
+impl Clustering {
+    /// Fits k-means to the rows of `matrix` (unit-norm; see [`prepare_rows`]).
+    pub fn fit(
+        params: &ValidKMeansParams,
+        matrix: ArrayView2<f32>,
+        mut on_event: impl FnMut(KMeansEvent),
+    ) -> Result<Self, ClusterError> {
+        let n = matrix.nrows();
+        if params.k > n {
+            return Err(ClusterError::TooFewDocuments { k: params.k, n });
+        }
+        // scikit-learn's tolerance: tol × mean per-feature variance.
+        let var_mean = matrix.var_axis(Axis(0), 0.0).mean().unwrap_or(0.0) as f64;
+        let abs_tol = params.tol * var_mean;
+
+        let mut best: Option<(f64, Array2<f32>, usize)> = None;
+        for run in 0..params.n_init {
+            on_event(KMeansEvent::RunStarted {
+                run,
+                n_init: params.n_init,
+            });
+            let seed = params
+                .seed
+                .wrapping_add((run as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let (centroids, n_iter) = match params.mini_batch {
+                None => lloyd(params, matrix, seed, abs_tol, run, &mut on_event)?,
+                Some(b) => mini_batch(params, matrix, b, seed, abs_tol, run, &mut on_event)?,
+            };
+            let (_, sq) = assign(matrix, centroids.view());
+            let inertia: f64 = sq.iter().map(|&d| d as f64).sum();
+            if best.as_ref().is_none_or(|(b, _, _)| inertia < *b) {
+                best = Some((inertia, centroids, n_iter));
+            }
+        }
+        let (inertia, centroids, n_iter) = best.expect("n_init ≥ 1");
+        let (assignment, sq) = assign(matrix, centroids.view());
+        let mut sizes = vec![0usize; params.k];
+        for &c in &assignment {
+            sizes[c] += 1;
+        }
+        let centroid_distances = cosine_distances(centroids.view());
+        let neighbours = neighbours_within(&centroid_distances, params.tau);
+        Ok(Self {
+            assignment,
+            distance: sq.iter().map(|d| d.max(0.0).sqrt()).collect(),
+            centroids,
+            sizes,
+            inertia,
+            n_iter,
+            centroid_distances,
+            tau: params.tau,
+            neighbours,
+        })
+    }
+
+    pub fn k(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Writes `assignments.jsonl` (id, cluster, distance), `clusters.json` (sizes, inertia,
+    /// neighbours, centroid distance matrix, params) and `centroids.npy`, each atomically.
+    pub fn save(
+        &self,
+        dir: &Path,
+        ids: &[String],
+        params: &KMeansParams,
+        extra: serde_json::Value,
+    ) -> Result<(), ClusterError> {
+        use ndarray_npy::WriteNpyExt;
+        let io = |path: PathBuf| move |e| ClusterError::Io { path, source: e };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let assignments = dir.join("assignments.jsonl");
+        write_atomic(&assignments, |w| {
+            for ((id, c), d) in ids.iter().zip(&self.assignment).zip(&self.distance) {
+                serde_json::to_writer(
+                    &mut *w,
+                    &serde_json::json!({"id": id, "cluster": c, "distance": d}),
+                )?;
+                w.write_all(b"\n")?;
+            }
+            Ok(())
+        })
+        .map_err(io(assignments.clone()))?;
+
+        let neighbours: Vec<Vec<serde_json::Value>> = self
+            .neighbours
+            .iter()
+            .map(|ns| {
+                ns.iter()
+                    .map(|(j, d)| serde_json::json!({"cluster": j, "distance": d}))
+                    .collect()
+            })
+            .collect();
+        let distances: Vec<Vec<f32>> = self
+            .centroid_distances
+            .rows()
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect();
+        let summary = serde_json::json!({
+            "k": self.k(),
+            "documents": ids.len(),
+            "params": params,
+            "inertia": self.inertia,
+            "n_iter": self.n_iter,
+            "sizes": self.sizes,
+            "tau": self.tau,
+            "neighbours": neighbours,
+            "centroid_cosine_distances": distances,
+            "extra": extra,
+        });
+        let clusters = dir.join("clusters.json");
+        write_atomic(&clusters, |w| {
+            serde_json::to_writer_pretty(&mut *w, &summary)?;
+            w.write_all(b"\n")
+        })
+        .map_err(io(clusters.clone()))?;
+
+        let centroids = dir.join("centroids.npy");
+        write_atomic(&centroids, |w| {
+            self.centroids
+                .write_npy(w)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(io(centroids.clone()))?;
+        Ok(())
+    }
+}
+
+fn dataset(m: ArrayView2<f32>) -> DatasetBase<ArrayView2<f32>, ()> {
+    DatasetBase::new(m, ())
+}
+
+/// Full-batch Lloyd: linfa's k-means++ and one linfa update step at a time.
+fn lloyd(
+    params: &ValidKMeansParams,
+    matrix: ArrayView2<f32>,
+    seed: u64,
+    abs_tol: f64,
+    run: usize,
+    on_event: &mut impl FnMut(KMeansEvent),
+) -> Result<(Array2<f32>, usize), ClusterError> {
+    let data = dataset(matrix);
+    let step = |init: KMeansInit<f32>| -> Result<Array2<f32>, ClusterError> {
+        let model = KMeans::params_with(params.k, Xoshiro256Plus::seed_from_u64(seed), L2Dist)
+            .n_runs(1)
+            .max_n_iterations(1)
+            .tolerance(f32::MIN_POSITIVE)
+            .init_method(init)
+            .fit(&data)
+            .map_err(|e| ClusterError::KMeans(e.to_string()))?;
+        Ok(model.centroids().clone())
+    };
+    // First call: k-means++ then one update.
+    let mut centroids = step(KMeansInit::KMeansPlusPlus)?;
+    on_event(KMeansEvent::Iteration {
+        run,
+        iter: 1,
+        shift: f64::NAN,
+    });
+    let mut iter = 1;
+    while iter < params.max_iter {
+        let next = step(KMeansInit::Precomputed(centroids.clone()))?;
+        let shift = squared_shift(&centroids, &next);
+        centroids = next;
+        iter += 1;
+        on_event(KMeansEvent::Iteration { run, iter, shift });
+        if shift <= abs_tol {
+            break;
+        }
+    }
+    Ok((centroids, iter))
+}
+
+/// Mini-batch k-means with linfa's incremental fit: each epoch visits the rows in a fresh seeded
+/// order, `batch` rows at a time; only one batch is copied at once.
+fn mini_batch(
+    params: &ValidKMeansParams,
+    matrix: ArrayView2<f32>,
+    batch: usize,
+    seed: u64,
+    abs_tol: f64,
+    run: usize,
+    on_event: &mut impl FnMut(KMeansEvent),
+) -> Result<(Array2<f32>, usize), ClusterError> {
+    let n = matrix.nrows();
+    let batch = batch.max(params.k).min(n);
+    let fitter = KMeans::params_with(params.k, Xoshiro256Plus::seed_from_u64(seed), L2Dist)
+        .n_runs(1)
+        .tolerance(f32::MIN_POSITIVE) // we judge convergence per epoch ourselves
+        .check()
+        .map_err(|e| ClusterError::KMeans(e.to_string()))?;
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Xoshiro256Plus::seed_from_u64(seed ^ 0x5EED);
+    let mut model = None;
+    let mut iter = 0;
+    let mut buf = Array2::<f32>::zeros((batch, matrix.ncols()));
+    while iter < params.max_iter {
+        order.shuffle(&mut rng);
+        let before = model.as_ref().map(|m: &KMeans<f32, L2Dist>| m.centroids().clone());
+        for chunk in order.chunks(batch) {
+            let mut rows = buf.slice_mut(ndarray::s![..chunk.len(), ..]);
+            for (r, &i) in chunk.iter().enumerate() {
+                rows.row_mut(r).assign(&matrix.row(i));
+            }
+            let view = buf.slice(ndarray::s![..chunk.len(), ..]);
+            let data = dataset(view);
+            model = Some(match fitter.fit_with(model.take(), &data) {
+                Ok(m) => m,
+                Err(linfa_clustering::IncrKMeansError::NotConverged(m)) => m,
+                Err(e) => return Err(ClusterError::KMeans(e.to_string())),
+            });
+        }
+        iter += 1;
+        let now = model.as_ref().expect("at least one batch").centroids();
+        let shift = before.map_or(f64::NAN, |b| squared_shift(&b, now));
+        on_event(KMeansEvent::Iteration { run, iter, shift });
+        if shift <= abs_tol {
+            break;
+        }
+    }
+    Ok((model.expect("at least one batch").centroids().clone(), iter))
+}
+
+/// `Σ_i ‖a_i − b_i‖²` over centroid rows.
+fn squared_shift(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum()
+}
+
+/// Nearest centroid of every row and the squared distance to it, `‖x‖² − 2x·c + ‖c‖²`
+/// (parallel over rows).
+pub fn assign(matrix: ArrayView2<f32>, centroids: ArrayView2<f32>) -> (Vec<usize>, Vec<f32>) {
+    let c_norms: Array1<f32> = centroids.rows().into_iter().map(|c| c.dot(&c)).collect();
+    matrix
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|x| {
+            let xx = x.dot(&x);
+            let mut best = (0usize, f32::INFINITY);
+            for (j, c) in centroids.rows().into_iter().enumerate() {
+                let d = (xx - 2.0 * x.dot(&c) + c_norms[j]).max(0.0);
+                if d < best.1 {
+                    best = (j, d);
+                }
+            }
+            best
+        })
+        .unzip()
+}
+
+/// Cosine distance matrix `D_ij = 1 − c_i·c_j / (‖c_i‖‖c_j‖)`, with exact zeros on the diagonal.
+pub fn cosine_distances(centroids: ArrayView2<f32>) -> Array2<f32> {
+    let mut unit = centroids.to_owned();
+    crate::embed::normalize_rows(&mut unit);
+    let mut d = unit.dot(&unit.t()).mapv(|c| (1.0 - c).max(0.0));
+    d.diag_mut().fill(0.0);
+    d
+}
+
+/// For each cluster i, the clusters j ≠ i with `D_ij < τ`, nearest first.
+pub fn neighbours_within(distances: &Array2<f32>, tau: f32) -> Vec<Vec<(usize, f32)>> {
+    distances
+        .rows()
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut ns: Vec<(usize, f32)> = row
+                .iter()
+                .enumerate()
+                .filter(|&(j, &d)| j != i && d < tau)
+                .map(|(j, &d)| (j, d))
+                .collect();
+            ns.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            ns
+        })
+        .collect()
+}
+
+/// External quality of a clustering against reference labels.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LabelAgreement {
+    /// Normalised mutual information, arithmetic-mean normalisation (scikit-learn's default).
+    pub nmi: f64,
+    /// Adjusted Rand index.
+    pub ari: f64,
+    /// Share of documents whose cluster's majority label is their own.
+    pub purity: f64,
+}
+
+/// Compares cluster ids with labels: NMI = `I(U;V) / ((H(U) + H(V)) / 2)`,
+/// ARI = `(Σ C(n_ij,2) − E) / (½(Σ C(a_i,2) + Σ C(b_j,2)) − E)` with
+/// `E = Σ C(a_i,2) Σ C(b_j,2) / C(n,2)`, purity = `Σ_i max_j n_ij / n`.
+pub fn label_agreement(clusters: &[usize], labels: &[String]) -> LabelAgreement {
+    assert_eq!(clusters.len(), labels.len());
+    let n = clusters.len() as f64;
+    let mut label_ids = std::collections::HashMap::new();
+    let lab: Vec<usize> = labels
+        .iter()
+        .map(|l| {
+            let next = label_ids.len();
+            *label_ids.entry(l.as_str()).or_insert(next)
+        })
+        .collect();
+    let kc = clusters.iter().max().map_or(0, |m| m + 1);
+    let kl = label_ids.len();
+    let mut table = vec![vec![0f64; kl]; kc];
+    for (&c, &l) in clusters.iter().zip(&lab) {
+        table[c][l] += 1.0;
+    }
+    let a: Vec<f64> = table.iter().map(|r| r.iter().sum()).collect();
+    let b: Vec<f64> = (0..kl).map(|j| table.iter().map(|r| r[j]).sum()).collect();
+    let entropy = |xs: &[f64]| -> f64 {
+        xs.iter()
+            .filter(|&&x| x > 0.0)
+            .map(|&x| -(x / n) * (x / n).ln())
+            .sum()
+    };
+    let mut mi = 0.0;
+    for (i, row) in table.iter().enumerate() {
+        for (j, &nij) in row.iter().enumerate() {
+            if nij > 0.0 {
+                mi += (nij / n) * ((n * nij) / (a[i] * b[j])).ln();
+            }
+        }
+    }
+    let (hu, hv) = (entropy(&a), entropy(&b));
+    let nmi = if hu == 0.0 && hv == 0.0 {
+        1.0
+    } else {
+        (mi / ((hu + hv) / 2.0)).clamp(0.0, 1.0)
+    };
+    let c2 = |x: f64| x * (x - 1.0) / 2.0;
+    let sum_ij: f64 = table.iter().flatten().map(|&x| c2(x)).sum();
+    let sum_a: f64 = a.iter().map(|&x| c2(x)).sum();
+    let sum_b: f64 = b.iter().map(|&x| c2(x)).sum();
+    let expected = sum_a * sum_b / c2(n);
+    let max_index = (sum_a + sum_b) / 2.0;
+    let ari = if max_index == expected {
+        1.0
+    } else {
+        (sum_ij - expected) / (max_index - expected)
+    };
+    let purity = table
+        .iter()
+        .map(|r| r.iter().cloned().fold(0.0, f64::max))
+        .sum::<f64>()
+        / n;
+    LabelAgreement { nmi, ari, purity }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    /// Values from scikit-learn's documentation and direct computation.
+    #[test]
+    fn agreement_metrics_match_known_values() {
+        // Identical partitions up to renaming.
+        let m = label_agreement(&[0, 0, 1, 1], &s(&["b", "b", "a", "a"]));
+        assert!((m.nmi - 1.0).abs() < 1e-12 && (m.ari - 1.0).abs() < 1e-12);
+        // sklearn: adjusted_rand_score([0,0,1,1],[0,0,1,2]) = 0.5714285714285715
+        let m = label_agreement(&[0, 0, 1, 2], &s(&["x", "x", "y", "y"]));
+        assert!((m.ari - 0.5714285714285715).abs() < 1e-12, "{}", m.ari);
+        // sklearn: normalized_mutual_info_score([0,0,1,1],[0,0,1,2]) = 0.8
+        assert!((m.nmi - 0.8).abs() < 1e-12, "{}", m.nmi);
+        // sklearn: adjusted_rand_score([0,0,1,2],[0,0,1,1]) is symmetric; and
+        // adjusted_rand_score([0,0,0,0],[0,1,2,3]) = 0.0
+        let m = label_agreement(&[0, 0, 0, 0], &s(&["a", "b", "c", "d"]));
+        assert!(m.ari.abs() < 1e-12 && m.nmi.abs() < 1e-12);
+        assert!((m.purity - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn agreement_nmi_matches_direct_entropy_formula() {
+        // Direct: H(U), H(V), I(U;V) from the joint distribution.
+        let c = [0, 0, 0, 1, 1, 2, 2, 2, 2];
+        let l = s(&["a", "a", "b", "b", "b", "c", "c", "a", "c"]);
+        let m = label_agreement(&c, &l);
+        let n = 9.0f64;
+        let joint = [[2.0, 1.0, 0.0], [0.0, 2.0, 0.0], [1.0, 0.0, 3.0]];
+        let pu = [3.0 / n, 2.0 / n, 4.0 / n];
+        let pv = [3.0 / n, 3.0 / n, 3.0 / n];
+        let h = |p: &[f64]| -p.iter().map(|x| x * x.ln()).sum::<f64>();
+        let mut mi = 0.0;
+        for i in 0..3 {
+            for j in 0..3 {
+                let p: f64 = joint[i][j] / n;
+                if p > 0.0 {
+                    mi += p * (p / (pu[i] * pv[j])).ln();
+                }
+            }
+        }
+        let expect = mi / ((h(&pu) + h(&pv)) / 2.0);
+        assert!((m.nmi - expect).abs() < 1e-12);
+        assert!((m.purity - 7.0 / 9.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn assign_matches_brute_force() {
+        let x = array![[1.0f32, 0.0], [0.0, 1.0], [0.7071, 0.7071], [-1.0, 0.0]];
+        let c = array![[0.9f32, 0.1], [0.1, 0.9], [-0.8, 0.0]];
+        let (a, d) = assign(x.view(), c.view());
+        for (i, row) in x.rows().into_iter().enumerate() {
+            let brute: Vec<f32> = c
+                .rows()
+                .into_iter()
+                .map(|cr| (&row - &cr).mapv(|v| v * v).sum())
+                .collect();
+            let (j, best) = brute
+                .iter()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap();
+            assert_eq!(a[i], j);
+            assert!((d[i] - best).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn neighbours_use_cosine_distance_below_tau() {
+        let c = array![[1.0f32, 0.0], [0.98, 0.2], [0.0, 2.0]];
+        let d = cosine_distances(c.view());
+        let cos01 = 0.98 / (0.98f32 * 0.98 + 0.04).sqrt();
+        assert!((d[[0, 1]] - (1.0 - cos01)).abs() < 1e-6);
+        assert!((d[[0, 2]] - 1.0).abs() < 1e-6);
+        let ns = neighbours_within(&d, 0.2);
+        assert_eq!(ns[0], vec![(1, d[[0, 1]])]);
+        assert!(ns[2].is_empty());
+    }
+
+    fn blobs() -> Array2<f32> {
+        // Three well-separated directions with small jitter, normalised.
+        let dirs = [[1.0f32, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let mut m = Array2::zeros((60, 3));
+        for i in 0..60 {
+            let d = dirs[i % 3];
+            for j in 0..3 {
+                m[[i, j]] = d[j] + 0.05 * (((i * 7 + j * 13) % 11) as f32 / 11.0 - 0.5);
+            }
+        }
+        crate::embed::normalize_rows(&mut m);
+        m
+    }
+
+    #[test]
+    fn kmeans_recovers_separated_blobs_both_modes() {
+        let m = blobs();
+        let truth: Vec<String> = (0..60).map(|i| (i % 3).to_string()).collect();
+        for mb in [None, Some(16)] {
+            let p = KMeansParams {
+                k: 3,
+                mini_batch: mb,
+                ..Default::default()
+            }
+            .check()
+            .unwrap();
+            let c = Clustering::fit(&p, m.view(), |_| {}).unwrap();
+            let agree = label_agreement(&c.assignment, &truth);
+            assert!((agree.ari - 1.0).abs() < 1e-9, "{mb:?}: {agree:?}");
+            assert_eq!(c.sizes, vec![20, 20, 20]);
+            let direct: f64 = m
+                .rows()
+                .into_iter()
+                .zip(&c.assignment)
+                .map(|(r, &a)| (&r - &c.centroids.row(a)).mapv(|v| (v as f64).powi(2)).sum())
+                .sum();
+            assert!((c.inertia - direct).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn bad_rows_and_params_are_clear_errors() {
+        let mut e = Embeddings {
+            ids: vec!["a".into(), "b".into()],
+            matrix: array![[1.0f32, 0.0], [0.0, 0.0]],
+            embedder: "test".into(),
+        };
+        let err = prepare_rows(&mut e).unwrap_err();
+        assert!(err.to_string().contains("\"b\""), "{err}");
+        e.matrix[[1, 0]] = f32::NAN;
+        assert!(matches!(prepare_rows(&mut e), Err(ClusterError::NonFinite { row: 1, .. })));
+        e.matrix = array![[3.0f32, 0.0], [0.0, 2.0]];
+        assert_eq!(prepare_rows(&mut e).unwrap(), 2);
+        let p = KMeansParams {
+            k: 3,
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
+        assert!(matches!(
+            Clustering::fit(&p, e.matrix.view(), |_| {}),
+            Err(ClusterError::TooFewDocuments { k: 3, n: 2 })
+        ));
+        assert!(KMeansParams { k: 0, ..Default::default() }.check().is_err());
+    }
+}

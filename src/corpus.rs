@@ -1,0 +1,570 @@
+//! Corpus stage: stream documents from JSONL (plain, `.gz`, `.zst`) and Parquet files.
+//!
+//! A corpus is one file or a folder of files. Every record becomes a [`Document`] holding its id,
+//! its text and the whole original record (the JSONL line byte for byte, or a Parquet row as one
+//! JSON object) so a later stage can write it back unchanged.
+//!
+//! Bad input never panics and never vanishes silently: every record that cannot become a document
+//! is skipped and counted by [`SkipReason`] in the [`ReadReport`]; with `strict` the first one is an
+//! error naming the file and line instead.
+//!
+//! Memory is bounded: files are read one line (or one Parquet row batch) at a time. The only state
+//! that grows with the corpus is the set of ids seen, which duplicate detection needs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Errors of the corpus stage.
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a supported corpus file (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")]
+    UnsupportedFile { path: PathBuf },
+    #[error("{path}: no corpus files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) in this folder")]
+    EmptyFolder { path: PathBuf },
+    #[error("{path}: Parquet error: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("{location}: {reason} (--strict stops at the first bad record)")]
+    Strict {
+        location: Location,
+        reason: SkipReason,
+    },
+}
+
+/// Why a record was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// The line is not valid UTF-8.
+    InvalidUtf8,
+    /// The line is not a JSON object.
+    InvalidJson,
+    /// The text field is absent or null.
+    MissingText,
+    /// The text field is present but not a string.
+    NonStringText,
+    /// The text is empty or only whitespace.
+    EmptyText,
+    /// The id field is present but neither a string nor an integer.
+    InvalidId,
+    /// An earlier record already used this id.
+    DuplicateId,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 7] = [
+        SkipReason::InvalidUtf8,
+        SkipReason::InvalidJson,
+        SkipReason::MissingText,
+        SkipReason::NonStringText,
+        SkipReason::EmptyText,
+        SkipReason::InvalidId,
+        SkipReason::DuplicateId,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::InvalidUtf8 => "invalid_utf8",
+            SkipReason::InvalidJson => "invalid_json",
+            SkipReason::MissingText => "missing_text",
+            SkipReason::NonStringText => "non_string_text",
+            SkipReason::EmptyText => "empty_text",
+            SkipReason::InvalidId => "invalid_id",
+            SkipReason::DuplicateId => "duplicate_id",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a record came from: file and 1-based line (JSONL) or row (Parquet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: u64,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// One document of the corpus.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// The id field, or `file:line` when the record has none.
+    pub id: String,
+    /// The text field.
+    pub text: String,
+    /// The original record as JSON text: the JSONL line unchanged, or a Parquet row as an object.
+    pub record: String,
+    pub location: Location,
+}
+
+impl Document {
+    /// A top-level field of the original record, as a string (numbers and booleans are printed).
+    pub fn field(&self, name: &str) -> Option<String> {
+        let value: Value = serde_json::from_str(&self.record).ok()?;
+        match value.get(name)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+/// How to read records.
+#[derive(Debug, Clone)]
+pub struct CorpusConfig {
+    /// Field holding the document text.
+    pub text_field: String,
+    /// Field holding the document id; when a record lacks it the id is `file:line`.
+    pub id_field: String,
+    /// Make the first bad record an error instead of a counted skip.
+    pub strict: bool,
+}
+
+impl Default for CorpusConfig {
+    fn default() -> Self {
+        Self {
+            text_field: "text".into(),
+            id_field: "id".into(),
+            strict: false,
+        }
+    }
+}
+
+/// What reading a corpus did: files read, documents kept, records skipped by reason.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReadReport {
+    pub files: Vec<PathBuf>,
+    pub documents: u64,
+    /// Skipped records per reason (only reasons that occurred).
+    pub skipped: BTreeMap<SkipReason, u64>,
+    /// Blank lines between records (not records, so not skips; counted so nothing goes unseen).
+    pub blank_lines: u64,
+    /// The first few skipped records, for the user to look at.
+    pub first_skips: Vec<(Location, SkipReason)>,
+}
+
+impl ReadReport {
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+
+    pub fn count(&self, reason: SkipReason) -> u64 {
+        self.skipped.get(&reason).copied().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for ReadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "read {} documents from {} file(s)",
+            self.documents,
+            self.files.len()
+        )?;
+        if self.skipped.is_empty() {
+            write!(f, "; none skipped")?;
+        } else {
+            write!(f, "; skipped {}:", self.skipped_total())?;
+            for (reason, n) in &self.skipped {
+                write!(f, " {reason}={n}")?;
+            }
+            for (loc, reason) in &self.first_skips {
+                write!(f, "\n  e.g. {loc}: {reason}")?;
+            }
+        }
+        if self.blank_lines > 0 {
+            write!(f, "; {} blank line(s) ignored", self.blank_lines)?;
+        }
+        Ok(())
+    }
+}
+
+const FIRST_SKIPS_KEPT: usize = 5;
+
+/// The corpus files named by `path`: the file itself, or the supported files of a folder (sorted,
+/// not recursive).
+pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>, CorpusError> {
+    let io = |source| CorpusError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if meta.is_file() {
+        if FileKind::of(path).is_none() {
+            return Err(CorpusError::UnsupportedFile {
+                path: path.to_path_buf(),
+            });
+        }
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let p = entry.map_err(io)?.path();
+        if p.is_file() && FileKind::of(&p).is_some() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(CorpusError::EmptyFolder {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(files)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Jsonl,
+    JsonlGz,
+    JsonlZst,
+    Parquet,
+}
+
+impl FileKind {
+    fn of(path: &Path) -> Option<FileKind> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        if name.ends_with(".jsonl") || name.ends_with(".ndjson") {
+            Some(FileKind::Jsonl)
+        } else if name.ends_with(".jsonl.gz") || name.ends_with(".ndjson.gz") {
+            Some(FileKind::JsonlGz)
+        } else if name.ends_with(".jsonl.zst") || name.ends_with(".ndjson.zst") {
+            Some(FileKind::JsonlZst)
+        } else if name.ends_with(".parquet") {
+            Some(FileKind::Parquet)
+        } else {
+            None
+        }
+    }
+}
+
+/// A source of raw records: numbered lines of one file, as bytes.
+type RawRecords = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), CorpusError>>>;
+
+fn open_records(path: &Path) -> Result<RawRecords, CorpusError> {
+    let io = |source| CorpusError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let kind = FileKind::of(path).ok_or_else(|| CorpusError::UnsupportedFile {
+        path: path.to_path_buf(),
+    })?;
+    let file = File::open(path).map_err(io)?;
+    let reader: Box<dyn Read> = match kind {
+        FileKind::Jsonl => Box::new(file),
+        FileKind::JsonlGz => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        FileKind::JsonlZst => Box::new(zstd::stream::read::Decoder::new(file).map_err(io)?),
+        FileKind::Parquet => return parquet_records(path, file),
+    };
+    Ok(Box::new(LineRecords {
+        path: path.to_path_buf(),
+        reader: BufReader::with_capacity(1 << 16, reader),
+        line: 0,
+        done: false,
+    }))
+}
+
+/// Lines of a (decompressed) byte stream, kept as bytes so invalid UTF-8 can be counted.
+struct LineRecords {
+    path: PathBuf,
+    reader: BufReader<Box<dyn Read>>,
+    line: u64,
+    done: bool,
+}
+
+impl Iterator for LineRecords {
+    type Item = Result<(u64, Vec<u8>), CorpusError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => {
+                self.done = true;
+                None
+            }
+            Ok(_) => {
+                self.line += 1;
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                }
+                Some(Ok((self.line, buf)))
+            }
+            Err(source) => {
+                self.done = true;
+                Some(Err(CorpusError::Io {
+                    path: self.path.clone(),
+                    source,
+                }))
+            }
+        }
+    }
+}
+
+/// Parquet rows as JSON object lines, one row batch in memory at a time.
+fn parquet_records(path: &Path, file: File) -> Result<RawRecords, CorpusError> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let perr = |e: &dyn fmt::Display| CorpusError::Parquet {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| perr(&e))?
+        .with_batch_size(1024)
+        .build()
+        .map_err(|e| perr(&e))?;
+    let path = path.to_path_buf();
+    let mut row: u64 = 0;
+    let iter = reader.flat_map(move |batch| {
+        let lines: Vec<Result<(u64, Vec<u8>), CorpusError>> = match batch {
+            Err(e) => vec![Err(CorpusError::Parquet {
+                path: path.clone(),
+                message: e.to_string(),
+            })],
+            Ok(batch) => {
+                let mut out = Vec::new();
+                let mut writer = arrow_json::LineDelimitedWriter::new(&mut out);
+                match writer.write(&batch).and_then(|_| writer.finish()) {
+                    Err(e) => vec![Err(CorpusError::Parquet {
+                        path: path.clone(),
+                        message: format!("cannot turn rows into JSON: {e}"),
+                    })],
+                    Ok(()) => {
+                        drop(writer);
+                        out.split(|&b| b == b'\n')
+                            .take(batch.num_rows())
+                            .map(|l| {
+                                row += 1;
+                                Ok((row, l.to_vec()))
+                            })
+                            .collect()
+                    }
+                }
+            }
+        };
+        lines
+    });
+    Ok(Box::new(iter))
+}
+
+/// Streams the documents of a corpus, counting what it skips.
+///
+/// Iterate it for `Result<Document, CorpusError>`; an `Err` ends the stream (I/O failure, or a bad
+/// record under `strict`). Afterwards [`CorpusReader::report`] says what was read and skipped.
+pub struct CorpusReader {
+    config: CorpusConfig,
+    files: std::vec::IntoIter<PathBuf>,
+    current: Option<(PathBuf, RawRecords)>,
+    seen_ids: HashSet<String>,
+    report: ReadReport,
+    failed: bool,
+}
+
+impl CorpusReader {
+    /// Opens a file or a folder of corpus files.
+    pub fn open(path: &Path, config: CorpusConfig) -> Result<Self, CorpusError> {
+        let files = corpus_files(path)?;
+        let report = ReadReport {
+            files: files.clone(),
+            ..Default::default()
+        };
+        Ok(Self {
+            config,
+            files: files.into_iter(),
+            current: None,
+            seen_ids: HashSet::new(),
+            report,
+            failed: false,
+        })
+    }
+
+    /// What has been read and skipped so far.
+    pub fn report(&self) -> &ReadReport {
+        &self.report
+    }
+
+    pub fn into_report(self) -> ReadReport {
+        self.report
+    }
+
+    /// Reads the whole corpus into memory (for small corpora and tests).
+    pub fn read_all(path: &Path, config: CorpusConfig) -> Result<(Vec<Document>, ReadReport), CorpusError> {
+        let mut reader = Self::open(path, config)?;
+        let docs = reader.by_ref().collect::<Result<Vec<_>, _>>()?;
+        Ok((docs, reader.into_report()))
+    }
+
+    fn skip(&mut self, location: Location, reason: SkipReason) -> Option<CorpusError> {
+        if self.config.strict {
+            return Some(CorpusError::Strict { location, reason });
+        }
+        *self.report.skipped.entry(reason).or_insert(0) += 1;
+        if self.report.first_skips.len() < FIRST_SKIPS_KEPT {
+            self.report.first_skips.push((location, reason));
+        }
+        None
+    }
+
+    /// Turns one raw line into a document, or the reason it cannot be one.
+    fn parse(&mut self, file: &Path, line: u64, bytes: Vec<u8>) -> Result<Document, SkipReason> {
+        let record = String::from_utf8(bytes).map_err(|_| SkipReason::InvalidUtf8)?;
+        let value: Value = serde_json::from_str(&record).map_err(|_| SkipReason::InvalidJson)?;
+        let obj = value.as_object().ok_or(SkipReason::InvalidJson)?;
+        let text = match obj.get(&self.config.text_field) {
+            None | Some(Value::Null) => return Err(SkipReason::MissingText),
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(SkipReason::NonStringText),
+        };
+        if text.trim().is_empty() {
+            return Err(SkipReason::EmptyText);
+        }
+        let id = match obj.get(&self.config.id_field) {
+            None | Some(Value::Null) => format!("{}:{line}", file.display()),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+            Some(_) => return Err(SkipReason::InvalidId),
+        };
+        if self.seen_ids.contains(&id) {
+            return Err(SkipReason::DuplicateId);
+        }
+        self.seen_ids.insert(id.clone());
+        Ok(Document {
+            id,
+            text: text.clone(),
+            record,
+            location: Location {
+                file: file.to_path_buf(),
+                line,
+            },
+        })
+    }
+}
+
+impl Iterator for CorpusReader {
+    type Item = Result<Document, CorpusError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            if self.current.is_none() {
+                let file = self.files.next()?;
+                match open_records(&file) {
+                    Ok(records) => self.current = Some((file, records)),
+                    Err(e) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let (file, records) = self.current.as_mut().expect("set above");
+            let file = file.clone();
+            let (line, bytes) = match records.next() {
+                None => {
+                    self.current = None;
+                    continue;
+                }
+                Some(Err(e)) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+                Some(Ok(raw)) => raw,
+            };
+            if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                self.report.blank_lines += 1;
+                continue;
+            }
+            match self.parse(&file, line, bytes) {
+                Ok(doc) => {
+                    self.report.documents += 1;
+                    return Some(Ok(doc));
+                }
+                Err(reason) => {
+                    if let Some(err) = self.skip(Location { file, line }, reason) {
+                        self.failed = true;
+                        return Some(Err(err));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        File::create(&p).unwrap().write_all(content).unwrap();
+        p
+    }
+
+    #[test]
+    fn ids_default_to_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.jsonl", b"{\"text\":\"one\"}\n{\"text\":\"two\",\"id\":7}\n");
+        let (docs, report) = CorpusReader::read_all(&p, CorpusConfig::default()).unwrap();
+        assert_eq!(docs[0].id, format!("{}:1", p.display()));
+        assert_eq!(docs[1].id, "7");
+        assert_eq!(report.documents, 2);
+        assert_eq!(docs[1].record, "{\"text\":\"two\",\"id\":7}");
+    }
+
+    #[test]
+    fn custom_fields_and_crlf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.jsonl", b"{\"body\":\"x\",\"key\":\"k1\",\"domain\":\"d\"}\r\n");
+        let cfg = CorpusConfig {
+            text_field: "body".into(),
+            id_field: "key".into(),
+            strict: false,
+        };
+        let (docs, _) = CorpusReader::read_all(&p, cfg).unwrap();
+        assert_eq!(docs[0].id, "k1");
+        assert_eq!(docs[0].text, "x");
+        assert_eq!(docs[0].field("domain").as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn unsupported_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "a.csv", b"x");
+        assert!(matches!(
+            CorpusReader::open(&p, CorpusConfig::default()),
+            Err(CorpusError::UnsupportedFile { .. })
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            CorpusReader::open(empty.path(), CorpusConfig::default()),
+            Err(CorpusError::EmptyFolder { .. })
+        ));
+    }
+}

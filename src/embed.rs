@@ -1,0 +1,565 @@
+//! Embed stage: documents → rows of unit-norm f32 vectors.
+//!
+//! Two embedders share the [`Embedder`] trait:
+//! - [`BertEmbedder`]: a BERT-family sentence model (e.g. all-MiniLM-L6-v2) run with
+//!   candle-transformers from a local folder, pooled exactly as sentence-transformers does:
+//!   truncate at `max_seq_length` (from `sentence_bert_config.json`), pad per batch only, mean-pool
+//!   the last hidden state over the attention mask, L2-normalise.
+//! - [`HashingEmbedder`]: the zero-setup default — signed feature hashing of lower-cased word
+//!   unigrams and bigrams with sublinear term frequency, L2-normalised. No weights.
+//!
+//! [`embed_documents`] runs an embedder over a document stream chunk by chunk, so memory holds one
+//! chunk of texts plus the growing embeddings matrix, never the corpus.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use ndarray::{Array2, ArrayView1, Axis};
+use serde::{Deserialize, Serialize};
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use crate::atomic::write_atomic;
+use crate::corpus::{CorpusError, Document};
+use crate::weights::{self, WeightsError};
+
+/// Errors of the embed stage.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("model: {0}")]
+    Model(#[from] candle_core::Error),
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+/// Turns texts into unit-norm vectors of a fixed dimension.
+pub trait Embedder: Send + Sync {
+    /// Length of every embedding.
+    fn dim(&self) -> usize;
+    /// Embeds a batch of texts: one unit-norm row per text, in order.
+    fn embed(&self, texts: &[&str]) -> Result<Array2<f32>, EmbedError>;
+    /// A short description that identifies the embedder and its settings (for metadata and caches).
+    fn describe(&self) -> String;
+}
+
+/// Scales each row to unit L2 norm (rows of norm 0 are left at 0; callers check for them).
+/// Matches `torch.nn.functional.normalize`: `x / max(‖x‖, 1e-12)`.
+pub fn normalize_rows(m: &mut Array2<f32>) {
+    for mut row in m.rows_mut() {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        row /= norm.max(1e-12);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hashing embedder
+
+/// Signed feature hashing of lower-cased word unigrams and bigrams.
+///
+/// Each feature f (a word, or two adjacent words) with count `tf` adds `s(f)·(1 + ln tf)` to
+/// coordinate `h(f) mod dim`, where `h` is 64-bit FNV-1a and the sign `s(f)` is the hash's top bit
+/// (signed hashing keeps inner products unbiased under collisions). The vector is L2-normalised.
+/// Texts without any word fall back to hashing their non-space characters, so no non-blank text
+/// gets a zero vector.
+#[derive(Debug, Clone)]
+pub struct HashingEmbedder {
+    dim: usize,
+}
+
+impl HashingEmbedder {
+    pub const DEFAULT_DIM: usize = 2048;
+
+    pub fn new(dim: usize) -> Self {
+        assert!(dim > 0, "hashing dimension must be positive");
+        Self { dim }
+    }
+
+    fn features(text: &str) -> HashMap<u64, u32> {
+        let lower = text.to_lowercase();
+        let words: Vec<&str> = lower
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let mut counts: HashMap<u64, u32> = HashMap::new();
+        for w in &words {
+            *counts.entry(fnv1a(&[w.as_bytes()])).or_insert(0) += 1;
+        }
+        for pair in words.windows(2) {
+            let key = fnv1a(&[pair[0].as_bytes(), b" ", pair[1].as_bytes()]);
+            *counts.entry(key).or_insert(0) += 1;
+        }
+        if counts.is_empty() {
+            for c in lower.chars().filter(|c| !c.is_whitespace()) {
+                let mut buf = [0u8; 4];
+                *counts
+                    .entry(fnv1a(&[c.encode_utf8(&mut buf).as_bytes()]))
+                    .or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    fn embed_one(&self, text: &str, out: &mut ndarray::ArrayViewMut1<f32>) {
+        for (h, tf) in Self::features(text) {
+            let idx = (h % self.dim as u64) as usize;
+            let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
+            out[idx] += sign * (1.0 + (tf as f32).ln());
+        }
+    }
+}
+
+impl Default for HashingEmbedder {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_DIM)
+    }
+}
+
+/// 64-bit FNV-1a over the concatenation of `parts` (stable across runs and platforms).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    h
+}
+
+impl Embedder for HashingEmbedder {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Array2<f32>, EmbedError> {
+        use rayon::prelude::*;
+        let mut m = Array2::<f32>::zeros((texts.len(), self.dim));
+        m.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(texts.par_iter())
+            .for_each(|(mut row, text)| self.embed_one(text, &mut row));
+        normalize_rows(&mut m);
+        Ok(m)
+    }
+
+    fn describe(&self) -> String {
+        format!("hashing(dim={},unigrams+bigrams,sublinear-tf,fnv1a)", self.dim)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BERT embedder
+
+/// Options for loading a [`BertEmbedder`].
+#[derive(Debug, Clone)]
+pub struct BertOptions {
+    /// Override of the maximum sequence length (tokens, counting `[CLS]` and `[SEP]`).
+    pub max_seq_length: Option<usize>,
+    /// Texts per forward pass (after sorting by length, as sentence-transformers does).
+    pub batch_size: usize,
+}
+
+impl Default for BertOptions {
+    fn default() -> Self {
+        Self {
+            max_seq_length: None,
+            batch_size: 32,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SentenceBertConfig {
+    max_seq_length: Option<usize>,
+}
+
+/// A BERT-family sentence embedder: mean pooling over the attention mask, then L2 normalisation.
+pub struct BertEmbedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dim: usize,
+    max_seq_length: usize,
+    batch_size: usize,
+    name: String,
+}
+
+impl BertEmbedder {
+    /// Loads `config.json`, `model.safetensors` (tensor names with or without a `bert.` prefix) and
+    /// `tokenizer.json` from a local folder. Pickle checkpoints are refused.
+    pub fn load(dir: &Path, options: BertOptions) -> Result<Self, EmbedError> {
+        let weights_path = weights::safetensors_file(dir)?;
+        let config_path = dir.join("config.json");
+        let config_text = std::fs::read_to_string(&config_path).map_err(|e| EmbedError::Io {
+            path: config_path.clone(),
+            source: e,
+        })?;
+        let config: BertConfig =
+            serde_json::from_str(&config_text).map_err(|e| EmbedError::Config {
+                path: config_path.clone(),
+                message: format!("not a BERT config.json: {e}"),
+            })?;
+        let st_max = read_sentence_bert_max_len(dir)?;
+        let max_seq_length = options
+            .max_seq_length
+            .or(st_max)
+            .unwrap_or(config.max_position_embeddings)
+            .min(config.max_position_embeddings);
+        if max_seq_length < 2 {
+            return Err(EmbedError::Config {
+                path: config_path,
+                message: format!("max_seq_length {max_seq_length} leaves no room for [CLS] and [SEP]"),
+            });
+        }
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
+            EmbedError::Tokenizer(format!("{}: {e}", tokenizer_path.display()))
+        })?;
+        // The shipped tokenizer.json may carry its own truncation (128) and fixed padding;
+        // sentence-transformers overrides both: truncate at max_seq_length, pad per batch.
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_seq_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+
+        let device = Device::Cpu;
+        // SAFETY: the file is memory-mapped read-only; it must not be modified while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device)? };
+        let model = BertModel::load(vb, &config)?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device,
+            dim: config.hidden_size,
+            max_seq_length,
+            batch_size: options.batch_size.max(1),
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string()),
+        })
+    }
+
+    /// The maximum number of tokens per text, `[CLS]` and `[SEP]` included.
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// Token ids of each text, truncated as the embedder truncates them.
+    pub fn token_ids(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>, EmbedError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Forward pass over one padded batch; returns mean-pooled (not yet normalised) rows.
+    fn pooled(&self, batch: &[&Vec<u32>]) -> Result<Array2<f32>, EmbedError> {
+        let n = batch.len();
+        let len = batch.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        let mut ids = vec![0u32; n * len];
+        let mut mask = vec![0u32; n * len];
+        for (i, seq) in batch.iter().enumerate() {
+            ids[i * len..i * len + seq.len()].copy_from_slice(seq);
+            mask[i * len..i * len + seq.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let token_types = ids.zeros_like()?;
+        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?; // (n, len, dim)
+        let maskf = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+        let summed = hidden.broadcast_mul(&maskf)?.sum(1)?; // (n, dim)
+        let counts = maskf.sum(1)?.clamp(1e-9f32, f32::MAX)?; // (n, 1)
+        let mean = summed.broadcast_div(&counts)?;
+        let rows: Vec<Vec<f32>> = mean.to_vec2()?;
+        let mut out = Array2::<f32>::zeros((n, self.dim));
+        for (i, r) in rows.into_iter().enumerate() {
+            out.row_mut(i).assign(&ArrayView1::from(&r));
+        }
+        Ok(out)
+    }
+}
+
+fn read_sentence_bert_max_len(dir: &Path) -> Result<Option<usize>, EmbedError> {
+    let path = dir.join("sentence_bert_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| EmbedError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
+    let cfg: SentenceBertConfig = serde_json::from_str(&text).map_err(|e| EmbedError::Config {
+        path,
+        message: e.to_string(),
+    })?;
+    Ok(cfg.max_seq_length)
+}
+
+impl Embedder for BertEmbedder {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Array2<f32>, EmbedError> {
+        let token_ids = self.token_ids(texts)?;
+        // Longest first, as sentence-transformers does, so each batch pads little.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(token_ids[i].len()));
+        let mut out = Array2::<f32>::zeros((texts.len(), self.dim));
+        for chunk in order.chunks(self.batch_size) {
+            let batch: Vec<&Vec<u32>> = chunk.iter().map(|&i| &token_ids[i]).collect();
+            let pooled = self.pooled(&batch)?;
+            for (row, &i) in chunk.iter().enumerate() {
+                out.row_mut(i).assign(&pooled.row(row));
+            }
+        }
+        normalize_rows(&mut out);
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "bert({},dim={},max_seq_length={},mean-pool,l2)",
+            self.name, self.dim, self.max_seq_length
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running an embedder over a corpus, and the embeddings on disk
+
+/// Embeddings of a corpus: row i belongs to `ids[i]`.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub ids: Vec<String>,
+    pub matrix: Array2<f32>,
+    /// What produced them ([`Embedder::describe`]).
+    pub embedder: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EmbeddingsMeta {
+    embedder: String,
+    rows: usize,
+    dim: usize,
+}
+
+impl Embeddings {
+    pub const MATRIX_FILE: &'static str = "embeddings.npy";
+    pub const IDS_FILE: &'static str = "ids.jsonl";
+    pub const META_FILE: &'static str = "embeddings.json";
+
+    /// Writes `embeddings.npy` (rows × dim, f32), `ids.jsonl` (one JSON string per line, same
+    /// order) and `embeddings.json` (embedder, shape) into `dir`, each atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), EmbedError> {
+        use ndarray_npy::WriteNpyExt;
+        let io = |path: PathBuf| move |e| EmbedError::Io { path, source: e };
+        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+        let npy = dir.join(Self::MATRIX_FILE);
+        write_atomic(&npy, |w| {
+            self.matrix
+                .write_npy(w)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(io(npy.clone()))?;
+        let ids = dir.join(Self::IDS_FILE);
+        write_atomic(&ids, |w| {
+            for id in &self.ids {
+                serde_json::to_writer(&mut *w, id)?;
+                w.write_all(b"\n")?;
+            }
+            Ok(())
+        })
+        .map_err(io(ids.clone()))?;
+        let meta = dir.join(Self::META_FILE);
+        let m = EmbeddingsMeta {
+            embedder: self.embedder.clone(),
+            rows: self.matrix.nrows(),
+            dim: self.matrix.ncols(),
+        };
+        write_atomic(&meta, |w| {
+            serde_json::to_writer_pretty(&mut *w, &m)?;
+            w.write_all(b"\n")
+        })
+        .map_err(io(meta.clone()))?;
+        Ok(())
+    }
+
+    /// Reads embeddings saved by [`Embeddings::save`]: `path` is the folder, or the `.npy` file
+    /// with `ids.jsonl` beside it.
+    pub fn load(path: &Path) -> Result<Self, EmbedError> {
+        use ndarray_npy::ReadNpyExt;
+        let (dir, npy) = if path.is_dir() {
+            (path.to_path_buf(), path.join(Self::MATRIX_FILE))
+        } else {
+            (
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                path.to_path_buf(),
+            )
+        };
+        let file = std::fs::File::open(&npy).map_err(|e| EmbedError::Io {
+            path: npy.clone(),
+            source: e,
+        })?;
+        let matrix = Array2::<f32>::read_npy(BufReader::new(file)).map_err(|e| EmbedError::Format {
+            path: npy.clone(),
+            message: format!("not a 2-D f32 .npy matrix: {e}"),
+        })?;
+        let ids_path = dir.join(Self::IDS_FILE);
+        let file = std::fs::File::open(&ids_path).map_err(|e| EmbedError::Io {
+            path: ids_path.clone(),
+            source: e,
+        })?;
+        let mut ids = Vec::with_capacity(matrix.nrows());
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| EmbedError::Io {
+                path: ids_path.clone(),
+                source: e,
+            })?;
+            let id: String = serde_json::from_str(&line).map_err(|e| EmbedError::Format {
+                path: ids_path.clone(),
+                message: format!("line {}: not a JSON string: {e}", n + 1),
+            })?;
+            ids.push(id);
+        }
+        if ids.len() != matrix.nrows() {
+            return Err(EmbedError::Format {
+                path: ids_path,
+                message: format!(
+                    "{} ids for {} embedding rows in {}",
+                    ids.len(),
+                    matrix.nrows(),
+                    npy.display()
+                ),
+            });
+        }
+        let embedder = std::fs::read_to_string(dir.join(Self::META_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<EmbeddingsMeta>(&t).ok())
+            .map(|m| m.embedder)
+            .unwrap_or_else(|| "unknown".into());
+        Ok(Self {
+            ids,
+            matrix,
+            embedder,
+        })
+    }
+}
+
+/// Embeds a document stream chunk by chunk.
+///
+/// `on_document` sees every document before it is dropped (e.g. to collect labels);
+/// `on_progress` is told how many documents each chunk added. Only `chunk` texts are held at once.
+pub fn embed_documents<I, F, P>(
+    documents: I,
+    embedder: &dyn Embedder,
+    chunk: usize,
+    mut on_document: F,
+    mut on_progress: P,
+) -> Result<Embeddings, EmbedError>
+where
+    I: IntoIterator<Item = Result<Document, CorpusError>>,
+    F: FnMut(&Document),
+    P: FnMut(usize),
+{
+    let chunk = chunk.max(1);
+    let dim = embedder.dim();
+    let mut ids = Vec::new();
+    let mut data: Vec<f32> = Vec::new();
+    let mut texts: Vec<String> = Vec::with_capacity(chunk);
+    let mut flush = |texts: &mut Vec<String>, data: &mut Vec<f32>| -> Result<(), EmbedError> {
+        if texts.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let rows = embedder.embed(&refs)?;
+        data.extend(rows.iter());
+        on_progress(texts.len());
+        texts.clear();
+        Ok(())
+    };
+    for doc in documents {
+        let doc = doc?;
+        on_document(&doc);
+        ids.push(doc.id);
+        texts.push(doc.text);
+        if texts.len() == chunk {
+            flush(&mut texts, &mut data)?;
+        }
+    }
+    flush(&mut texts, &mut data)?;
+    let matrix = Array2::from_shape_vec((ids.len(), dim), data).expect("rows × dim by construction");
+    Ok(Embeddings {
+        ids,
+        matrix,
+        embedder: embedder.describe(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashing_rows_are_unit_norm_and_deterministic() {
+        let e = HashingEmbedder::new(256);
+        let m = e.embed(&["The cat sat.", "the CAT sat", "!!!", "dogs bark loudly"]).unwrap();
+        for row in m.rows() {
+            let n: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((n - 1.0).abs() < 1e-5);
+        }
+        // Case and punctuation do not matter.
+        let d: f32 = (&m.row(0) - &m.row(1)).iter().map(|v| v.abs()).sum();
+        assert!(d < 1e-6);
+        assert_eq!(m, e.embed(&["The cat sat.", "the CAT sat", "!!!", "dogs bark loudly"]).unwrap());
+    }
+
+    /// Checks the formula against a direct computation for a tiny text.
+    #[test]
+    fn hashing_matches_direct_formula() {
+        let dim = 1 << 20; // large enough that these few features do not collide
+        let e = HashingEmbedder::new(dim);
+        let m = e.embed(&["a b a"]).unwrap();
+        let mut expect = vec![0f32; dim];
+        let feats: [(&[&[u8]], f32); 4] = [
+            (&[b"a"], 1.0 + 2f32.ln()),
+            (&[b"b"], 1.0),
+            (&[b"a", b" ", b"b"], 1.0),
+            (&[b"b", b" ", b"a"], 1.0),
+        ];
+        for (parts, v) in feats {
+            let h = fnv1a(parts);
+            let s = if h >> 63 == 1 { -1.0 } else { 1.0 };
+            expect[(h % dim as u64) as usize] += s * v;
+        }
+        let norm = expect.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for (i, x) in expect.iter().enumerate() {
+            assert!((m[[0, i]] - x / norm).abs() < 1e-6);
+        }
+    }
+}
