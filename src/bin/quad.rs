@@ -121,6 +121,7 @@ struct EmbedderArgs {
 }
 
 fn main() {
+    quad_select::tune_allocator();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
