@@ -348,6 +348,11 @@ fn lloyd(
 
 /// Mini-batch k-means with linfa's incremental fit: each epoch visits the rows in a fresh seeded
 /// order, `batch` rows at a time; only one batch is copied at once.
+///
+/// Per-centre counts grow with every batch, so centroids settle; we stop when an epoch's centroid
+/// shift is under the tolerance, or when the epoch's mean batch inertia has not improved by more
+/// than `tol` (relative) for [`MINI_BATCH_PATIENCE`] epochs (scikit-learn's MiniBatchKMeans stops
+/// on stalled inertia likewise).
 fn mini_batch(
     params: &ValidKMeansParams,
     matrix: ArrayView2<f32>,
@@ -368,10 +373,13 @@ fn mini_batch(
     let mut rng = Xoshiro256Plus::seed_from_u64(seed ^ 0x5EED);
     let mut model = None;
     let mut iter = 0;
+    let mut best_inertia = f64::INFINITY;
+    let mut stalled = 0;
     let mut buf = Array2::<f32>::zeros((batch, matrix.ncols()));
     while iter < params.max_iter {
         order.shuffle(&mut rng);
         let before = model.as_ref().map(|m: &KMeans<f32, L2Dist>| m.centroids().clone());
+        let mut epoch_inertia = 0.0;
         for chunk in order.chunks(batch) {
             let mut rows = buf.slice_mut(ndarray::s![..chunk.len(), ..]);
             for (r, &i) in chunk.iter().enumerate() {
@@ -379,11 +387,14 @@ fn mini_batch(
             }
             let view = buf.slice(ndarray::s![..chunk.len(), ..]);
             let data = dataset(view);
-            model = Some(match fitter.fit_with(model.take(), &data) {
+            let m = match fitter.fit_with(model.take(), &data) {
                 Ok(m) => m,
                 Err(linfa_clustering::IncrKMeansError::NotConverged(m)) => m,
                 Err(e) => return Err(ClusterError::KMeans(e.to_string())),
-            });
+            };
+            // linfa reports the batch's mean squared distance.
+            epoch_inertia += m.inertia() as f64 * chunk.len() as f64;
+            model = Some(m);
         }
         iter += 1;
         let now = model.as_ref().expect("at least one batch").centroids();
@@ -392,9 +403,21 @@ fn mini_batch(
         if shift <= abs_tol {
             break;
         }
+        if epoch_inertia < best_inertia * (1.0 - params.tol) {
+            best_inertia = epoch_inertia;
+            stalled = 0;
+        } else {
+            stalled += 1;
+            if stalled >= MINI_BATCH_PATIENCE {
+                break;
+            }
+        }
     }
     Ok((model.expect("at least one batch").centroids().clone(), iter))
 }
+
+/// Epochs without inertia improvement before mini-batch k-means stops.
+const MINI_BATCH_PATIENCE: usize = 3;
 
 /// `Σ_i ‖a_i − b_i‖²` over centroid rows.
 fn squared_shift(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
