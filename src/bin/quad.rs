@@ -41,28 +41,8 @@ enum Command {
         /// embedding the corpus again.
         #[arg(long, conflicts_with = "model")]
         embeddings: Option<PathBuf>,
-        /// Number of clusters.
-        #[arg(long)]
-        k: usize,
-        /// k-means++ initialisations; the lowest inertia wins.
-        #[arg(long, default_value_t = 3)]
-        n_init: usize,
-        /// Maximum Lloyd iterations per initialisation (epochs with --mini-batch).
-        #[arg(long, default_value_t = 300)]
-        max_iter: usize,
-        /// Relative tolerance on the centroid shift (as scikit-learn's KMeans).
-        #[arg(long, default_value_t = 1e-4)]
-        tol: f64,
-        /// Random seed for initialisation.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Use mini-batch k-means with this batch size (for large pools).
-        #[arg(long)]
-        mini_batch: Option<usize>,
-        /// Neighbour radius τ: clusters whose centroids are closer than this cosine distance are
-        /// neighbours (the bandit shares rewards between them).
-        #[arg(long, default_value_t = 0.2)]
-        tau: f32,
+        #[command(flatten)]
+        kmeans: KMeansArgs,
         /// Compare clusters with this field of the records: prints NMI, ARI and purity.
         #[arg(long)]
         label_field: Option<String>,
@@ -70,6 +50,46 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Args)]
+struct KMeansArgs {
+    /// Number of clusters.
+    #[arg(long)]
+    k: usize,
+    /// k-means++ initialisations; the lowest inertia wins.
+    #[arg(long, default_value_t = 3)]
+    n_init: usize,
+    /// Maximum Lloyd iterations per initialisation (epochs with --mini-batch).
+    #[arg(long, default_value_t = 300)]
+    max_iter: usize,
+    /// Relative tolerance on the centroid shift (as scikit-learn's KMeans).
+    #[arg(long, default_value_t = 1e-4)]
+    tol: f64,
+    /// Random seed for initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Use mini-batch k-means with this batch size (for large pools).
+    #[arg(long)]
+    mini_batch: Option<usize>,
+    /// Neighbour radius τ: clusters whose centroids are closer than this cosine distance are
+    /// neighbours (the bandit shares rewards between them).
+    #[arg(long, default_value_t = 0.2)]
+    tau: f32,
+}
+
+impl KMeansArgs {
+    fn params(&self) -> KMeansParams {
+        KMeansParams {
+            k: self.k,
+            n_init: self.n_init,
+            max_iter: self.max_iter,
+            tol: self.tol,
+            seed: self.seed,
+            mini_batch: self.mini_batch,
+            tau: self.tau,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -153,25 +173,12 @@ fn run(cli: Cli) -> Result<()> {
             corpus,
             embedder,
             embeddings,
-            k,
-            n_init,
-            max_iter,
-            tol,
-            seed,
-            mini_batch,
-            tau,
+            kmeans,
             label_field,
             out,
         } => {
-            let params = KMeansParams {
-                k,
-                n_init,
-                max_iter,
-                tol,
-                seed,
-                mini_batch,
-                tau,
-            };
+            let params = kmeans.params();
+            let tau = params.tau;
             let valid = params.clone().check()?;
             let (mut emb, labels) = match embeddings {
                 Some(path) => {
@@ -200,7 +207,7 @@ fn run(cli: Cli) -> Result<()> {
             if rescaled > 0 {
                 eprintln!("note: rescaled {rescaled} embedding rows to unit norm");
             }
-            let bar = bar(max_iter as u64, "k-means");
+            let bar = bar(params.max_iter as u64, "k-means");
             let started = Instant::now();
             let fitted = Clustering::fit(&valid, emb.matrix.view(), |ev| match ev {
                 KMeansEvent::RunStarted { run, n_init } => {

@@ -1,0 +1,103 @@
+//! The `quad` binary end to end on the shipped sample (hashing embedder: no model needed).
+
+mod common;
+
+use quad_select::corpus::{CorpusConfig, CorpusReader};
+use quad_select::embed::Embeddings;
+
+#[test]
+fn embed_then_cluster_reuses_the_saved_embeddings() {
+    let sample = common::repo().join("experiments/data/sample.jsonl");
+    let tmp = tempfile::tempdir().unwrap();
+    let emb_dir = tmp.path().join("emb");
+    let out = common::quad(&[
+        "embed",
+        "--input",
+        sample.to_str().unwrap(),
+        "--out",
+        emb_dir.to_str().unwrap(),
+    ]);
+    assert!(out.contains("embedded 400 documents"), "{out}");
+
+    let emb = Embeddings::load(&emb_dir).unwrap();
+    let (docs, _) = CorpusReader::read_all(&sample, CorpusConfig::default()).unwrap();
+    assert_eq!(emb.ids, docs.iter().map(|d| d.id.clone()).collect::<Vec<_>>());
+    assert_eq!(emb.matrix.dim(), (400, 2048));
+    assert!(emb.embedder.starts_with("hashing"));
+    for row in emb.matrix.rows() {
+        assert!((row.dot(&row) - 1.0).abs() < 1e-5);
+    }
+
+    let cl_dir = tmp.path().join("clusters");
+    let out = common::quad(&[
+        "cluster",
+        "--input",
+        sample.to_str().unwrap(),
+        "--embeddings",
+        emb_dir.join("embeddings.npy").to_str().unwrap(),
+        "--k",
+        "3",
+        "--label-field",
+        "domain",
+        "--out",
+        cl_dir.to_str().unwrap(),
+    ]);
+    // Shakespeare, the Jargon File and the Devil's Dictionary separate cleanly.
+    assert!(common::metric(&out, "NMI") >= 0.8, "{out}");
+    assert!(common::metric(&out, "purity") >= 0.9, "{out}");
+    let clusters = common::read_json(&cl_dir.join("clusters.json"));
+    assert_eq!(clusters["k"], 3);
+    assert_eq!(clusters["extra"]["label_field"], "domain");
+    assert!(cl_dir.join("centroids.npy").is_file());
+}
+
+#[test]
+fn strict_flag_turns_the_first_bad_line_into_an_error() {
+    let fixture = common::repo().join("tests/fixtures/bad-lines.jsonl");
+    let tmp = tempfile::tempdir().unwrap();
+    let stderr = common::quad_fails(&[
+        "embed",
+        "--strict",
+        "--input",
+        fixture.to_str().unwrap(),
+        "--out",
+        tmp.path().join("e").to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("bad-lines.jsonl:3: invalid_json"), "{stderr}");
+    assert!(!tmp.path().join("e").exists());
+    // Without --strict the same file embeds its 4 good documents and reports the skips.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quad"))
+        .args(["embed", "--input", fixture.to_str().unwrap(), "--out"])
+        .arg(tmp.path().join("e"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("read 4 documents") && stderr.contains("skipped 11"), "{stderr}");
+}
+
+#[test]
+fn missing_input_and_bad_params_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stderr = common::quad_fails(&[
+        "cluster",
+        "--input",
+        "/nonexistent/pool.jsonl",
+        "--k",
+        "2",
+        "--out",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("/nonexistent/pool.jsonl"), "{stderr}");
+    let sample = common::repo().join("experiments/data/sample.jsonl");
+    let stderr = common::quad_fails(&[
+        "cluster",
+        "--input",
+        sample.to_str().unwrap(),
+        "--k",
+        "0",
+        "--out",
+        tmp.path().to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("k must be at least 1"), "{stderr}");
+}
