@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod cluster;
 pub mod corpus;
 pub mod embed;
+pub mod model;
 pub mod weights;
 
 use std::path::Path;

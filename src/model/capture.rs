@@ -1,0 +1,353 @@
+//! Per-document loss and per-layer gradient captures: the interface the influence stage consumes.
+//!
+//! For a document with tokens `t_0 … t_{n−1}`, the loss is the mean next-token cross-entropy
+//! `L = −(1/(n−1)) Σ_{i≥1} log p(t_i | t_<i)`, computed over windows of at most `context` inputs
+//! (window w feeds `t[s..s+c]` and predicts `t[s+1..s+c+1]`, with `s = w·c`, so every token after
+//! the first is predicted exactly once). For each selected linear layer `y = a Wᵀ` the capture holds
+//! the per-token inputs `a_t` (T × d_in) and output gradients `g_t = ∂L/∂y_t` (T × d_out); the weight
+//! gradient is `G = Σ_t g_t a_tᵀ = gᵀ a` (d_out × d_in).
+//!
+//! Several documents share one batched forward/backward pass: the batch loss is `Σ_d L_d`, and
+//! since documents do not interact, `∂(Σ_d L_d)/∂y_t = ∂L_d/∂y_t` for a position t of document d.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use super::llama::{LlamaModel, Tap};
+
+/// The linear layers of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LayerKind {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl LayerKind {
+    pub const ALL: [LayerKind; 7] = [
+        LayerKind::Q,
+        LayerKind::K,
+        LayerKind::V,
+        LayerKind::O,
+        LayerKind::Gate,
+        LayerKind::Up,
+        LayerKind::Down,
+    ];
+    pub const ATTENTION: [LayerKind; 4] = [LayerKind::Q, LayerKind::K, LayerKind::V, LayerKind::O];
+    pub const MLP: [LayerKind; 3] = [LayerKind::Gate, LayerKind::Up, LayerKind::Down];
+
+    /// Path of the layer inside a block, as in Hugging Face tensor names.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            LayerKind::Q => "self_attn.q_proj",
+            LayerKind::K => "self_attn.k_proj",
+            LayerKind::V => "self_attn.v_proj",
+            LayerKind::O => "self_attn.o_proj",
+            LayerKind::Gate => "mlp.gate_proj",
+            LayerKind::Up => "mlp.up_proj",
+            LayerKind::Down => "mlp.down_proj",
+        }
+    }
+
+    pub fn is_attention(self) -> bool {
+        Self::ATTENTION.contains(&self)
+    }
+}
+
+/// One linear layer: block index and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LayerId {
+    pub block: usize,
+    pub kind: LayerKind,
+}
+
+impl fmt::Display for LayerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "model.layers.{}.{}", self.block, self.kind.hf_name())
+    }
+}
+
+/// Which linear layers to capture: attention, MLP or both, optionally only some blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSelection {
+    pub kinds: Vec<LayerKind>,
+    /// `None`: every block.
+    pub blocks: Option<Vec<usize>>,
+}
+
+impl Default for LayerSelection {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+impl LayerSelection {
+    pub fn all() -> Self {
+        Self {
+            kinds: LayerKind::ALL.to_vec(),
+            blocks: None,
+        }
+    }
+    pub fn attention() -> Self {
+        Self {
+            kinds: LayerKind::ATTENTION.to_vec(),
+            blocks: None,
+        }
+    }
+    pub fn mlp() -> Self {
+        Self {
+            kinds: LayerKind::MLP.to_vec(),
+            blocks: None,
+        }
+    }
+    /// Restricts the selection to the named blocks.
+    pub fn with_blocks(mut self, blocks: Vec<usize>) -> Self {
+        self.blocks = Some(blocks);
+        self
+    }
+
+    pub fn contains(&self, id: LayerId) -> bool {
+        self.kinds.contains(&id.kind)
+            && self.blocks.as_ref().is_none_or(|b| b.contains(&id.block))
+    }
+
+    /// The selected layers of a model with `n_blocks` blocks, in forward order.
+    pub fn layers(&self, n_blocks: usize) -> Vec<LayerId> {
+        (0..n_blocks)
+            .flat_map(|block| LayerKind::ALL.into_iter().map(move |kind| LayerId { block, kind }))
+            .filter(|id| self.contains(*id))
+            .collect()
+    }
+}
+
+impl FromStr for LayerSelection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "attention" | "attn" => Ok(Self::attention()),
+            "mlp" => Ok(Self::mlp()),
+            "both" | "all" => Ok(Self::all()),
+            other => Err(format!("unknown layer set {other:?} (expected attention, mlp or both)")),
+        }
+    }
+}
+
+/// Captures of one linear layer for one document.
+#[derive(Debug, Clone)]
+pub struct LayerCapture {
+    pub id: LayerId,
+    /// Per-token inputs `a_t`, (T × d_in).
+    pub inputs: Tensor,
+    /// Per-token output gradients `g_t = ∂L/∂y_t`, (T × d_out).
+    pub output_grads: Tensor,
+}
+
+impl LayerCapture {
+    /// The weight gradient `G = Σ_t g_t a_tᵀ = gᵀ a`, (d_out × d_in).
+    pub fn weight_grad(&self) -> candle_core::Result<Tensor> {
+        self.output_grads.t()?.matmul(&self.inputs)
+    }
+}
+
+/// One document's loss and captures.
+#[derive(Debug, Clone)]
+pub struct DocCapture {
+    /// Mean next-token cross-entropy (nats/token).
+    pub loss: f64,
+    /// Tokens predicted (document length − 1).
+    pub predicted: usize,
+    pub layers: Vec<LayerCapture>,
+}
+
+/// Splits a token sequence into (inputs, targets) windows of at most `context` inputs.
+pub fn windows(tokens: &[u32], context: usize) -> Vec<(&[u32], &[u32])> {
+    let n = tokens.len();
+    let mut out = Vec::new();
+    let mut s = 0;
+    while s + 1 < n {
+        let e = (s + context).min(n - 1);
+        out.push((&tokens[s..e], &tokens[s + 1..e + 1]));
+        s = e;
+    }
+    out
+}
+
+/// A padded batch of windows with per-position loss weights.
+pub struct LossBatch {
+    /// (rows, T) token ids, right-padded with 0.
+    pub ids: Tensor,
+    /// (rows·T) targets (0 at padding).
+    pub targets: Tensor,
+    /// (rows·T) loss weights in the model dtype (0 at padding).
+    pub weights: Tensor,
+    /// Per document: the flat row indices (into rows·T) of its real positions.
+    pub doc_rows: Vec<Vec<u32>>,
+    pub width: usize,
+}
+
+impl LossBatch {
+    /// Builds a batch where document d's positions weigh `scale_d / n_d` (`n_d` = its predicted
+    /// tokens): with `scale_d = 1` the batch loss is `Σ_d L_d`.
+    pub fn new(
+        docs: &[&[u32]],
+        context: usize,
+        per_doc_mean: bool,
+        model: &LlamaModel,
+    ) -> candle_core::Result<Self> {
+        let wins: Vec<Vec<(&[u32], &[u32])>> = docs.iter().map(|d| windows(d, context)).collect();
+        let width = wins.iter().flatten().map(|(i, _)| i.len()).max().unwrap_or(1).max(1);
+        let rows: usize = wins.iter().map(Vec::len).sum();
+        let total: usize = docs.iter().map(|d| d.len().saturating_sub(1)).sum();
+        let mut ids = vec![0u32; rows * width];
+        let mut targets = vec![0u32; rows * width];
+        let mut weights = vec![0f64; rows * width];
+        let mut doc_rows = Vec::with_capacity(docs.len());
+        let mut r = 0;
+        for (d, ws) in wins.iter().enumerate() {
+            let n = docs[d].len().saturating_sub(1).max(1) as f64;
+            let w = if per_doc_mean { 1.0 / n } else { 1.0 / total.max(1) as f64 };
+            let mut mine = Vec::new();
+            for (inp, tgt) in ws {
+                for (j, (&a, &b)) in inp.iter().zip(tgt.iter()).enumerate() {
+                    let k = r * width + j;
+                    ids[k] = a;
+                    targets[k] = b;
+                    weights[k] = w;
+                    mine.push(k as u32);
+                }
+                r += 1;
+            }
+            doc_rows.push(mine);
+        }
+        let dev = &model.device;
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (rows, width), dev)?,
+            targets: Tensor::from_vec(targets, rows * width, dev)?,
+            weights: Tensor::from_vec(weights, rows * width, dev)?.to_dtype(model.dtype)?,
+            doc_rows,
+            width,
+        })
+    }
+
+    /// Per-position negative log-likelihood (rows·T) from logits (rows, T, V).
+    pub fn nll(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
+        let v = logits.dim(D::Minus1)?;
+        let logp = candle_nn::ops::log_softmax(&logits.reshape(((), v))?, D::Minus1)?;
+        logp.gather(&self.targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+    }
+
+    /// `Σ weights · nll`: the scalar to differentiate.
+    pub fn loss(&self, nll: &Tensor) -> candle_core::Result<Tensor> {
+        (nll * &self.weights)?.sum_all()
+    }
+}
+
+impl LlamaModel {
+    /// Mean next-token loss of each document (no gradients kept). Documents with fewer than two
+    /// tokens have no loss (`None`).
+    pub fn doc_losses(&self, docs: &[Vec<u32>], context: usize) -> candle_core::Result<Vec<Option<f64>>> {
+        let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+        let batch = LossBatch::new(&refs, context, true, self)?;
+        let logits = self.forward(&batch.ids, None)?.detach();
+        let nll: Vec<f64> = batch.nll(&logits)?.to_dtype(DType::F64)?.to_vec1()?;
+        Ok(batch
+            .doc_rows
+            .iter()
+            .map(|rows| {
+                (!rows.is_empty())
+                    .then(|| rows.iter().map(|&k| nll[k as usize]).sum::<f64>() / rows.len() as f64)
+            })
+            .collect())
+    }
+
+    /// Loss and per-layer captures for each document, from one batched forward/backward pass.
+    /// Documents with fewer than two tokens give `None`.
+    pub fn capture(
+        &self,
+        docs: &[Vec<u32>],
+        context: usize,
+        selection: &LayerSelection,
+    ) -> candle_core::Result<Vec<Option<DocCapture>>> {
+        let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
+        let batch = LossBatch::new(&refs, context, true, self)?;
+        let mut tap = Tap {
+            selection: selection.clone(),
+            records: Vec::new(),
+        };
+        let logits = self.forward(&batch.ids, Some(&mut tap))?;
+        let nll = batch.nll(&logits)?;
+        let grads = batch.loss(&nll)?.backward()?;
+        let nll: Vec<f64> = nll.detach().to_dtype(DType::F64)?.to_vec1()?;
+        let dev = &self.device;
+        let mut out = Vec::with_capacity(docs.len());
+        for rows in &batch.doc_rows {
+            if rows.is_empty() {
+                out.push(None);
+                continue;
+            }
+            let index = Tensor::from_slice(rows, rows.len(), dev)?;
+            let mut layers = Vec::with_capacity(tap.records.len());
+            for (id, a, probe) in &tap.records {
+                let g = match grads.get(probe) {
+                    Some(g) => g.clone(),
+                    // A layer whose output does not reach the loss has zero gradient.
+                    None => probe.zeros_like()?,
+                };
+                layers.push(LayerCapture {
+                    id: *id,
+                    inputs: a.detach().index_select(&index, 0)?,
+                    output_grads: g.index_select(&index, 0)?,
+                });
+            }
+            out.push(Some(DocCapture {
+                loss: rows.iter().map(|&k| nll[k as usize]).sum::<f64>() / rows.len() as f64,
+                predicted: rows.len(),
+                layers,
+            }));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_predict_every_token_once() {
+        let t: Vec<u32> = (0..10).collect();
+        let w = windows(&t, 4);
+        let targets: Vec<u32> = w.iter().flat_map(|(_, tg)| tg.iter().copied()).collect();
+        assert_eq!(targets, (1..10).collect::<Vec<_>>());
+        for (i, tg) in &w {
+            assert!(i.len() <= 4);
+            assert_eq!(i.len(), tg.len());
+            assert_eq!(&i[1..], &tg[..tg.len() - 1]);
+        }
+        assert!(windows(&[5], 4).is_empty());
+        assert_eq!(windows(&[5, 6], 4), vec![(&[5u32][..], &[6u32][..])]);
+    }
+
+    #[test]
+    fn selection_parses_and_filters() {
+        let s: LayerSelection = "attention".parse().unwrap();
+        assert_eq!(s.layers(2).len(), 8);
+        let s = LayerSelection::mlp().with_blocks(vec![1]);
+        assert_eq!(
+            s.layers(3),
+            vec![
+                LayerId { block: 1, kind: LayerKind::Gate },
+                LayerId { block: 1, kind: LayerKind::Up },
+                LayerId { block: 1, kind: LayerKind::Down }
+            ]
+        );
+        assert!("nope".parse::<LayerSelection>().is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! Model stage: a Llama-family causal LM in candle whose per-document loss gradients we can take,
+//! layer by layer.
+//!
+//! - [`config`]: hyper-parameters from a Hugging Face `config.json`;
+//! - [`llama`]: the forward pass in primitive (differentiable) candle ops;
+//! - [`capture`]: per-document loss, per-layer inputs `a_t` and output gradients `g_t`;
+//! - [`gguf`]: loading a GGUF checkpoint (dequantised to f32) and its tokenizer;
+//! - [`train`]: the in-house proxy (`quad proxy train`).
+
+pub mod capture;
+pub mod config;
+pub mod gguf;
+pub mod llama;
+// pub mod train;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use tokenizers::Tokenizer;
+
+pub use capture::{DocCapture, LayerCapture, LayerId, LayerKind, LayerSelection};
+pub use config::LlamaConfig;
+pub use llama::LlamaModel;
+
+/// Errors of the model stage.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
+    #[error("model config: {0}")]
+    Config(String),
+    #[error("weights lack tensor {0}")]
+    MissingTensor(String),
+    #[error("tensor {name} has shape {found:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("{0}")]
+    Format(String),
+    #[error("tensor op: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ModelError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A model with its tokenizer.
+pub struct LoadedModel {
+    pub model: LlamaModel,
+    pub tokenizer: Tokenizer,
+    /// What was loaded (folder or file), for reports and cache keys.
+    pub source: PathBuf,
+}
+
+impl LoadedModel {
+    /// Token ids of a text, without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+}
+
+/// Loads a model: a Hugging Face folder (`config.json`, `model.safetensors`, `tokenizer.json`) or
+/// a `.gguf` file (dequantised to f32). Pickle checkpoints are refused.
+pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, ModelError> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        let (model, tokenizer) = gguf::load(path, dtype, device)?;
+        return Ok(LoadedModel {
+            model,
+            tokenizer,
+            source: path.to_path_buf(),
+        });
+    }
+    let weights = crate::weights::safetensors_file(path)?;
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
+    let config: LlamaConfig = serde_json::from_str(&text)
+        .map_err(|e| ModelError::Config(format!("{}: {e}", cfg_path.display())))?;
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, device)?;
+    // Some checkpoints store a tied lm_head anyway; drop it so the tie holds.
+    let mut tensors = tensors;
+    if config.tie_word_embeddings {
+        tensors.remove("lm_head.weight");
+    }
+    let model = LlamaModel::from_tensors(config, tensors, dtype, device)?;
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = Tokenizer::from_file(&tok_path)
+        .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        source: path.to_path_buf(),
+    })
+}
