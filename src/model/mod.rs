@@ -11,7 +11,7 @@ pub mod capture;
 pub mod config;
 pub mod gguf;
 pub mod llama;
-// pub mod train;
+pub mod train;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

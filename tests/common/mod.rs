@@ -75,3 +75,16 @@ pub fn metric(stdout: &str, name: &str) -> f64 {
         .unwrap_or(rest.len());
     rest[..end].parse().unwrap()
 }
+
+/// The SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-models.sh (override with QUAD_SMOLLM2).
+pub fn smollm2_gguf() -> PathBuf {
+    let p = std::env::var_os("QUAD_SMOLLM2")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        p.is_file(),
+        "SmolLM2 GGUF not found at {}: run `bash scripts/fetch-models.sh`",
+        p.display()
+    );
+    p
+}
