@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod cluster;
 pub mod corpus;
 pub mod embed;
+pub mod influence;
 pub mod model;
 pub mod weights;
 
