@@ -2,8 +2,10 @@
 //!
 //! For a weight block W (d_out × d_in) with per-token inputs `a_t` and output gradients `g_t`, the
 //! per-example gradient is `G_n = Σ_t g_t a_tᵀ`, and with column-stacking `vec`,
-//! `(A ⊗ S) vec(G) = vec(S G A)`. K-FAC approximates the curvature by `A ⊗ S` with
-//! `A = E_t[a aᵀ]`, `S = E_t[g gᵀ]`. With `A = Q_A diag(λ_A) Q_Aᵀ` and `S = Q_S diag(λ_S) Q_Sᵀ`,
+//! `(A ⊗ S) vec(G) = vec(S G A)`. K-FAC approximates the empirical Fisher
+//! `F = E_n[vec(G_n) vec(G_n)ᵀ] = E_n[Σ_{t,t'} (a_t a_t'ᵀ) ⊗ (g_t g_t'ᵀ)]` by `A ⊗ S` with
+//! `A = E_t[a aᵀ]` (mean over tokens) and `S = E_n[Σ_t g_t g_tᵀ]` (per-example sum over tokens,
+//! mean over examples), which drops the cross-token terms and keeps F's scale. With `A = Q_A diag(λ_A) Q_Aᵀ` and `S = Q_S diag(λ_S) Q_Sᵀ`,
 //!
 //! `(A ⊗ S + δI)⁻¹ vec(G) = vec( Q_S [ (Q_Sᵀ G Q_A) ⊘ (λ_S λ_Aᵀ + δ) ] Q_Aᵀ )`.
 //!
@@ -50,12 +52,13 @@ pub enum KfacError {
     NoCorrection,
 }
 
-/// Running sums for `A = E_t[a aᵀ]` and `S = E_t[g gᵀ]` over tokens.
+/// Running sums for `A = E_t[a aᵀ]` (over tokens) and `S = E_n[Σ_t g_t g_tᵀ]` (over examples).
 #[derive(Debug, Clone)]
 pub struct FactorSums {
     pub a: Array2<f64>,
     pub s: Array2<f64>,
     pub tokens: usize,
+    pub examples: usize,
 }
 
 impl FactorSums {
@@ -64,6 +67,7 @@ impl FactorSums {
             a: Array2::zeros((d_in, d_in)),
             s: Array2::zeros((d_out, d_out)),
             tokens: 0,
+            examples: 0,
         }
     }
 
@@ -72,6 +76,12 @@ impl FactorSums {
         self.a += &a.t().dot(&a);
         self.s += &g.t().dot(&g);
         self.tokens += a.nrows();
+        self.examples += 1;
+    }
+
+    /// `(A, S)` as averaged.
+    pub fn factors(&self) -> (Array2<f64>, Array2<f64>) {
+        (&self.a / self.tokens.max(1) as f64, &self.s / self.examples.max(1) as f64)
     }
 
     /// Eigendecomposes the averaged factors.
@@ -79,8 +89,8 @@ impl FactorSums {
         if self.tokens == 0 {
             return Err(KfacError::Empty);
         }
-        let n = self.tokens as f64;
-        KroneckerFactors::from_factors(&(&self.a / n), &(&self.s / n))
+        let (a, s) = self.factors();
+        KroneckerFactors::from_factors(&a, &s)
     }
 }
 
@@ -154,15 +164,6 @@ impl KroneckerFactors {
             Strategy::Kfac => Ok(self.kfac_eigenvalues()),
             Strategy::Ekfac => self.ekfac.clone().ok_or(KfacError::NoCorrection),
         }
-    }
-
-    /// Default damping: 0.1 × the mean eigenvalue the strategy uses (K-FAC: mean of `λ_S λ_Aᵀ`,
-    /// EK-FAC: mean of Λ). Identity needs none (returns 1, making the iHVP the gradient itself).
-    pub fn default_damping(&self, strategy: Strategy) -> Result<f64, KfacError> {
-        Ok(match strategy {
-            Strategy::Identity => 1.0,
-            _ => 0.1 * self.eigenvalues(strategy)?.mean().unwrap_or(0.0),
-        })
     }
 
     /// Damped inverse-curvature-vector product in matrix form:
@@ -274,7 +275,7 @@ mod tests {
         let (d_in, d_out) = (5, 4);
         let (sums, _) = fitting_set(&mut rng, 6, 3, d_in, d_out);
         let f = sums.finish().unwrap();
-        let (a, s) = (&sums.a / sums.tokens as f64, &sums.s / sums.tokens as f64);
+        let (a, s) = sums.factors();
         let g = random(&mut rng, d_out, d_in);
         let damping = 0.05;
         let dense = kron(&a, &s) + Array2::<f64>::eye(d_in * d_out) * damping;
@@ -355,7 +356,7 @@ mod tests {
             e.add(&f, g.view());
         }
         e.finish(&mut f).unwrap();
-        let (a, s) = (&sums.a / sums.tokens as f64, &sums.s / sums.tokens as f64);
+        let (a, s) = sums.factors();
         let g = random(&mut rng, d_out, d_in);
         let damping = 0.05;
         let dense = kron(&a, &s) + Array2::<f64>::eye(d_in * d_out) * damping;
