@@ -12,11 +12,9 @@ mod common;
 
 use candle_core::{DType, Device};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
-use quad_select::influence::validate::validate;
-use quad_select::influence::FitOptions;
-use quad_select::model::train::{train_proxy, ProxyParams};
+use quad_select::influence::validate::{tiny_proxy_params, validate_texts, VALIDATION_TOKENS as TOKENS};
+use quad_select::model::train::train_proxy;
 
-const TOKENS: usize = 48;
 
 #[test]
 fn ekfac_tracks_exact_influence_on_a_tiny_trained_model() {
@@ -25,19 +23,7 @@ fn ekfac_tracks_exact_influence_on_a_tiny_trained_model() {
     let (wiki, _) =
         CorpusReader::read_all(&shared.join("data/reference-wiki.jsonl"), CorpusConfig::default()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let params = ProxyParams {
-        layers: 1,
-        width: 16,
-        heads: 2,
-        context: TOKENS,
-        vocab_size: 512,
-        steps: 150,
-        batch_size: 8,
-        lr: 1e-2,
-        warmup: 10,
-        eval_every: 50,
-        ..Default::default()
-    };
+    let params = tiny_proxy_params();
     let texts: Vec<String> = pool.iter().map(|d| d.text.clone()).collect();
     let report = train_proxy(texts, &params, tmp.path(), |_| {}).unwrap();
     eprintln!(
@@ -45,38 +31,12 @@ fn ekfac_tracks_exact_influence_on_a_tiny_trained_model() {
         report.parameters, report.initial_val_loss, report.final_val_loss
     );
     let loaded = quad_select::model::load(tmp.path(), DType::F64, &Device::Cpu).unwrap();
-    let enc = |text: &str| {
-        let mut ids = loaded.encode(text).unwrap();
-        ids.truncate(TOKENS + 1);
-        ids
-    };
-    // Fitting examples: every 49-token piece of the even-numbered pool documents, so that the
-    // empirical Fisher has more examples than parameters.
-    let fitting: Vec<Vec<u32>> = pool
-        .iter()
-        .step_by(2)
-        .flat_map(|d| {
-            let ids = loaded.encode(&d.text).unwrap();
-            ids.chunks(TOKENS + 1).filter(|c| c.len() > 8).map(|c| c.to_vec()).collect::<Vec<_>>()
-        })
-        .take(6000)
-        .collect();
-    let candidates: Vec<Vec<u32>> = pool.iter().skip(1).step_by(2).take(240).map(|d| enc(&d.text)).collect();
-    let reference: Vec<Vec<u32>> = wiki.iter().take(40).map(|d| enc(&d.text)).collect();
-
-    let mut results = Vec::new();
-    for per_head in [true, false] {
-        let opts = FitOptions {
-            per_head,
-            context: TOKENS,
-            batch: 16,
-            ..Default::default()
-        };
-        let damping: f64 = std::env::var("QUAD_VALIDATE_DAMPING").map(|v| v.parse().unwrap()).unwrap_or(0.1);
-        let r = validate(&loaded.model, &fitting, &reference, &candidates, &opts, damping).unwrap();
-        eprintln!("{r}");
-        results.push(r);
-    }
+    let wiki: Vec<String> = wiki.into_iter().map(|d| d.text).collect();
+    let pool: Vec<String> = pool.into_iter().map(|d| d.text).collect();
+    let damping: f64 = std::env::var("QUAD_VALIDATE_DAMPING").map(|v| v.parse().unwrap()).unwrap_or(0.1);
+    let (a, b) = validate_texts(&loaded, &pool, &wiki, TOKENS, damping).unwrap();
+    eprintln!("{a}\n{b}");
+    let results = [a, b];
     let per_head = &results[0];
     assert!(per_head.candidates >= 200);
     let (id, kfac, ekfac) = (&per_head.rows[1], &per_head.rows[2], &per_head.rows[3]);

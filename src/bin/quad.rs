@@ -10,7 +10,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use quad_select::cluster::{self, Clustering, KMeansEvent, KMeansParams};
 use quad_select::corpus::{CorpusConfig, CorpusReader, ReadReport};
 use quad_select::embed::{self, BertOptions, Embeddings, HashingEmbedder};
+use quad_select::influence::{self, store, Damping, Factors, FitOptions, ReferenceIhvp, Strategy};
 use quad_select::model::train::{self, ProxyParams, TrainEvent};
+use quad_select::model::{self, LayerSelection};
+use candle_core::{DType, Device};
 
 /// Quad: select pretraining data that is both influential on a reference set and diverse.
 #[derive(Parser)]
@@ -54,6 +57,80 @@ enum Command {
     /// The in-house proxy language model.
     #[command(subcommand)]
     Proxy(ProxyCommand),
+    /// Fit K-FAC / EK-FAC factors of a model on a seeded sample of the pool (the training
+    /// distribution); writes factors.safetensors and factors.json.
+    Factors {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// Model: a Hugging Face style folder or a .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Layers to factor: attention, mlp or both.
+        #[arg(long, default_value = "both")]
+        layers: LayerSelection,
+        /// Factor each attention projection as one block instead of per head (ablation).
+        #[arg(long)]
+        no_per_head: bool,
+        /// Documents sampled from the pool to fit the factors.
+        #[arg(long, default_value_t = 256)]
+        fit_docs: usize,
+        /// Tokens per window when chunking documents.
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        /// Seed of the fitting sample.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score every document of a corpus by its influence on a reference set; writes one
+    /// {"id", "score", "loss"} line per document.
+    Influence {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// The model the factors were fitted on.
+        #[arg(long)]
+        model: PathBuf,
+        /// Folder written by `quad factors`.
+        #[arg(long)]
+        factors: PathBuf,
+        /// Reference corpus (text the model should get better at).
+        #[arg(long)]
+        reference: PathBuf,
+        /// identity (gradient dot product), kfac or ekfac.
+        #[arg(long, default_value = "ekfac")]
+        strategy: Strategy,
+        /// Damping relative to each block's mean eigenvalue.
+        #[arg(long, default_value_t = 0.1, conflicts_with = "damping")]
+        damping_rel: f64,
+        /// Absolute damping instead.
+        #[arg(long)]
+        damping: Option<f64>,
+        /// Print the mean score per value of this record field.
+        #[arg(long)]
+        label_field: Option<String>,
+        /// Output JSONL file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Compare identity / K-FAC / EK-FAC with the exact damped empirical Fisher on a tiny model.
+    Validate {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// Reference corpus.
+        #[arg(long)]
+        reference: PathBuf,
+        /// A tiny model (a few thousand weights in its linear layers); without it, one is trained.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Damping: this × tr(F_b)/n_b per block.
+        #[arg(long, default_value_t = 0.1)]
+        damping_rel: f64,
+        /// Folder for the trained tiny model and the report.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -187,7 +264,7 @@ impl KMeansArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct CorpusArgs {
     /// Corpus: a .jsonl, .jsonl.gz, .jsonl.zst or .parquet file, or a folder of them.
     #[arg(long)]
@@ -356,6 +433,193 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Proxy(ProxyCommand::Train { corpus, proxy, out }) => proxy_train(&corpus, &proxy, &out),
+        Command::Factors {
+            corpus,
+            model,
+            layers,
+            no_per_head,
+            fit_docs,
+            context,
+            seed,
+            out,
+        } => {
+            let loaded = model::load(&model, DType::F32, &Device::Cpu)
+                .with_context(|| format!("loading model {}", model.display()))?;
+            let mut texts = read_texts(&corpus)?;
+            use rand::seq::SliceRandom;
+            use rand::SeedableRng;
+            texts.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
+            texts.truncate(fit_docs);
+            let docs = encode_all(&loaded, &texts)?;
+            let opts = FitOptions {
+                selection: layers,
+                per_head: !no_per_head,
+                context,
+                batch: 4,
+            };
+            let started = Instant::now();
+            let factors = Factors::fit(&loaded.model, &docs, &opts)?;
+            let header = store::FactorsHeader {
+                model_sha256: store::model_fingerprint(&model)?,
+                model: model.display().to_string(),
+                per_head: factors.per_head,
+                examples: factors.examples,
+                tokens: factors.tokens,
+                context,
+                default_damping: 0.1,
+                layers: factors
+                    .layers
+                    .iter()
+                    .map(|l| (l.id, l.blocks.iter().map(|(r, _)| *r).collect()))
+                    .collect(),
+            };
+            store::save(&factors, &header, &out)?;
+            let blocks: usize = factors.layers.iter().map(|l| l.blocks.len()).sum();
+            println!(
+                "fitted {} layers ({} blocks) on {} documents, {} tokens in {:.1} s -> {}",
+                factors.layers.len(),
+                blocks,
+                factors.examples,
+                factors.tokens,
+                started.elapsed().as_secs_f64(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Influence {
+            corpus,
+            model,
+            factors,
+            reference,
+            strategy,
+            damping_rel,
+            damping,
+            label_field,
+            out,
+        } => {
+            let loaded = model::load(&model, DType::F32, &Device::Cpu)
+                .with_context(|| format!("loading model {}", model.display()))?;
+            let (fitted, header) = store::load(&factors)?;
+            if header.model_sha256 != store::model_fingerprint(&model)? {
+                bail!(
+                    "the factors in {} were fitted on another model ({}); refit them with `quad factors`",
+                    factors.display(),
+                    header.model
+                );
+            }
+            let opts = FitOptions {
+                selection: LayerSelection {
+                    kinds: fitted.layers.iter().map(|l| l.id.kind).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
+                    blocks: Some(fitted.layers.iter().map(|l| l.id.block).collect::<std::collections::BTreeSet<_>>().into_iter().collect()),
+                },
+                per_head: header.per_head,
+                context: header.context,
+                batch: 4,
+            };
+            let ref_corpus = CorpusArgs {
+                input: reference.clone(),
+                ..corpus.clone()
+            };
+            let ref_docs = encode_all(&loaded, &read_texts(&ref_corpus)?)?;
+            let ref_grad = influence::factors::mean_gradient(&loaded.model, &ref_docs, &opts)?;
+            let damping = match damping {
+                Some(d) => Damping::Absolute(d),
+                None => Damping::Relative(damping_rel),
+            };
+            let ihvp = ReferenceIhvp::new(&fitted, &ref_grad, strategy, damping)?;
+            let mut reader = corpus.open()?;
+            let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>()?;
+            eprintln!("{}", reader.report());
+            let bar = ProgressBar::new(docs.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template("influence: [{bar:30}] {pos}/{len} docs, {per_sec} [{elapsed_precise}<{eta_precise}]")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            let started = Instant::now();
+            let scored = influence::score_documents(&loaded, &ihvp, &docs, &opts, || bar.inc(1))?;
+            bar.finish_and_clear();
+            let secs = started.elapsed().as_secs_f64();
+            quad_select::atomic::write_atomic(&out, |w| {
+                for (doc, s) in docs.iter().zip(&scored) {
+                    let line = match s {
+                        Some((score, loss)) => serde_json::json!({"id": doc.id, "score": score, "loss": loss}),
+                        None => serde_json::json!({"id": doc.id, "score": null, "loss": null, "skipped": "fewer than two tokens"}),
+                    };
+                    serde_json::to_writer(&mut *w, &line)?;
+                    w.write_all(b"\n")?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("writing {}", out.display()))?;
+            let n_scored = scored.iter().flatten().count();
+            println!(
+                "scored {} documents ({} skipped: fewer than two tokens) with {:?} in {:.1} s ({:.2} docs/s) -> {}",
+                n_scored,
+                docs.len() - n_scored,
+                strategy,
+                secs,
+                docs.len() as f64 / secs.max(1e-9),
+                out.display()
+            );
+            if let Some(field) = label_field {
+                let mut by: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+                for (doc, s) in docs.iter().zip(&scored) {
+                    if let Some((score, _)) = s {
+                        let e = by.entry(doc.field(&field).unwrap_or_default()).or_default();
+                        e.0 += score;
+                        e.1 += 1;
+                    }
+                }
+                let mut rows: Vec<_> = by.into_iter().map(|(k, (s, n))| (k, s / n as f64, n)).collect();
+                rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+                println!("mean influence by {field} (highest first):");
+                for (k, mean, n) in rows {
+                    println!("  {k:<16} {mean:>12.4e}  ({n} docs)");
+                }
+            }
+            Ok(())
+        }
+        Command::Validate {
+            corpus,
+            reference,
+            model,
+            damping_rel,
+            out,
+        } => {
+            let pool = read_texts(&corpus)?;
+            let ref_corpus = CorpusArgs {
+                input: reference.clone(),
+                ..corpus.clone()
+            };
+            let refs = read_texts(&ref_corpus)?;
+            let model_dir = match model {
+                Some(m) => m,
+                None => {
+                    let dir = out.join("tiny-model");
+                    let params = influence::validate::tiny_proxy_params();
+                    let report = train::train_proxy(pool.clone(), &params, &dir, |_| {})?;
+                    eprintln!(
+                        "trained a tiny model ({} parameters): validation loss {:.3} -> {:.3}",
+                        report.parameters, report.initial_val_loss, report.final_val_loss
+                    );
+                    dir
+                }
+            };
+            let loaded = model::load(&model_dir, DType::F64, &Device::Cpu)?;
+            let (per_head, whole) = influence::validate::validate_texts(
+                &loaded,
+                &pool,
+                &refs,
+                influence::validate::VALIDATION_TOKENS,
+                damping_rel,
+            )?;
+            println!("per-head attention factors:\n{per_head}\nwhole-layer factors:\n{whole}");
+            let path = out.join("validate.json");
+            let json = serde_json::to_string_pretty(&serde_json::json!({"per_head": per_head, "whole_layer": whole}))?;
+            quad_select::atomic::write_string_atomic(&path, &json)?;
+            Ok(())
+        }
     }
 }
 
@@ -393,6 +657,17 @@ fn proxy_train(corpus: &CorpusArgs, args: &ProxyArgs, out: &std::path::Path) -> 
     );
     println!("wrote {}", out.display());
     Ok(())
+}
+
+fn read_texts(corpus: &CorpusArgs) -> Result<Vec<String>> {
+    let mut reader = corpus.open()?;
+    let texts = reader.by_ref().map(|d| d.map(|d| d.text)).collect::<Result<Vec<_>, _>>()?;
+    eprintln!("{}: {}", corpus.input.display(), reader.report());
+    Ok(texts)
+}
+
+fn encode_all(loaded: &model::LoadedModel, texts: &[String]) -> Result<Vec<Vec<u32>>> {
+    texts.iter().map(|t| Ok(loaded.encode(t)?)).collect()
 }
 
 type LabelSink<'a> = (&'a str, &'a mut Option<Vec<String>>);

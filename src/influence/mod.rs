@@ -4,11 +4,48 @@
 //! - [`kfac`]: one block's factors, eigenbases, EK-FAC eigenvalues and damped iHVP;
 //! - [`factors`]: fitting all selected layers of a model (attention per head, MLP per layer), the
 //!   reference iHVP and candidate scores;
+//! - [`store`]: saving and loading fitted factors;
 //! - [`validate`]: the comparison against the exact damped empirical Fisher on a tiny model.
 
 pub mod factors;
 pub mod kfac;
+pub mod store;
 pub mod validate;
 
 pub use factors::{Damping, Factors, FitOptions, InfluenceError, ReferenceIhvp};
 pub use kfac::{BlockRange, EkfacSums, FactorSums, KfacError, KroneckerFactors, Strategy};
+
+use crate::corpus::Document;
+use crate::model::LoadedModel;
+
+/// Influence score and loss of every document (`None` for documents with fewer than two tokens),
+/// in order. Documents are scored in small batches spread over threads; `on_done` is called once
+/// per document.
+pub fn score_documents(
+    loaded: &LoadedModel,
+    ihvp: &ReferenceIhvp,
+    docs: &[Document],
+    opts: &FitOptions,
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
+    use rayon::prelude::*;
+    let chunks: Vec<Result<Vec<Option<(f64, f64)>>, InfluenceError>> = docs
+        .par_chunks(opts.batch.max(1))
+        .map(|chunk| {
+            let ids = chunk
+                .iter()
+                .map(|d| loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let caps = loaded.model.capture(&ids, opts.context, &opts.selection)?;
+            let out = caps
+                .iter()
+                .map(|c| c.as_ref().map(|c| ihvp.score(c).map(|s| (s, c.loss))).transpose())
+                .collect::<Result<Vec<_>, _>>()?;
+            for _ in chunk {
+                on_done();
+            }
+            Ok(out)
+        })
+        .collect();
+    Ok(chunks.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+}

@@ -220,6 +220,68 @@ pub fn validate(
     })
 }
 
+/// Tokens per example in the standard validation set-up.
+pub const VALIDATION_TOKENS: usize = 48;
+
+/// The tiny proxy `quad validate` trains when given no model: 1 block, width 16, 2 heads
+/// (3,328 weights in its linear layers), BPE vocabulary 512, 150 steps.
+pub fn tiny_proxy_params() -> crate::model::train::ProxyParams {
+    crate::model::train::ProxyParams {
+        layers: 1,
+        width: 16,
+        heads: 2,
+        context: VALIDATION_TOKENS,
+        vocab_size: 512,
+        steps: 150,
+        batch_size: 8,
+        lr: 1e-2,
+        warmup: 10,
+        eval_every: 50,
+        ..Default::default()
+    }
+}
+
+/// The standard validation set-up on texts: fitting examples are the `tokens + 1`-token pieces of
+/// the even-numbered pool documents (at most 6,000, so the Fisher has more examples than a tiny
+/// model has targeted weights), candidates the first `tokens + 1` tokens of 240 odd-numbered pool
+/// documents, the reference the first `tokens + 1` tokens of up to 40 reference documents.
+/// Returns the per-head and the whole-layer reports.
+pub fn validate_texts(
+    loaded: &crate::model::LoadedModel,
+    pool: &[String],
+    reference: &[String],
+    tokens: usize,
+    damping_scale: f64,
+) -> Result<(ValidationReport, ValidationReport), InfluenceError> {
+    let enc = |t: &str| loaded.encode(t).map_err(|e| InfluenceError::Input(e.to_string()));
+    let mut fitting = Vec::new();
+    for text in pool.iter().step_by(2) {
+        let ids = enc(text)?;
+        fitting.extend(ids.chunks(tokens + 1).filter(|c| c.len() > 8).map(|c| c.to_vec()));
+        if fitting.len() >= 6000 {
+            fitting.truncate(6000);
+            break;
+        }
+    }
+    let head = |t: &String| -> Result<Vec<u32>, InfluenceError> {
+        let mut ids = enc(t)?;
+        ids.truncate(tokens + 1);
+        Ok(ids)
+    };
+    let candidates: Vec<Vec<u32>> = pool.iter().skip(1).step_by(2).take(240).map(head).collect::<Result<_, _>>()?;
+    let reference: Vec<Vec<u32>> = reference.iter().take(40).map(head).collect::<Result<_, _>>()?;
+    let run = |per_head: bool| {
+        let opts = FitOptions {
+            per_head,
+            context: tokens,
+            batch: 16,
+            ..Default::default()
+        };
+        validate(&loaded.model, &fitting, &reference, &candidates, &opts, damping_scale)
+    };
+    Ok((run(true)?, run(false)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,132 @@
+//! Saving and loading fitted factors: `factors.safetensors` (eigenbases, eigenvalues, EK-FAC
+//! eigenvalues per block, f64) and `factors.json` (model fingerprint, layers and block ranges,
+//! per-head flag, fitting sample size).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+use super::factors::{Factors, InfluenceError, LayerFactors};
+use super::kfac::{BlockRange, KroneckerFactors};
+use crate::model::LayerId;
+
+/// The JSON header written beside the tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FactorsHeader {
+    /// sha256 of the model's weight file, so factors are not used with another model.
+    pub model_sha256: String,
+    pub model: String,
+    pub per_head: bool,
+    pub examples: usize,
+    pub tokens: usize,
+    pub context: usize,
+    /// Default damping: this × the mean eigenvalue of each block.
+    pub default_damping: f64,
+    pub layers: Vec<(LayerId, Vec<BlockRange>)>,
+}
+
+/// sha256 of a model's weight file (the `.gguf`, or `model.safetensors` of a folder).
+pub fn model_fingerprint(model_path: &Path) -> Result<String, InfluenceError> {
+    use sha2::{Digest, Sha256};
+    let file = if model_path.is_dir() {
+        model_path.join("model.safetensors")
+    } else {
+        model_path.to_path_buf()
+    };
+    let mut f = std::fs::File::open(&file).map_err(|e| InfluenceError::Input(format!("{}: {e}", file.display())))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|e| InfluenceError::Input(format!("{}: {e}", file.display())))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn t2(a: &Array2<f64>) -> candle_core::Result<Tensor> {
+    // LAPACK hands eigenvectors back in column-major order; store row-major.
+    let v: Vec<f64> = a.as_standard_layout().iter().copied().collect();
+    Tensor::from_vec(v, a.dim(), &Device::Cpu)
+}
+
+fn t1(a: &Array1<f64>) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(a.to_vec(), a.len(), &Device::Cpu)
+}
+
+fn a2(t: &Tensor) -> candle_core::Result<Array2<f64>> {
+    let (r, c) = t.dims2()?;
+    Ok(Array2::from_shape_vec((r, c), t.flatten_all()?.to_vec1()?).expect("dims"))
+}
+
+fn a1(t: &Tensor) -> candle_core::Result<Array1<f64>> {
+    Ok(Array1::from_vec(t.to_vec1()?))
+}
+
+/// Writes the factors into `dir` (atomically per file).
+pub fn save(factors: &Factors, header: &FactorsHeader, dir: &Path) -> Result<(), InfluenceError> {
+    let io = |p: &Path, e: std::io::Error| InfluenceError::Input(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let mut tensors = HashMap::new();
+    for lf in &factors.layers {
+        for (b, (_, f)) in lf.blocks.iter().enumerate() {
+            let p = format!("{}.block{b}", lf.id);
+            tensors.insert(format!("{p}.q_a"), t2(&f.q_a)?);
+            tensors.insert(format!("{p}.lambda_a"), t1(&f.lambda_a)?);
+            tensors.insert(format!("{p}.q_s"), t2(&f.q_s)?);
+            tensors.insert(format!("{p}.lambda_s"), t1(&f.lambda_s)?);
+            if let Some(e) = &f.ekfac {
+                tensors.insert(format!("{p}.ekfac"), t2(e)?);
+            }
+        }
+    }
+    let path = dir.join("factors.safetensors");
+    let tmp: PathBuf = dir.join(".factors.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    let json = serde_json::to_string_pretty(header).map_err(|e| InfluenceError::Input(e.to_string()))?;
+    let hp = dir.join("factors.json");
+    crate::atomic::write_string_atomic(&hp, &json).map_err(|e| io(&hp, e))?;
+    Ok(())
+}
+
+/// Reads factors written by [`save`].
+pub fn load(dir: &Path) -> Result<(Factors, FactorsHeader), InfluenceError> {
+    let hp = dir.join("factors.json");
+    let text = std::fs::read_to_string(&hp).map_err(|e| InfluenceError::Input(format!("{}: {e}", hp.display())))?;
+    let header: FactorsHeader =
+        serde_json::from_str(&text).map_err(|e| InfluenceError::Input(format!("{}: {e}", hp.display())))?;
+    let mut tensors = candle_core::safetensors::load(dir.join("factors.safetensors"), &Device::Cpu)?;
+    let mut take = |name: String| {
+        tensors
+            .remove(&name)
+            .ok_or_else(|| InfluenceError::Input(format!("factors lack tensor {name}")))
+    };
+    let mut layers = Vec::new();
+    for (id, ranges) in &header.layers {
+        let mut blocks = Vec::new();
+        for (b, r) in ranges.iter().enumerate() {
+            let p = format!("{id}.block{b}");
+            let ekfac = take(format!("{p}.ekfac")).ok().map(|t| a2(&t)).transpose()?;
+            blocks.push((
+                *r,
+                KroneckerFactors {
+                    q_a: a2(&take(format!("{p}.q_a"))?)?,
+                    lambda_a: a1(&take(format!("{p}.lambda_a"))?)?,
+                    q_s: a2(&take(format!("{p}.q_s"))?)?,
+                    lambda_s: a1(&take(format!("{p}.lambda_s"))?)?,
+                    ekfac,
+                    ekfac_examples: header.examples,
+                },
+            ));
+        }
+        layers.push(LayerFactors { id: *id, blocks });
+    }
+    Ok((
+        Factors {
+            layers,
+            per_head: header.per_head,
+            examples: header.examples,
+            tokens: header.tokens,
+        },
+        header,
+    ))
+}
