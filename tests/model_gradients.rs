@@ -1,6 +1,8 @@
 //! Exactness of the differentiable forward pass (f64, tiny random models):
 //! analytic gradients vs central differences, and `Σ_t g_t a_tᵀ` vs candle's weight gradient.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -113,16 +115,7 @@ fn captured_factors_reproduce_each_documents_weight_gradient() {
             let want = grads.get(w).unwrap();
             let got = layer.weight_grad().unwrap();
             assert_eq!(got.dims(), want.dims());
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let diff = common::max_abs_diff(&got, want);
             assert!(diff <= 1e-10, "doc {d} {}: max |Δ| {diff:e}", layer.id);
             assert!(want.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap() > 0.0);
             assert_eq!(layer.inputs.dims()[0], cap.predicted);

@@ -65,16 +65,7 @@ fn gguf_model_matches_quantized_llama_and_models_wikipedia() {
         }
         let theirs = Tensor::stack(&rows, 0).unwrap(); // (T, V)
 
-        let max_abs = (&ours - &theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_abs = common::max_abs_diff(&ours, &theirs);
         let a: Vec<u32> = ours.argmax(D::Minus1).unwrap().to_vec1().unwrap();
         let b: Vec<u32> = theirs.argmax(D::Minus1).unwrap().to_vec1().unwrap();
         let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();

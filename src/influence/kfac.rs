@@ -109,10 +109,27 @@ pub struct KroneckerFactors {
     pub ekfac_examples: usize,
 }
 
+/// Runs `f` on a thread with a 64 MiB stack. OpenBLAS's threaded LAPACK keeps large work arrays on
+/// the caller's stack (`dgetrf_parallel` was seen overflowing a 2 MiB Rust test thread with a
+/// segfault), more than Rust's default thread stacks guarantee; every dense LAPACK call goes here.
+pub fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("lapack".into())
+            .stack_size(64 << 20)
+            .spawn_scoped(scope, f)
+            .expect("spawn a LAPACK thread");
+        match handle.join() {
+            Ok(v) => v,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 fn eigh(m: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), KfacError> {
     // Symmetrise against round-off before the symmetric solver.
     let sym = (m + &m.t()) / 2.0;
-    let (vals, vecs) = sym.eigh(UPLO::Lower).map_err(|e| KfacError::Eigh(e.to_string()))?;
+    let (vals, vecs) = on_big_stack(|| sym.eigh(UPLO::Lower)).map_err(|e| KfacError::Eigh(e.to_string()))?;
     // Factors are positive semi-definite; clip round-off negatives.
     Ok((vals.mapv(|v| v.max(0.0)), vecs))
 }

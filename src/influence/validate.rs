@@ -13,7 +13,7 @@ use ndarray::{Array1, Array2};
 use ndarray_linalg::Solve;
 
 use super::factors::{capture_gradients, mean_gradient, Damping, Factors, FitOptions, InfluenceError, ReferenceIhvp};
-use super::kfac::Strategy;
+use super::kfac::{on_big_stack, Strategy};
 use crate::model::{LayerId, LlamaModel};
 
 /// One line of the validation table.
@@ -144,8 +144,8 @@ pub fn validate(
         }
         offset += g.len();
     }
-    let exact_v = fisher
-        .solve(&flatten(&ref_grad))
+    let rhs = flatten(&ref_grad);
+    let exact_v = on_big_stack(|| fisher.solve(&rhs))
         .map_err(|e| InfluenceError::Input(format!("dense solve failed: {e}")))?;
     // The same matrix restricted to the approximations' block-diagonal structure (no coupling
     // between layers or heads): what K-FAC/EK-FAC could at best reach.
@@ -170,8 +170,7 @@ pub fn validate(
             0.0
         }
     });
-    let blockdiag_v = blockdiag
-        .solve(&flatten(&ref_grad))
+    let blockdiag_v = on_big_stack(|| blockdiag.solve(&rhs))
         .map_err(|e| InfluenceError::Input(format!("dense solve failed: {e}")))?;
     drop(blockdiag);
 
