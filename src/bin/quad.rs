@@ -327,7 +327,7 @@ fn run(cli: Cli) -> Result<()> {
             embedder,
             out,
         } => {
-            let (emb, report, secs) = embed_corpus(&corpus, &embedder, None)?;
+            let (emb, _, report, secs) = embed_corpus(&corpus, &embedder, None)?;
             eprintln!("{report}");
             emb.save(&out)?;
             println!(
@@ -362,9 +362,7 @@ fn run(cli: Cli) -> Result<()> {
                     (emb, labels)
                 }
                 None => {
-                    let mut labels = label_field.as_ref().map(|_| Vec::new());
-                    let (emb, report, secs) =
-                        embed_corpus(&corpus, &embedder, label_field.as_deref().map(|f| (f, &mut labels)))?;
+                    let (emb, labels, report, secs) = embed_corpus(&corpus, &embedder, label_field.as_deref())?;
                     eprintln!("{report}");
                     eprintln!(
                         "embedded {} documents with {} in {:.1} s",
@@ -670,14 +668,13 @@ fn encode_all(loaded: &model::LoadedModel, texts: &[String]) -> Result<Vec<Vec<u
     texts.iter().map(|t| Ok(loaded.encode(t)?)).collect()
 }
 
-type LabelSink<'a> = (&'a str, &'a mut Option<Vec<String>>);
-
-/// Streams the corpus through the chosen embedder with a progress bar.
+/// Streams the corpus through the chosen embedder with a progress bar; with `label_field`, also
+/// collects each document's label (in embedding order).
 fn embed_corpus(
     corpus: &CorpusArgs,
     args: &EmbedderArgs,
-    labels: Option<LabelSink<'_>>,
-) -> Result<(Embeddings, ReadReport, f64)> {
+    label_field: Option<&str>,
+) -> Result<(Embeddings, Option<Vec<String>>, ReadReport, f64)> {
     let embedder = quad_select::make_embedder(
         args.model.as_deref(),
         BertOptions {
@@ -693,17 +690,14 @@ fn embed_corpus(
     let mut reader = corpus.open()?;
     let bar = spinner("embedding");
     let started = Instant::now();
-    let (field, mut sink) = match labels {
-        Some((f, s)) => (Some(f.to_string()), Some(s)),
-        None => (None, None),
-    };
+    let mut labels = label_field.map(|_| Vec::new());
     let mut missing_label = 0usize;
     let emb = embed::embed_documents(
         reader.by_ref(),
         embedder.as_ref(),
         args.batch_size.max(1) * 8,
         |doc| {
-            if let (Some(f), Some(Some(v))) = (&field, sink.as_mut()) {
+            if let (Some(f), Some(v)) = (label_field, labels.as_mut()) {
                 let label = doc.field(f).unwrap_or_else(|| {
                     missing_label += 1;
                     String::new()
@@ -717,13 +711,13 @@ fn embed_corpus(
     if missing_label > 0 {
         eprintln!(
             "note: {missing_label} documents have no '{}' field; they count as label \"\"",
-            field.unwrap_or_default()
+            label_field.unwrap_or_default()
         );
     }
     if emb.ids.is_empty() {
         bail!("{}: no documents to embed", corpus.input.display());
     }
-    Ok((emb, reader.into_report(), started.elapsed().as_secs_f64()))
+    Ok((emb, labels, reader.into_report(), started.elapsed().as_secs_f64()))
 }
 
 /// Reads the label field for each id, in the order of `ids` (for embeddings computed earlier).
