@@ -465,11 +465,7 @@ fn run(cli: Cli) -> Result<()> {
                 tokens: factors.tokens,
                 context,
                 default_damping: 0.1,
-                layers: factors
-                    .layers
-                    .iter()
-                    .map(|l| (l.id, l.blocks.iter().map(|(r, _)| *r).collect()))
-                    .collect(),
+                layers: factors.block_layout(),
             };
             store::save(&factors, &header, &out)?;
             let blocks: usize = factors.layers.iter().map(|l| l.blocks.len()).sum();
@@ -506,10 +502,7 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             let opts = FitOptions {
-                selection: LayerSelection {
-                    kinds: fitted.layers.iter().map(|l| l.id.kind).collect::<std::collections::BTreeSet<_>>().into_iter().collect(),
-                    blocks: Some(fitted.layers.iter().map(|l| l.id.block).collect::<std::collections::BTreeSet<_>>().into_iter().collect()),
-                },
+                selection: fitted.selection(),
                 per_head: header.per_head,
                 context: header.context,
                 batch: 4,

@@ -131,6 +131,28 @@ fn for_each_capture(
 }
 
 impl Factors {
+    /// The layer selection these factors cover (the blocks and kinds that were fitted).
+    pub fn selection(&self) -> LayerSelection {
+        let mut kinds: Vec<LayerKind> = self.layers.iter().map(|l| l.id.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        let mut blocks: Vec<usize> = self.layers.iter().map(|l| l.id.block).collect();
+        blocks.sort();
+        blocks.dedup();
+        LayerSelection {
+            kinds,
+            blocks: Some(blocks),
+        }
+    }
+
+    /// Each layer with its block ranges.
+    pub fn block_layout(&self) -> Vec<(LayerId, Vec<BlockRange>)> {
+        self.layers
+            .iter()
+            .map(|l| (l.id, l.blocks.iter().map(|(r, _)| *r).collect()))
+            .collect()
+    }
+
     /// Fits `A`, `S` (first pass), eigendecomposes them, then fits the EK-FAC eigenvalues from the
     /// per-example gradients (second pass).
     pub fn fit(model: &LlamaModel, docs: &[Vec<u32>], opts: &FitOptions) -> Result<Self, InfluenceError> {
