@@ -286,6 +286,28 @@ mod tests {
         (sums, grads)
     }
 
+    /// Factors from `sums` with EK-FAC eigenvalues fitted on `grads`.
+    fn with_ekfac(sums: &FactorSums, grads: &[Array2<f64>]) -> KroneckerFactors {
+        let mut f = sums.finish().unwrap();
+        let mut e = EkfacSums::new(&f);
+        for g in grads {
+            e.add(&f, g.view());
+        }
+        e.finish(&mut f).unwrap();
+        f
+    }
+
+    /// Dense empirical Fisher `E_n[vec(G_n) vec(G_n)ᵀ]`.
+    fn dense_fisher(grads: &[Array2<f64>]) -> Array2<f64> {
+        let n = grads[0].len();
+        let mut fisher = Array2::<f64>::zeros((n, n));
+        for g in grads {
+            let v = vec_col(g);
+            fisher += &v.view().insert_axis(Axis(1)).dot(&v.view().insert_axis(Axis(0)));
+        }
+        fisher / grads.len() as f64
+    }
+
     #[test]
     fn kfac_ihvp_equals_dense_kronecker_solve() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
@@ -319,20 +341,9 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
         let (d_in, d_out) = (4, 3);
         let (sums, grads) = fitting_set(&mut rng, 7, 2, d_in, d_out);
-        let mut f = sums.finish().unwrap();
-        let mut e = EkfacSums::new(&f);
-        for g in &grads {
-            e.add(&f, g.view());
-        }
-        e.finish(&mut f).unwrap();
-        // Dense empirical Fisher and the Kronecker eigenbasis Q = Q_A ⊗ Q_S.
-        let n = (d_in * d_out) as usize;
-        let mut fisher = Array2::<f64>::zeros((n, n));
-        for g in &grads {
-            let v = vec_col(g);
-            fisher += &(v.view().insert_axis(Axis(1)).dot(&v.view().insert_axis(Axis(0))));
-        }
-        fisher /= grads.len() as f64;
+        let f = with_ekfac(&sums, &grads);
+        // Dense empirical Fisher in the Kronecker eigenbasis Q = Q_A ⊗ Q_S.
+        let fisher = dense_fisher(&grads);
         let q = kron(&f.q_a, &f.q_s);
         let in_basis = q.t().dot(&fisher).dot(&q);
         let diag = unvec(&in_basis.diag().to_owned(), d_out, d_in);
@@ -344,12 +355,8 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
         let (d_in, d_out) = (4, 3);
         let (sums, grads) = fitting_set(&mut rng, 1, 1, d_in, d_out);
-        let mut f = sums.finish().unwrap();
-        let mut e = EkfacSums::new(&f);
-        e.add(&f, grads[0].view());
-        e.finish(&mut f).unwrap();
-        let v = vec_col(&grads[0]);
-        let fisher = v.view().insert_axis(Axis(1)).dot(&v.view().insert_axis(Axis(0)));
+        let f = with_ekfac(&sums, &grads);
+        let fisher = dense_fisher(&grads);
         let damping = 0.3;
         let g = random(&mut rng, d_out, d_in);
         let x = (fisher + Array2::<f64>::eye(d_in * d_out) * damping).solve(&vec_col(&g)).unwrap();
@@ -367,12 +374,7 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
         let (d_in, d_out) = (5, 4);
         let (sums, grads) = fitting_set(&mut rng, 6, 3, d_in, d_out);
-        let mut f = sums.finish().unwrap();
-        let mut e = EkfacSums::new(&f);
-        for g in &grads {
-            e.add(&f, g.view());
-        }
-        e.finish(&mut f).unwrap();
+        let f = with_ekfac(&sums, &grads);
         let (a, s) = sums.factors();
         let g = random(&mut rng, d_out, d_in);
         let damping = 0.05;
