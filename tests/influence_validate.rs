@@ -1,12 +1,12 @@
-//! Influence against the exact damped empirical Fisher on a tiny trained model (1 block, width 16:
-//! 3,328 targeted weights, 6,000 fitting examples, 240 candidates): EK-FAC ≥ K-FAC ≥ identity, and
-//! per-head factors change the scores compared with whole-layer factors.
+//! Influence against the exact damped Fisher on a tiny trained model (1 block, width 16: 3,328
+//! targeted weights, 6,000 fitting examples of 48 tokens, 240 candidates): EK-FAC ≥ K-FAC ≥
+//! identity, and per-head factors change the scores compared with whole-layer factors.
 //!
-//! Measured (damping 0.1·tr(F_b)/n_b): Spearman with the exact scores — exact block-diagonal 0.82,
-//! EK-FAC 0.61, K-FAC 0.59, identity 0.25. The target of EK-FAC ≥ 0.90 is NOT met: even
-//! the exact solve restricted to the block-diagonal structure reaches only 0.82, so coupling between
-//! layers/heads dominates at this size. Set QUAD_VALIDATE_DAMPING to try other damping scales
-//! (1.0 gives EK-FAC 0.70, K-FAC 0.68).
+//! Measured (true Fisher = GGN, labels sampled from the model, per-token; damping 0.1·tr(F_b)/n_b),
+//! Spearman with the exact scores, per-head / whole-layer: exact block-diagonal 0.919 / 0.937,
+//! EK-FAC 0.833 / 0.843, K-FAC 0.832 / 0.841, identity 0.383 / 0.385. The target of EK-FAC
+//! ≥ 0.90 is NOT met; the block-diagonal structure itself caps it near 0.92. With the empirical
+//! Fisher (observed labels, per-example) EK-FAC reaches only 0.61 (block-diagonal 0.82).
 
 mod common;
 
@@ -34,14 +34,16 @@ fn ekfac_tracks_exact_influence_on_a_tiny_trained_model() {
     let wiki: Vec<String> = wiki.into_iter().map(|d| d.text).collect();
     let pool: Vec<String> = pool.into_iter().map(|d| d.text).collect();
     let damping: f64 = std::env::var("QUAD_VALIDATE_DAMPING").map(|v| v.parse().unwrap()).unwrap_or(0.1);
-    let (a, b) = validate_texts(&loaded, &pool, &wiki, TOKENS, damping).unwrap();
+    let labels = quad_select::model::Labels::Sampled { seed: 0 };
+    let selection = quad_select::model::LayerSelection::all();
+    let (a, b) = validate_texts(&loaded, &pool, &wiki, TOKENS, damping, labels, &selection).unwrap();
     eprintln!("{a}\n{b}");
     let results = [a, b];
     let per_head = &results[0];
     assert!(per_head.candidates >= 200);
     let (id, kfac, ekfac) = (&per_head.rows[1], &per_head.rows[2], &per_head.rows[3]);
     // Regression guard at the measured level (see the module note), not the 0.90 target.
-    assert!(ekfac.spearman >= 0.55, "EK-FAC Spearman {}", ekfac.spearman);
+    assert!(ekfac.spearman >= 0.80, "EK-FAC Spearman {}", ekfac.spearman);
     assert!(ekfac.spearman >= kfac.spearman, "EK-FAC {} < K-FAC {}", ekfac.spearman, kfac.spearman);
     assert!(kfac.spearman >= id.spearman, "K-FAC {} < identity {}", kfac.spearman, id.spearman);
     assert!(ekfac.ihvp_relative_error <= kfac.ihvp_relative_error);

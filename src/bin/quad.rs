@@ -77,9 +77,12 @@ enum Command {
         /// Tokens per window when chunking documents.
         #[arg(long, default_value_t = 256)]
         context: usize,
-        /// Seed of the fitting sample.
+        /// Seed of the fitting sample (and of the sampled labels).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Curvature to approximate: the true Fisher (GGN) or the empirical Fisher.
+        #[arg(long, value_enum, default_value_t = FisherArg::True)]
+        fisher: FisherArg,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -110,11 +113,18 @@ enum Command {
         /// Print the mean score per value of this record field.
         #[arg(long)]
         label_field: Option<String>,
+        /// Score through a seeded Rademacher projection of both sides to at most DIM×DIM per
+        /// layer (TRAK-style, unbiased; for memory). Off by default.
+        #[arg(long, value_name = "DIM")]
+        project: Option<usize>,
+        /// Seed of the projection.
+        #[arg(long, default_value_t = 0)]
+        project_seed: u64,
         /// Output JSONL file.
         #[arg(long)]
         out: PathBuf,
     },
-    /// Compare identity / K-FAC / EK-FAC with the exact damped empirical Fisher on a tiny model.
+    /// Compare identity / K-FAC / EK-FAC with the exact damped Fisher on a tiny model.
     Validate {
         #[command(flatten)]
         corpus: CorpusArgs,
@@ -127,10 +137,41 @@ enum Command {
         /// Damping: this × tr(F_b)/n_b per block.
         #[arg(long, default_value_t = 0.1)]
         damping_rel: f64,
+        /// Curvature the factors approximate (and the exact solve uses).
+        #[arg(long, value_enum, default_value_t = FisherArg::True)]
+        fisher: FisherArg,
+        /// Layers to target: attention, mlp or both.
+        #[arg(long, default_value = "both")]
+        layers: LayerSelection,
+        /// Tokens per fitting example, candidate and reference document.
+        #[arg(long, default_value_t = influence::validate::VALIDATION_TOKENS)]
+        tokens: usize,
         /// Folder for the trained tiny model and the report.
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Which curvature K-FAC / EK-FAC approximate.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum FisherArg {
+    /// True Fisher (= GGN for cross-entropy): fitting losses against labels sampled from the model.
+    True,
+    /// Empirical Fisher: fitting losses against the documents' own next tokens.
+    Empirical,
+}
+
+impl FisherArg {
+    fn labels(self) -> model::Labels {
+        self.labels_seeded(0)
+    }
+
+    fn labels_seeded(self, seed: u64) -> model::Labels {
+        match self {
+            FisherArg::True => model::Labels::Sampled { seed },
+            FisherArg::Empirical => model::Labels::Observed,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -439,6 +480,7 @@ fn run(cli: Cli) -> Result<()> {
             fit_docs,
             context,
             seed,
+            fisher,
             out,
         } => {
             let loaded = model::load(&model, DType::F32, &Device::Cpu)
@@ -454,6 +496,7 @@ fn run(cli: Cli) -> Result<()> {
                 per_head: !no_per_head,
                 context,
                 batch: 4,
+                labels: fisher.labels_seeded(seed),
             };
             let started = Instant::now();
             let factors = Factors::fit(&loaded.model, &docs, &opts)?;
@@ -465,6 +508,7 @@ fn run(cli: Cli) -> Result<()> {
                 tokens: factors.tokens,
                 context,
                 default_damping: 0.1,
+                fisher: format!("{fisher:?}").to_lowercase(),
                 layers: factors.block_layout(),
             };
             store::save(&factors, &header, &out)?;
@@ -489,6 +533,8 @@ fn run(cli: Cli) -> Result<()> {
             damping_rel,
             damping,
             label_field,
+            project,
+            project_seed,
             out,
         } => {
             let loaded = model::load(&model, DType::F32, &Device::Cpu)
@@ -506,6 +552,7 @@ fn run(cli: Cli) -> Result<()> {
                 per_head: header.per_head,
                 context: header.context,
                 batch: 4,
+                labels: model::Labels::Observed,
             };
             let ref_corpus = CorpusArgs {
                 input: reference.clone(),
@@ -517,7 +564,13 @@ fn run(cli: Cli) -> Result<()> {
                 Some(d) => Damping::Absolute(d),
                 None => Damping::Relative(damping_rel),
             };
-            let ihvp = ReferenceIhvp::new(&fitted, &ref_grad, strategy, damping)?;
+            let mut ihvp = ReferenceIhvp::new(&fitted, &ref_grad, strategy, damping)?;
+            if let Some(dim) = project {
+                if dim == 0 {
+                    bail!("--project must be positive");
+                }
+                ihvp = ihvp.project(influence::Projection { dim, seed: project_seed });
+            }
             let mut reader = corpus.open()?;
             let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>()?;
             eprintln!("{}", reader.report());
@@ -576,6 +629,9 @@ fn run(cli: Cli) -> Result<()> {
             reference,
             model,
             damping_rel,
+            fisher,
+            layers,
+            tokens,
             out,
         } => {
             let pool = read_texts(&corpus)?;
@@ -602,8 +658,10 @@ fn run(cli: Cli) -> Result<()> {
                 &loaded,
                 &pool,
                 &refs,
-                influence::validate::VALIDATION_TOKENS,
+                tokens,
                 damping_rel,
+                fisher.labels(),
+                &layers,
             )?;
             println!("per-head attention factors:\n{per_head}\nwhole-layer factors:\n{whole}");
             let path = out.join("validate.json");

@@ -14,8 +14,9 @@
 
 use ndarray::{s, Array2};
 
+use super::project::{LayerProjection, Projection};
 use super::kfac::{BlockRange, EkfacSums, FactorSums, KfacError, KroneckerFactors, Strategy};
-use crate::model::{DocCapture, LayerId, LayerKind, LayerSelection, LlamaConfig, LlamaModel};
+use crate::model::{DocCapture, Labels, LayerId, LayerKind, LayerSelection, LlamaConfig, LlamaModel};
 
 /// Errors of the influence stage.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,9 @@ pub struct FitOptions {
     pub context: usize,
     /// Documents per forward/backward pass.
     pub batch: usize,
+    /// Labels of the fitting set's losses: `Sampled` fits the true Fisher (GGN), `Observed` the
+    /// empirical Fisher. Reference and candidate gradients always use the observed tokens.
+    pub labels: Labels,
 }
 
 impl Default for FitOptions {
@@ -47,6 +51,7 @@ impl Default for FitOptions {
             per_head: true,
             context: 256,
             batch: 4,
+            labels: Labels::Sampled { seed: 0 },
         }
     }
 }
@@ -104,7 +109,7 @@ pub struct Factors {
 }
 
 /// A capture's (a, g) as f64 arrays.
-fn arrays(layer: &crate::model::LayerCapture) -> candle_core::Result<(Array2<f64>, Array2<f64>)> {
+pub(crate) fn arrays(layer: &crate::model::LayerCapture) -> candle_core::Result<(Array2<f64>, Array2<f64>)> {
     let conv = |t: &candle_core::Tensor| -> candle_core::Result<Array2<f64>> {
         let (r, c) = t.dims2()?;
         let v: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1()?;
@@ -118,11 +123,12 @@ fn for_each_capture(
     model: &LlamaModel,
     docs: &[Vec<u32>],
     opts: &FitOptions,
+    labels: Labels,
     mut f: impl FnMut(&DocCapture) -> Result<(), InfluenceError>,
 ) -> Result<usize, InfluenceError> {
     let mut used = 0;
     for chunk in docs.chunks(opts.batch.max(1)) {
-        for cap in model.capture(chunk, opts.context, &opts.selection)?.into_iter().flatten() {
+        for cap in model.capture_with(chunk, opts.context, &opts.selection, labels)?.into_iter().flatten() {
             f(&cap)?;
             used += 1;
         }
@@ -168,7 +174,7 @@ impl Factors {
             })
             .collect();
         let mut tokens = 0;
-        let examples = for_each_capture(model, docs, opts, |cap| {
+        let examples = for_each_capture(model, docs, opts, opts.labels, |cap| {
             tokens += cap.predicted;
             for (l, layer) in cap.layers.iter().enumerate() {
                 let (a, g) = arrays(layer)?;
@@ -192,12 +198,25 @@ impl Factors {
             .iter()
             .map(|bs| bs.iter().map(EkfacSums::new).collect())
             .collect();
-        for_each_capture(model, docs, opts, |cap| {
+        // True Fisher: per-token Λ (cross-token terms vanish in expectation); empirical Fisher:
+        // per-example Λ (its cross-token terms are real).
+        let per_token = matches!(opts.labels, Labels::Sampled { .. });
+        for_each_capture(model, docs, opts, opts.labels, |cap| {
             for (l, layer) in cap.layers.iter().enumerate() {
                 let (a, g) = arrays(layer)?;
-                let grad = g.t().dot(&a);
-                for (b, r) in ranges[l].iter().enumerate() {
-                    ek[l][b].add(&factors[l][b], r.of(grad.view()));
+                if per_token {
+                    for (b, r) in ranges[l].iter().enumerate() {
+                        ek[l][b].add_tokens(
+                            &factors[l][b],
+                            a.slice(s![.., r.cols.0..r.cols.1]),
+                            g.slice(s![.., r.rows.0..r.rows.1]),
+                        );
+                    }
+                } else {
+                    let grad = g.t().dot(&a);
+                    for (b, r) in ranges[l].iter().enumerate() {
+                        ek[l][b].add(&factors[l][b], r.of(grad.view()));
+                    }
                 }
             }
             Ok(())
@@ -231,7 +250,7 @@ pub fn mean_gradient(
     opts: &FitOptions,
 ) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
     let mut acc: Vec<(LayerId, Array2<f64>)> = Vec::new();
-    let n = for_each_capture(model, docs, opts, |cap| {
+    let n = for_each_capture(model, docs, opts, Labels::Observed, |cap| {
         for (l, layer) in cap.layers.iter().enumerate() {
             let (a, g) = arrays(layer)?;
             let grad = g.t().dot(&a);
@@ -283,7 +302,10 @@ impl Default for Damping {
 #[derive(Debug, Clone)]
 pub struct ReferenceIhvp {
     pub strategy: Strategy,
+    /// Per layer: `V`, or `P_out V P_inᵀ` once projected.
     pub layers: Vec<(LayerId, Array2<f64>)>,
+    /// The projection applied to both sides, if any.
+    pub projection: Option<(Projection, Vec<LayerProjection>)>,
 }
 
 impl ReferenceIhvp {
@@ -313,20 +335,43 @@ impl ReferenceIhvp {
             }
             layers.push((*id, v));
         }
-        Ok(Self { strategy, layers })
+        Ok(Self {
+            strategy,
+            layers,
+            projection: None,
+        })
+    }
+
+    /// Projects `V` with `projection`; candidates are then scored in the projected space,
+    /// `⟨P_out V P_inᵀ, P_out G_z P_inᵀ⟩` (an unbiased estimate of `⟨V, G_z⟩`).
+    pub fn project(mut self, projection: Projection) -> Self {
+        let mut mats = Vec::with_capacity(self.layers.len());
+        for (id, v) in &mut self.layers {
+            let lp = projection.layer(*id, v.nrows(), v.ncols());
+            *v = lp.gradient(v);
+            mats.push(lp);
+        }
+        self.projection = Some((projection, mats));
+        self
     }
 
     /// `I(z) = Σ_layers Σ_t g_tᵀ V a_t` from a candidate's captures.
     pub fn score(&self, cap: &DocCapture) -> Result<f64, InfluenceError> {
         let mut total = 0.0;
-        for (id, v) in &self.layers {
+        for (l, (id, v)) in self.layers.iter().enumerate() {
             let layer = cap
                 .layers
                 .iter()
                 .find(|l| l.id == *id)
                 .ok_or_else(|| InfluenceError::Input(format!("capture lacks {id}")))?;
             let (a, g) = arrays(layer)?;
-            total += (&g.dot(v) * &a).sum();
+            total += match &self.projection {
+                None => (&g.dot(v) * &a).sum(),
+                Some((_, mats)) => {
+                    let lp = &mats[l];
+                    (&g.dot(&lp.p_out.t()).dot(v) * &a.dot(&lp.p_in.t())).sum()
+                }
+            };
         }
         Ok(total)
     }

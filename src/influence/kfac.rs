@@ -219,6 +219,18 @@ impl EkfacSums {
         self.examples += 1;
     }
 
+    /// Adds one example token by token: `a` (T × d_in), `g` (T × d_out). Accumulates
+    /// `Σ_t (Q_Sᵀ g_t a_tᵀ Q_A)² = (U ∘ U)ᵀ (V ∘ V)` with `U = g Q_S`, `V = a Q_A`: the diagonal of
+    /// the per-token Fisher `E_n[Σ_t vec(g_t a_tᵀ) vec(g_t a_tᵀ)ᵀ]` in the Kronecker basis. For the true
+    /// Fisher (labels sampled from the model) the cross-token terms that [`EkfacSums::add`] keeps
+    /// have zero expectation, so this is the same Λ with less sampling noise.
+    pub fn add_tokens(&mut self, factors: &KroneckerFactors, a: ArrayView2<f64>, g: ArrayView2<f64>) {
+        let u = g.dot(&factors.q_s).mapv(|x| x * x);
+        let v = a.dot(&factors.q_a).mapv(|x| x * x);
+        self.sum += &u.t().dot(&v);
+        self.examples += 1;
+    }
+
     /// Stores `Λ` into the factors.
     pub fn finish(self, factors: &mut KroneckerFactors) -> Result<(), KfacError> {
         if self.examples == 0 {
@@ -347,6 +359,36 @@ mod tests {
         let q = kron(&f.q_a, &f.q_s);
         let in_basis = q.t().dot(&fisher).dot(&q);
         let diag = unvec(&in_basis.diag().to_owned(), d_out, d_in);
+        assert!(max_abs(&diag, f.ekfac.as_ref().unwrap()) < 1e-10);
+    }
+
+    #[test]
+    fn per_token_ekfac_eigenvalues_are_the_per_token_fisher_diagonal() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        let (d_in, d_out, t, n) = (4, 3, 3, 6);
+        let mut sums = FactorSums::new(d_in, d_out);
+        let mut examples = Vec::new();
+        let mut token_grads = Vec::new();
+        for _ in 0..n {
+            let a = random(&mut rng, t, d_in);
+            let g = random(&mut rng, t, d_out);
+            sums.add(a.view(), g.view());
+            for k in 0..t {
+                let (gk, ak) = (g.row(k).insert_axis(Axis(1)), a.row(k).insert_axis(Axis(0)));
+                token_grads.push(gk.dot(&ak));
+            }
+            examples.push((a, g));
+        }
+        let mut f = sums.finish().unwrap();
+        let mut e = EkfacSums::new(&f);
+        for (a, g) in &examples {
+            e.add_tokens(&f, a.view(), g.view());
+        }
+        e.finish(&mut f).unwrap();
+        // Per-token Fisher, normalised per example like Λ: Σ over tokens / n.
+        let fisher = dense_fisher(&token_grads) * t as f64;
+        let q = kron(&f.q_a, &f.q_s);
+        let diag = unvec(&q.t().dot(&fisher).dot(&q).diag().to_owned(), d_out, d_in);
         assert!(max_abs(&diag, f.ekfac.as_ref().unwrap()) < 1e-10);
     }
 

@@ -4,15 +4,18 @@
 //! - [`kfac`]: one block's factors, eigenbases, EK-FAC eigenvalues and damped iHVP;
 //! - [`factors`]: fitting all selected layers of a model (attention per head, MLP per layer), the
 //!   reference iHVP and candidate scores;
+//! - [`project`]: the optional seeded Rademacher projection applied to both sides;
 //! - [`store`]: saving and loading fitted factors;
-//! - [`validate`]: the comparison against the exact damped empirical Fisher on a tiny model.
+//! - [`validate`]: the comparison against the exact damped Fisher on a tiny model.
 
 pub mod factors;
 pub mod kfac;
+pub mod project;
 pub mod store;
 pub mod validate;
 
 pub use factors::{Damping, Factors, FitOptions, InfluenceError, ReferenceIhvp};
+pub use project::Projection;
 pub use kfac::{BlockRange, EkfacSums, FactorSums, KfacError, KroneckerFactors, Strategy};
 
 use crate::corpus::Document;

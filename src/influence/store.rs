@@ -25,7 +25,14 @@ pub struct FactorsHeader {
     pub context: usize,
     /// Default damping: this × the mean eigenvalue of each block.
     pub default_damping: f64,
+    /// The curvature fitted: "true" (Fisher with sampled labels, = GGN) or "empirical".
+    #[serde(default = "empirical")]
+    pub fisher: String,
     pub layers: Vec<(LayerId, Vec<BlockRange>)>,
+}
+
+fn empirical() -> String {
+    "empirical".into()
 }
 
 /// sha256 of a model's weight file (the `.gguf`, or `model.safetensors` of a folder).

@@ -1,20 +1,24 @@
 //! `quad validate`: identity / K-FAC / EK-FAC against the exact damped empirical Fisher on a tiny
 //! model.
 //!
-//! Exact target: `F = E_n[vec(G_n) vec(G_n)ᵀ]` over the fitting set (the empirical Fisher, of which
-//! K-FAC and EK-FAC are block-diagonal Kronecker approximations), damped per block with the same
+//! Exact target, by default the true Fisher (= the GGN for softmax cross-entropy), estimated with one
+//! label per token sampled from the model: `F = E_n[Σ_t vec(g_t a_tᵀ) vec(g_t a_tᵀ)ᵀ]` (cross-token
+//! products have zero expectation under sampled labels and are left out). With observed labels it
+//! is the empirical Fisher `F = E_n[vec(G_n) vec(G_n)ᵀ]`. K-FAC and EK-FAC are block-diagonal
+//! Kronecker approximations of the same F (EK-FAC's Λ is fitted per token or per example to match),
+//! damped per block with the same
 //! `δ_b = 0.1 · tr(F_b) / n_b` that EK-FAC's default uses (its mean eigenvalue is exactly that), and
 //! solved densely: `v* = (F + D)⁻¹ vec(∇L(R))`, exact scores `s*(z) = ⟨v*, vec(G_z)⟩`. Each
 //! approximation reports the relative error of its reference iHVP, `‖v − v*‖ / ‖v*‖` (for identity,
 //! after the best scalar rescaling, since the plain gradient has no curvature scale), and the
 //! Spearman and Pearson correlations of its candidate scores with the exact ones.
 
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ArrayView2};
 use ndarray_linalg::Solve;
 
-use super::factors::{capture_gradients, mean_gradient, Damping, Factors, FitOptions, InfluenceError, ReferenceIhvp};
+use super::factors::{arrays, capture_gradients, mean_gradient, Damping, Factors, FitOptions, InfluenceError, ReferenceIhvp};
 use super::kfac::{on_big_stack, Strategy};
-use crate::model::{LayerId, LlamaModel};
+use crate::model::{Labels, LayerId, LlamaModel};
 
 /// One line of the validation table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -29,6 +33,8 @@ pub struct ValidationRow {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ValidationReport {
     pub parameters: usize,
+    /// "true" (Fisher with labels sampled from the model, = GGN) or "empirical".
+    pub fisher: String,
     pub fitting_examples: usize,
     pub candidates: usize,
     pub per_head: bool,
@@ -39,8 +45,8 @@ impl std::fmt::Display for ValidationReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "exact damped empirical Fisher over {} parameters, {} fitting examples, {} candidates, per-head {}",
-            self.parameters, self.fitting_examples, self.candidates, self.per_head
+            "exact damped {} Fisher over {} parameters, {} fitting examples, {} candidates, per-head {}",
+            self.fisher, self.parameters, self.fitting_examples, self.candidates, self.per_head
         )?;
         writeln!(f, "| strategy | iHVP rel. error | Spearman | Pearson |")?;
         writeln!(f, "|---|---|---|---|")?;
@@ -113,18 +119,41 @@ pub fn validate(
         )));
     }
 
-    // Dense empirical Fisher over the fitting examples: F = MᵀM / N with one row of M per example.
-    let mut rows: Vec<f64> = Vec::new();
+    // Dense Fisher over the fitting examples: F = MᵀM / N. Empirical Fisher: one row of M per
+    // example, vec(G_n). True Fisher (sampled labels): one row per token, vec(g_t a_tᵀ) — the
+    // cross-token products have zero expectation, and EK-FAC's per-token Λ estimates this F's
+    // diagonal in the Kronecker basis.
+    let per_token = matches!(opts.labels, Labels::Sampled { .. });
+    let mut fisher = Array2::<f64>::zeros((n, n));
+    let mut buf: Vec<f64> = Vec::new();
+    let flush = |buf: &mut Vec<f64>, fisher: &mut Array2<f64>| {
+        let m = ArrayView2::from_shape((buf.len() / n, n), buf.as_slice()).expect("whole rows");
+        *fisher += &m.t().dot(&m);
+        buf.clear();
+    };
     let mut examples = 0usize;
     for chunk in fitting.chunks(opts.batch.max(1)) {
-        for cap in model.capture(chunk, opts.context, &opts.selection)?.into_iter().flatten() {
-            rows.extend(flatten(&capture_gradients(&cap)?));
+        for cap in model.capture_with(chunk, opts.context, &opts.selection, opts.labels)?.into_iter().flatten() {
+            if per_token {
+                let layers: Vec<_> = cap.layers.iter().map(arrays).collect::<Result<_, _>>()?;
+                for t in 0..cap.predicted {
+                    for (a, g) in &layers {
+                        for &gi in g.row(t) {
+                            buf.extend(a.row(t).iter().map(|&aj| gi * aj));
+                        }
+                    }
+                }
+            } else {
+                buf.extend(flatten(&capture_gradients(&cap)?));
+            }
             examples += 1;
+            if buf.len() >= 4096 * n {
+                flush(&mut buf, &mut fisher);
+            }
         }
     }
-    let m = Array2::from_shape_vec((examples, n), rows).expect("one row per example");
-    let mut fisher = m.t().dot(&m) / examples as f64;
-    drop(m);
+    flush(&mut buf, &mut fisher);
+    fisher /= examples.max(1) as f64;
 
     // Per-block damping δ_b = x · tr(F_b)/n_b on the diagonal (x = 0.1 by default), matching
     // Damping::Fisher(x) for K-FAC and EK-FAC.
@@ -212,6 +241,7 @@ pub fn validate(
     }
     Ok(ValidationReport {
         parameters: n,
+        fisher: if per_token { "true" } else { "empirical" }.into(),
         fitting_examples: examples,
         candidates: cand_caps.len(),
         per_head: opts.per_head,
@@ -251,6 +281,8 @@ pub fn validate_texts(
     reference: &[String],
     tokens: usize,
     damping_scale: f64,
+    labels: crate::model::Labels,
+    selection: &crate::model::LayerSelection,
 ) -> Result<(ValidationReport, ValidationReport), InfluenceError> {
     let enc = |t: &str| loaded.encode(t).map_err(|e| InfluenceError::Input(e.to_string()));
     let mut fitting = Vec::new();
@@ -274,7 +306,8 @@ pub fn validate_texts(
             per_head,
             context: tokens,
             batch: 16,
-            ..Default::default()
+            labels,
+            selection: selection.clone(),
         };
         validate(&loaded.model, &fitting, &reference, &candidates, &opts, damping_scale)
     };

@@ -249,6 +249,48 @@ impl LossBatch {
     }
 }
 
+/// Which next-token labels a captured loss is taken against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Labels {
+    /// The document's own next tokens: squared gradients give the empirical Fisher.
+    Observed,
+    /// Labels drawn from the model's own predictive distribution, seeded per document (by the
+    /// seed and the document's tokens, so batching does not change them): squared gradients give
+    /// a Monte-Carlo estimate of the true Fisher, which for softmax cross-entropy is the GGN.
+    Sampled { seed: u64 },
+}
+
+/// Draws one label per real position from `softmax(logits)`; padding keeps target 0.
+fn sample_targets(logits: &Tensor, batch: &LossBatch, docs: &[Vec<u32>], seed: u64) -> candle_core::Result<Tensor> {
+    use rand::{Rng, SeedableRng};
+    let v = logits.dim(D::Minus1)?;
+    let probs = candle_nn::ops::softmax_last_dim(&logits.detach().reshape(((), v))?.to_dtype(DType::F32)?)?;
+    let probs: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+    let mut targets: Vec<u32> = batch.targets.to_vec1()?;
+    for (doc, rows) in docs.iter().zip(&batch.doc_rows) {
+        // FNV-1a over the tokens: the same document always gets the same labels.
+        let h = doc.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed ^ h);
+        for &k in rows {
+            let p = &probs[k as usize * v..(k as usize + 1) * v];
+            let u: f32 = rng.gen::<f32>() * p.iter().sum::<f32>();
+            let mut acc = 0.0;
+            let mut pick = v - 1;
+            for (i, &pi) in p.iter().enumerate() {
+                acc += pi;
+                if u < acc {
+                    pick = i;
+                    break;
+                }
+            }
+            targets[k as usize] = pick as u32;
+        }
+    }
+    let n = targets.len();
+    Tensor::from_vec(targets, n, batch.targets.device())
+}
+
 impl LlamaModel {
     /// Mean next-token loss of each document (no gradients kept). Documents with fewer than two
     /// tokens have no loss (`None`).
@@ -275,13 +317,28 @@ impl LlamaModel {
         context: usize,
         selection: &LayerSelection,
     ) -> candle_core::Result<Vec<Option<DocCapture>>> {
+        self.capture_with(docs, context, selection, Labels::Observed)
+    }
+
+    /// [`LlamaModel::capture`] with the loss taken against `labels` (with `Labels::Sampled`, the
+    /// reported loss is the sampled labels' loss too).
+    pub fn capture_with(
+        &self,
+        docs: &[Vec<u32>],
+        context: usize,
+        selection: &LayerSelection,
+        labels: Labels,
+    ) -> candle_core::Result<Vec<Option<DocCapture>>> {
         let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
-        let batch = LossBatch::new(&refs, context, true, self)?;
+        let mut batch = LossBatch::new(&refs, context, true, self)?;
         let mut tap = Tap {
             selection: selection.clone(),
             records: Vec::new(),
         };
         let logits = self.forward(&batch.ids, Some(&mut tap))?;
+        if let Labels::Sampled { seed } = labels {
+            batch.targets = sample_targets(&logits, &batch, docs, seed)?;
+        }
         let nll = batch.nll(&logits)?;
         let grads = batch.loss(&nll)?.backward()?;
         let nll: Vec<f64> = nll.detach().to_dtype(DType::F64)?.to_vec1()?;

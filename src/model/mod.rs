@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
-pub use capture::{DocCapture, LayerCapture, LayerId, LayerKind, LayerSelection};
+pub use capture::{DocCapture, Labels, LayerCapture, LayerId, LayerKind, LayerSelection};
 pub use config::LlamaConfig;
 pub use llama::LlamaModel;
 
