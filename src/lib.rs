@@ -5,6 +5,7 @@
 //! `corpus → embed → cluster → model → influence → bandit → select → report`.
 
 pub mod atomic;
+pub mod bandit;
 pub mod cluster;
 pub mod corpus;
 pub mod embed;

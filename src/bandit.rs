@@ -1,0 +1,858 @@
+//! The bandit selector: clusters are arms, influence evaluations are pulls.
+//!
+//! Each cluster i keeps an accumulated reward `R_i`, an update count `T_i` and the documents already
+//! scored or taken; N is the total number of updates. Quad's **Cluster Score** (a UCB):
+//!
+//! `CS_i = R_i / max(T_i, 1) + α · sqrt(2 · ln(max(N, 1)) / (T_i + 1))`.
+//!
+//! One round: choose the B arms with the highest CS (arms never chosen go first, in seeded random
+//! order; ties are broken by the seeded RNG); from each, score b not-yet-seen members (sampled
+//! without replacement); reward `r_i = mean(scores) − γ`; share it with every **neighbour** j with
+//! centroid distance `d(i, j) < τ` (i itself, d = 0): `R_j += r_i · (1 − d(i,j)/τ)`, `T_j += 1`,
+//! `N += 1`; and if `r_i > 0` take a chunk of m documents from i (its scored members, best first,
+//! then unscored ones in seeded random order). Stop when the budget is met — the last chunk is cut
+//! at the document that reaches it — or when no arm is left.
+//!
+//! Scores are standardised before they become rewards: a seeded calibration sample of the pool is
+//! scored first, and every score s becomes `(s − median) / std` of that sample, so γ and α are in
+//! units of the pool's score spread (γ = 0: better than the typical document) whatever the
+//! model's gradient scale. With `calibration = 0` raw scores are used.
+//!
+//! An arm is exhausted when it has no untaken document; it is *spent* when every untaken member has
+//! been scored and their mean reward is ≤ 0 (nothing new to learn, nothing worth taking). Neither
+//! is chosen again. When only such arms remain the run stops and says so.
+//!
+//! Other policies share the interface: `thompson` (Gaussian posterior on each arm's mean reward),
+//! `epsilon-greedy`, `greedy` (α = 0), `uniform` (round-robin over clusters, no scoring), `random`
+//! (documents at random, no clusters, no scoring) and `topk` (score everything, take the best).
+//!
+//! The state is plain data ([`BanditState`], serde): checkpoint it after every round and resume
+//! with [`Bandit::resume`]; every random draw derives from the seed and the round number, so a
+//! resumed run makes the same choices as an uninterrupted one.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+
+/// Errors of the bandit stage.
+#[derive(Debug, thiserror::Error)]
+pub enum BanditError {
+    #[error("invalid bandit parameters: {0}")]
+    Params(String),
+    #[error("invalid problem: {0}")]
+    Problem(String),
+    #[error("the checkpoint does not belong to this run: {0}")]
+    Checkpoint(String),
+    #[error("scoring failed: {0}")]
+    Scorer(String),
+}
+
+/// How arms (or documents) are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Quad: the Cluster Score (UCB) with neighbour sharing and the γ threshold.
+    Ucb,
+    /// Sample each arm's mean reward from a Gaussian posterior; take the B largest.
+    Thompson,
+    /// Best mean reward, but each slot is a random arm with probability ε.
+    EpsilonGreedy,
+    /// UCB with α = 0.
+    Greedy,
+    /// Round-robin over clusters, m documents each, no scoring (pure diversity).
+    Uniform,
+    /// Documents uniformly at random (no clusters, no scoring).
+    Random,
+    /// Score every document, take the best (pure quality).
+    Topk,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 7] = [
+        Policy::Ucb,
+        Policy::Thompson,
+        Policy::EpsilonGreedy,
+        Policy::Greedy,
+        Policy::Uniform,
+        Policy::Random,
+        Policy::Topk,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Ucb => "ucb",
+            Policy::Thompson => "thompson",
+            Policy::EpsilonGreedy => "epsilon-greedy",
+            Policy::Greedy => "greedy",
+            Policy::Uniform => "uniform",
+            Policy::Random => "random",
+            Policy::Topk => "topk",
+        }
+    }
+
+    /// Whether the policy needs influence scores.
+    pub fn scores(self) -> bool {
+        !matches!(self, Policy::Uniform | Policy::Random)
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Policy::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown policy '{s}' (expected one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// What the selection must add up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    Documents(usize),
+    Tokens(usize),
+}
+
+impl Budget {
+    fn limit(self) -> usize {
+        match self {
+            Budget::Documents(n) | Budget::Tokens(n) => n,
+        }
+    }
+}
+
+/// The bandit's parameters (all in the run's TOML under `[bandit]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BanditParams {
+    pub policy: Policy,
+    /// α: weight of the exploration bonus in the Cluster Score.
+    pub alpha: f64,
+    /// γ: reward threshold, in standardised score units; a cluster's chunk is taken when its
+    /// sampled mean beats it.
+    pub gamma: f64,
+    /// τ: neighbour radius in centroid cosine distance (reward shared with weight 1 − d/τ).
+    pub tau: f64,
+    /// B: arms chosen per round.
+    pub arms_per_round: usize,
+    /// b: members scored per chosen arm.
+    pub samples_per_arm: usize,
+    /// m: documents taken from an arm whose reward is positive.
+    pub chunk: usize,
+    /// ε of `epsilon-greedy`.
+    pub epsilon: f64,
+    /// Documents scored up front to standardise scores (0: use raw scores).
+    pub calibration: usize,
+    pub seed: u64,
+}
+
+impl Default for BanditParams {
+    fn default() -> Self {
+        Self {
+            policy: Policy::Ucb,
+            alpha: 1.0,
+            gamma: 0.0,
+            tau: 0.2,
+            arms_per_round: 4,
+            samples_per_arm: 8,
+            chunk: 32,
+            epsilon: 0.1,
+            calibration: 64,
+            seed: 0,
+        }
+    }
+}
+
+impl BanditParams {
+    /// Checks the parameters.
+    pub fn check(&self) -> Result<(), BanditError> {
+        let bad = |m: &str| Err(BanditError::Params(m.into()));
+        if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
+            return bad("alpha must be a finite number ≥ 0");
+        }
+        if !self.gamma.is_finite() {
+            return bad("gamma must be finite");
+        }
+        if !(self.tau >= 0.0 && self.tau.is_finite()) {
+            return bad("tau must be a finite number ≥ 0");
+        }
+        if self.arms_per_round == 0 || self.samples_per_arm == 0 || self.chunk == 0 {
+            return bad("arms_per_round (B), samples_per_arm (b) and chunk (m) must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.epsilon) {
+            return bad("epsilon must be in [0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// The pool as the bandit sees it.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// Cluster of each document.
+    pub cluster: Vec<usize>,
+    /// Tokens of each document (for token budgets).
+    pub tokens: Vec<usize>,
+    /// k × k centroid distances (cosine distance, 0 on the diagonal).
+    pub distances: Vec<Vec<f64>>,
+    pub budget: Budget,
+}
+
+impl Problem {
+    pub fn k(&self) -> usize {
+        self.distances.len()
+    }
+
+    fn check(&self) -> Result<(), BanditError> {
+        let k = self.k();
+        let bad = |m: String| Err(BanditError::Problem(m));
+        if self.cluster.len() != self.tokens.len() {
+            return bad(format!("{} cluster labels for {} documents", self.cluster.len(), self.tokens.len()));
+        }
+        if let Some(&c) = self.cluster.iter().find(|&&c| c >= k) {
+            return bad(format!("cluster {c} out of range for k = {k}"));
+        }
+        if self.distances.iter().any(|r| r.len() != k || r.iter().any(|d| !d.is_finite() || *d < 0.0)) {
+            return bad("distances must be a k × k matrix of finite non-negative numbers".into());
+        }
+        Ok(())
+    }
+
+    /// A fingerprint for checkpoints: sizes, clusters, tokens, budget.
+    fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        };
+        for (&c, &t) in self.cluster.iter().zip(&self.tokens) {
+            eat(c as u64);
+            eat(t as u64);
+        }
+        for row in &self.distances {
+            for d in row {
+                eat(d.to_bits());
+            }
+        }
+        format!("{}-{}-{:?}-{h:016x}", self.cluster.len(), self.k(), self.budget)
+    }
+}
+
+/// Per-arm statistics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArmState {
+    /// R_i: accumulated (shared) reward.
+    pub reward_sum: f64,
+    /// T_i: updates received (own and shared).
+    pub updates: u64,
+    /// Rounds in which this arm was chosen.
+    pub times_chosen: u64,
+    /// Documents taken from this arm.
+    pub taken: usize,
+    /// Members scored.
+    pub scored: usize,
+    /// No untaken member left.
+    pub exhausted: bool,
+    /// Every untaken member scored and their mean reward ≤ 0.
+    pub spent: bool,
+    /// The arm's last own reward.
+    pub last_reward: Option<f64>,
+}
+
+impl ArmState {
+    /// Mean reward `R_i / max(T_i, 1)`.
+    pub fn mean_reward(&self) -> f64 {
+        self.reward_sum / self.updates.max(1) as f64
+    }
+
+    fn available(&self) -> bool {
+        !self.exhausted && !self.spent
+    }
+}
+
+/// One selected document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Selected {
+    pub doc: usize,
+    pub cluster: usize,
+    pub round: usize,
+    /// The cluster's reward that round (None for policies without rewards).
+    pub reward: Option<f64>,
+    /// The document's standardised score, when it was scored.
+    pub score: Option<f64>,
+}
+
+/// One arm's part in a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmPick {
+    pub arm: usize,
+    /// Its Cluster Score (or the policy's index) when chosen.
+    pub index: f64,
+    pub reward: Option<f64>,
+    pub scored: usize,
+    pub accepted: usize,
+}
+
+/// What one round did (a line of rounds.csv).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundLog {
+    pub round: usize,
+    pub picks: Vec<ArmPick>,
+    pub scored: usize,
+    pub accepted: usize,
+    pub docs_selected: usize,
+    pub tokens_selected: usize,
+}
+
+/// Why a run stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    BudgetMet,
+    PoolExhausted,
+    /// Every arm left is spent: no cluster's mean beats γ.
+    NoArmAboveGamma,
+    /// Stopped from outside (Ctrl-C); the checkpoint resumes it.
+    Interrupted,
+}
+
+/// Everything a checkpoint holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanditState {
+    pub params: BanditParams,
+    pub problem: String,
+    pub round: usize,
+    /// N: total updates.
+    pub updates: u64,
+    pub arms: Vec<ArmState>,
+    /// Raw score of each document, once scored.
+    pub scores: Vec<Option<f64>>,
+    pub taken: Vec<bool>,
+    /// `(median, std)` of the calibration sample: `z = (s − median) / std`.
+    pub calibration: Option<(f64, f64)>,
+    pub selected: Vec<Selected>,
+    pub docs_selected: usize,
+    pub tokens_selected: usize,
+    pub documents_scored: usize,
+    /// Round-robin position of `uniform`.
+    pub next_arm: usize,
+    pub rounds: Vec<RoundLog>,
+    pub stop: Option<StopReason>,
+}
+
+/// The bandit: the problem, its derived member orders and the state.
+pub struct Bandit {
+    params: BanditParams,
+    problem: Problem,
+    /// Members of each arm in seeded random order (sampling without replacement walks it).
+    orders: Vec<Vec<usize>>,
+    /// The pool in seeded random order (for `random` and calibration).
+    pool_order: Vec<usize>,
+    state: BanditState,
+}
+
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Bandit {
+    pub fn new(params: BanditParams, problem: Problem) -> Result<Self, BanditError> {
+        params.check()?;
+        problem.check()?;
+        let n = problem.tokens.len();
+        let k = problem.k();
+        let state = BanditState {
+            params: params.clone(),
+            problem: problem.fingerprint(),
+            round: 0,
+            updates: 0,
+            arms: vec![ArmState::default(); k],
+            scores: vec![None; n],
+            taken: vec![false; n],
+            calibration: None,
+            selected: Vec::new(),
+            docs_selected: 0,
+            tokens_selected: 0,
+            documents_scored: 0,
+            next_arm: 0,
+            rounds: Vec::new(),
+            stop: None,
+        };
+        Ok(Self::with_state(params, problem, state))
+    }
+
+    /// Continues from a checkpoint; refuses one made with other parameters or another pool.
+    pub fn resume(params: BanditParams, problem: Problem, state: BanditState) -> Result<Self, BanditError> {
+        params.check()?;
+        problem.check()?;
+        if state.params != params {
+            return Err(BanditError::Checkpoint("it was made with other bandit parameters".into()));
+        }
+        if state.problem != problem.fingerprint() {
+            return Err(BanditError::Checkpoint("it was made on another pool, clustering or budget".into()));
+        }
+        let mut state = state;
+        if state.stop == Some(StopReason::Interrupted) {
+            state.stop = None;
+        }
+        Ok(Self::with_state(params, problem, state))
+    }
+
+    fn with_state(params: BanditParams, problem: Problem, mut state: BanditState) -> Self {
+        let mut orders = vec![Vec::new(); problem.k()];
+        for (d, &c) in problem.cluster.iter().enumerate() {
+            orders[c].push(d);
+        }
+        for (c, o) in orders.iter_mut().enumerate() {
+            o.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(params.seed ^ (c as u64 + 1).wrapping_mul(GOLDEN)));
+        }
+        let mut pool_order: Vec<usize> = (0..problem.tokens.len()).collect();
+        pool_order.shuffle(&mut Xoshiro256PlusPlus::seed_from_u64(params.seed ^ 0x5eed));
+        for (c, arm) in state.arms.iter_mut().enumerate() {
+            if orders[c].is_empty() {
+                arm.exhausted = true;
+            }
+        }
+        Self {
+            params,
+            problem,
+            orders,
+            pool_order,
+            state,
+        }
+    }
+
+    pub fn state(&self) -> &BanditState {
+        &self.state
+    }
+
+    pub fn into_state(self) -> BanditState {
+        self.state
+    }
+
+    pub fn params(&self) -> &BanditParams {
+        &self.params
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state.stop.is_some()
+    }
+
+    /// Marks the run as stopped from outside (the checkpoint still resumes it).
+    pub fn interrupt(&mut self) {
+        if self.state.stop.is_none() {
+            self.state.stop = Some(StopReason::Interrupted);
+        }
+    }
+
+    /// The Cluster Score of arm i: `R_i / max(T_i, 1) + α · sqrt(2 ln(max(N, 1)) / (T_i + 1))`.
+    pub fn cluster_score(&self, i: usize) -> f64 {
+        cluster_score(&self.state.arms[i], self.state.updates, self.alpha())
+    }
+
+    fn alpha(&self) -> f64 {
+        if self.params.policy == Policy::Greedy {
+            0.0
+        } else {
+            self.params.alpha
+        }
+    }
+
+    fn budget_met(&self) -> bool {
+        let used = match self.problem.budget {
+            Budget::Documents(_) => self.state.docs_selected,
+            Budget::Tokens(_) => self.state.tokens_selected,
+        };
+        used >= self.problem.budget.limit()
+    }
+
+    fn z(&self, raw: f64) -> f64 {
+        match self.state.calibration {
+            Some((median, std)) => (raw - median) / std,
+            None => raw,
+        }
+    }
+
+    /// Scores `docs` (not yet scored) and records them.
+    fn score<E: fmt::Display>(
+        &mut self,
+        docs: &[usize],
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+    ) -> Result<(), BanditError> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let s = scorer(docs).map_err(|e| BanditError::Scorer(e.to_string()))?;
+        if s.len() != docs.len() {
+            return Err(BanditError::Scorer(format!("{} scores for {} documents", s.len(), docs.len())));
+        }
+        for (&d, &v) in docs.iter().zip(&s) {
+            if !v.is_finite() {
+                return Err(BanditError::Scorer(format!("non-finite score for document {d}")));
+            }
+            if self.state.scores[d].is_none() {
+                self.state.scores[d] = Some(v);
+                self.state.documents_scored += 1;
+                self.state.arms[self.problem.cluster[d]].scored += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes document d into the selection; returns false when the budget was already met.
+    fn take(&mut self, d: usize, reward: Option<f64>) -> bool {
+        if self.budget_met() || self.state.taken[d] {
+            return false;
+        }
+        let c = self.problem.cluster[d];
+        self.state.taken[d] = true;
+        self.state.docs_selected += 1;
+        self.state.tokens_selected += self.problem.tokens[d];
+        let arm = &mut self.state.arms[c];
+        arm.taken += 1;
+        if arm.taken == self.orders[c].len() {
+            arm.exhausted = true;
+        }
+        let score = self.state.scores[d].map(|s| self.z(s));
+        self.state.selected.push(Selected {
+            doc: d,
+            cluster: c,
+            round: self.state.round,
+            reward,
+            score,
+        });
+        true
+    }
+
+    /// Untaken, unscored members of arm c, in its seeded order.
+    fn unseen(&self, c: usize) -> impl Iterator<Item = usize> + '_ {
+        self.orders[c]
+            .iter()
+            .copied()
+            .filter(|&d| !self.state.taken[d] && self.state.scores[d].is_none())
+    }
+
+    /// Takes up to m documents from arm c: scored members best first, then unscored in order.
+    fn take_chunk(&mut self, c: usize, reward: Option<f64>) -> usize {
+        let mut scored: Vec<(usize, f64)> = self.orders[c]
+            .iter()
+            .filter(|&&d| !self.state.taken[d])
+            .filter_map(|&d| self.state.scores[d].map(|s| (d, s)))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let rest: Vec<usize> = self.unseen(c).collect();
+        let mut n = 0;
+        for d in scored.into_iter().map(|(d, _)| d).chain(rest) {
+            if n == self.params.chunk || !self.take(d, reward) {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
+    fn rng(&self) -> Xoshiro256PlusPlus {
+        Xoshiro256PlusPlus::seed_from_u64(self.params.seed ^ (self.state.round as u64 + 1).wrapping_mul(GOLDEN))
+    }
+
+    /// Runs one round; returns its log, or None when the run is over (see `state().stop`).
+    pub fn step<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+    ) -> Result<Option<RoundLog>, BanditError> {
+        if self.state.stop.is_some() {
+            return Ok(None);
+        }
+        if self.budget_met() {
+            self.state.stop = Some(StopReason::BudgetMet);
+            return Ok(None);
+        }
+        if self.state.taken.iter().all(|&t| t) {
+            self.state.stop = Some(StopReason::PoolExhausted);
+            return Ok(None);
+        }
+        let before = (self.state.documents_scored, self.state.docs_selected);
+        let picks = match self.params.policy {
+            Policy::Random => self.round_random(),
+            Policy::Uniform => self.round_uniform(),
+            Policy::Topk => self.round_topk(scorer)?,
+            _ => {
+                if self.state.calibration.is_none() && self.params.calibration > 0 {
+                    self.calibrate(scorer)?;
+                }
+                match self.round_bandit(scorer)? {
+                    Some(p) => p,
+                    None => {
+                        self.state.stop = Some(StopReason::NoArmAboveGamma);
+                        return Ok(None);
+                    }
+                }
+            }
+        };
+        let log = RoundLog {
+            round: self.state.round,
+            picks,
+            scored: self.state.documents_scored - before.0,
+            accepted: self.state.docs_selected - before.1,
+            docs_selected: self.state.docs_selected,
+            tokens_selected: self.state.tokens_selected,
+        };
+        self.state.rounds.push(log.clone());
+        self.state.round += 1;
+        if self.budget_met() {
+            self.state.stop = Some(StopReason::BudgetMet);
+        } else if self.state.taken.iter().all(|&t| t) {
+            self.state.stop = Some(StopReason::PoolExhausted);
+        }
+        Ok(Some(log))
+    }
+
+    /// Runs rounds until the end; `on_round` sees each round's log and may ask to stop (false).
+    pub fn run<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+        mut on_round: impl FnMut(&Self, &RoundLog) -> bool,
+    ) -> Result<(), BanditError> {
+        while let Some(log) = self.step(scorer)? {
+            if !on_round(self, &log) && !self.is_done() {
+                self.interrupt();
+            }
+        }
+        Ok(())
+    }
+
+    fn calibrate<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+    ) -> Result<(), BanditError> {
+        let sample: Vec<usize> = self.pool_order.iter().copied().take(self.params.calibration).collect();
+        self.score(&sample, scorer)?;
+        let mut v: Vec<f64> = sample.iter().filter_map(|&d| self.state.scores[d]).collect();
+        v.sort_by(f64::total_cmp);
+        let median = if v.is_empty() {
+            0.0
+        } else if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+        let std = if var.sqrt() > 0.0 { var.sqrt() } else { 1.0 };
+        self.state.calibration = Some((median, std));
+        Ok(())
+    }
+
+    /// Chooses up to B available arms by the policy's index; never-chosen arms first.
+    fn choose(&self, rng: &mut Xoshiro256PlusPlus) -> Vec<(usize, f64)> {
+        let avail: Vec<usize> = (0..self.problem.k()).filter(|&i| self.state.arms[i].available()).collect();
+        // Thompson's posterior spread: the spread of the rewards seen so far (1 until there are two).
+        let rewards: Vec<f64> = self.state.arms.iter().filter_map(|a| a.last_reward).collect();
+        let spread = if rewards.len() >= 2 {
+            let m = rewards.iter().sum::<f64>() / rewards.len() as f64;
+            (rewards.iter().map(|r| (r - m).powi(2)).sum::<f64>() / (rewards.len() - 1) as f64).sqrt().max(1e-6)
+        } else {
+            1.0
+        };
+        // (never chosen first, index, random tie-break)
+        let mut keyed: Vec<(bool, f64, f64, usize)> = avail
+            .iter()
+            .map(|&i| {
+                let arm = &self.state.arms[i];
+                let index = match self.params.policy {
+                    Policy::Thompson => {
+                        let sd = spread / ((arm.updates + 1) as f64).sqrt();
+                        Normal::new(arm.mean_reward(), sd).map(|n| n.sample(rng)).unwrap_or(arm.mean_reward())
+                    }
+                    Policy::EpsilonGreedy => arm.mean_reward(),
+                    _ => self.cluster_score(i),
+                };
+                (arm.times_chosen == 0, index, rng.gen::<f64>(), i)
+            })
+            .collect();
+        keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.total_cmp(&b.2)));
+        let b = self.params.arms_per_round.min(keyed.len());
+        let mut chosen: Vec<(usize, f64)> = Vec::with_capacity(b);
+        if self.params.policy == Policy::EpsilonGreedy {
+            let mut rest = keyed;
+            for _ in 0..b {
+                // Never-chosen arms still go first; otherwise explore with probability ε.
+                let explore = !rest[0].0 && rng.gen::<f64>() < self.params.epsilon;
+                let k = rest.remove(if explore { rng.gen_range(0..rest.len()) } else { 0 });
+                chosen.push((k.3, k.1));
+            }
+        } else {
+            chosen.extend(keyed.iter().take(b).map(|k| (k.3, k.1)));
+        }
+        chosen
+    }
+
+    fn round_bandit<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+    ) -> Result<Option<Vec<ArmPick>>, BanditError> {
+        let mut rng = self.rng();
+        let chosen = self.choose(&mut rng);
+        if chosen.is_empty() {
+            return Ok(None);
+        }
+        // Score every chosen arm's sample in one call.
+        let samples: Vec<Vec<usize>> = chosen
+            .iter()
+            .map(|&(c, _)| self.unseen(c).take(self.params.samples_per_arm).collect())
+            .collect();
+        let all: Vec<usize> = samples.iter().flatten().copied().collect();
+        self.score(&all, scorer)?;
+        let mut picks = Vec::with_capacity(chosen.len());
+        for ((c, index), sample) in chosen.into_iter().zip(samples) {
+            self.state.arms[c].times_chosen += 1;
+            // No unseen member left: the arm's untaken scored members stand in (no new cost).
+            let observed: Vec<f64> = if sample.is_empty() {
+                self.orders[c]
+                    .iter()
+                    .filter(|&&d| !self.state.taken[d])
+                    .filter_map(|&d| self.state.scores[d])
+                    .collect()
+            } else {
+                sample.iter().filter_map(|&d| self.state.scores[d]).collect()
+            };
+            if observed.is_empty() {
+                self.state.arms[c].exhausted = true;
+                continue;
+            }
+            let mean = observed.iter().map(|&s| self.z(s)).sum::<f64>() / observed.len() as f64;
+            let reward = mean - self.params.gamma;
+            self.state.arms[c].last_reward = Some(reward);
+            self.share(c, reward);
+            let accepted = if reward > 0.0 { self.take_chunk(c, Some(reward)) } else { 0 };
+            if sample.is_empty() && reward <= 0.0 {
+                self.state.arms[c].spent = true;
+            }
+            picks.push(ArmPick {
+                arm: c,
+                index,
+                reward: Some(reward),
+                scored: sample.len(),
+                accepted,
+            });
+            if self.budget_met() {
+                break;
+            }
+        }
+        Ok(Some(picks))
+    }
+
+    /// `R_j += r · (1 − d(i,j)/τ)`, `T_j += 1`, `N += 1` for every j with `d(i, j) < τ` (i included).
+    fn share(&mut self, i: usize, reward: f64) {
+        let tau = self.params.tau;
+        for j in 0..self.problem.k() {
+            let d = if j == i { 0.0 } else { self.problem.distances[i][j] };
+            if j == i || d < tau {
+                let w = neighbour_weight(d, tau);
+                let arm = &mut self.state.arms[j];
+                arm.reward_sum += reward * w;
+                arm.updates += 1;
+                self.state.updates += 1;
+            }
+        }
+    }
+
+    fn round_uniform(&mut self) -> Vec<ArmPick> {
+        let k = self.problem.k();
+        let mut picks = Vec::new();
+        let mut looked = 0;
+        while picks.len() < self.params.arms_per_round && looked < k && !self.budget_met() {
+            let c = self.state.next_arm % k;
+            self.state.next_arm = (self.state.next_arm + 1) % k;
+            looked += 1;
+            if !self.state.arms[c].available() {
+                continue;
+            }
+            self.state.arms[c].times_chosen += 1;
+            let accepted = self.take_chunk(c, None);
+            picks.push(ArmPick {
+                arm: c,
+                index: 0.0,
+                reward: None,
+                scored: 0,
+                accepted,
+            });
+        }
+        picks
+    }
+
+    fn round_random(&mut self) -> Vec<ArmPick> {
+        let want = self.params.chunk * self.params.arms_per_round;
+        let next: Vec<usize> = self.pool_order.iter().copied().filter(|&d| !self.state.taken[d]).take(want).collect();
+        let mut accepted = 0;
+        for d in next {
+            if !self.take(d, None) {
+                break;
+            }
+            accepted += 1;
+        }
+        vec![ArmPick {
+            arm: usize::MAX,
+            index: 0.0,
+            reward: None,
+            scored: 0,
+            accepted,
+        }]
+    }
+
+    fn round_topk<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+    ) -> Result<Vec<ArmPick>, BanditError> {
+        let todo: Vec<usize> = (0..self.problem.tokens.len()).filter(|&d| self.state.scores[d].is_none()).collect();
+        self.score(&todo, scorer)?;
+        let mut ranked: Vec<(usize, f64)> =
+            (0..self.problem.tokens.len()).filter_map(|d| self.state.scores[d].map(|s| (d, s))).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut accepted = 0;
+        for (d, _) in ranked {
+            if !self.take(d, None) {
+                break;
+            }
+            accepted += 1;
+        }
+        Ok(vec![ArmPick {
+            arm: usize::MAX,
+            index: 0.0,
+            reward: None,
+            scored: todo.len(),
+            accepted,
+        }])
+    }
+}
+
+/// `CS = R / max(T, 1) + α · sqrt(2 ln(max(N, 1)) / (T + 1))`.
+pub fn cluster_score(arm: &ArmState, total_updates: u64, alpha: f64) -> f64 {
+    let n = total_updates.max(1) as f64;
+    arm.mean_reward() + alpha * (2.0 * n.ln() / (arm.updates + 1) as f64).sqrt()
+}
+
+/// Neighbour weight `1 − d/τ` for `d < τ` (1 at d = 0), else 0.
+pub fn neighbour_weight(d: f64, tau: f64) -> f64 {
+    if d == 0.0 {
+        1.0
+    } else if d < tau {
+        1.0 - d / tau
+    } else {
+        0.0
+    }
+}
