@@ -51,7 +51,8 @@ pub enum ClusterError {
 }
 
 /// k-means settings, validated by [`KMeansParams::check`] (linfa style).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct KMeansParams {
     /// Number of clusters.
     pub k: usize,

@@ -11,6 +11,8 @@ pub mod corpus;
 pub mod embed;
 pub mod influence;
 pub mod model;
+pub mod report;
+pub mod select;
 pub mod weights;
 
 use std::path::Path;

@@ -13,6 +13,7 @@ use quad_select::embed::{self, BertOptions, Embeddings, HashingEmbedder};
 use quad_select::influence::{self, store, Damping, Factors, FitOptions, ReferenceIhvp, Strategy};
 use quad_select::model::train::{self, ProxyParams, TrainEvent};
 use quad_select::model::{self, LayerSelection};
+use quad_select::select::{self, SelectConfig};
 use candle_core::{DType, Device};
 
 /// Quad: select pretraining data that is both influential on a reference set and diverse.
@@ -25,6 +26,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Select documents from a pool: embed, cluster, train (or load) the proxy, fit factors, and
+    /// run the bandit until the budget is met. Writes selected.jsonl, manifest.json, rounds.csv and
+    /// clusters.csv; caches every stage's artifacts; checkpoints after every round.
+    Select(Box<SelectArgs>),
     /// Embed every document of a corpus; writes embeddings.npy, ids.jsonl and embeddings.json.
     Embed {
         #[command(flatten)]
@@ -172,6 +177,238 @@ impl FisherArg {
             FisherArg::Empirical => model::Labels::Observed,
         }
     }
+}
+
+#[derive(Args)]
+struct SelectArgs {
+    /// Pool to select from (JSONL, .gz, .zst, Parquet, or a folder of them).
+    #[arg(long)]
+    input: PathBuf,
+    /// Reference corpus (text the model should get better at).
+    #[arg(long)]
+    reference: PathBuf,
+    /// Budget in proxy-tokenizer tokens (the last document taken is the one that reaches it).
+    #[arg(long, conflicts_with = "budget_docs", required_unless_present = "budget_docs")]
+    budget_tokens: Option<usize>,
+    /// Budget in documents (met exactly).
+    #[arg(long)]
+    budget_docs: Option<usize>,
+    /// TOML file with any of the settings (see README); flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Cache folder for embeddings, clusters, proxy, factors and scores (shared between runs).
+    #[arg(long, default_value = ".quad-cache")]
+    cache: PathBuf,
+    /// Continue from OUT/checkpoint.json (after a crash, kill or Ctrl-C).
+    #[arg(long)]
+    resume: bool,
+    /// Proxy model (folder or .gguf); without it the default proxy is trained on the pool.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Sentence-embedding model folder; without it the hashing embedder is used.
+    #[arg(long)]
+    embed_model: Option<PathBuf>,
+    /// Field holding the text.
+    #[arg(long)]
+    text_field: Option<String>,
+    /// Field holding the id.
+    #[arg(long)]
+    id_field: Option<String>,
+    /// Number of clusters.
+    #[arg(long)]
+    k: Option<usize>,
+    /// ucb, thompson, epsilon-greedy, greedy, uniform, random or topk.
+    #[arg(long)]
+    policy: Option<quad_select::bandit::Policy>,
+    /// α: exploration weight of the Cluster Score.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// γ: reward threshold (standardised score units).
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// τ: neighbour radius (centroid cosine distance).
+    #[arg(long)]
+    tau: Option<f64>,
+    /// B: clusters per round.
+    #[arg(long)]
+    arms_per_round: Option<usize>,
+    /// b: documents scored per chosen cluster.
+    #[arg(long)]
+    samples_per_arm: Option<usize>,
+    /// m: documents taken from a cluster whose reward beats γ.
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// Seed of the bandit.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl SelectArgs {
+    fn config(&self) -> Result<SelectConfig> {
+        let mut c = match &self.config {
+            Some(p) => SelectConfig::from_toml_file(p)?,
+            None => SelectConfig::default(),
+        };
+        macro_rules! set {
+            ($flag:expr, $field:expr) => {
+                if let Some(v) = $flag.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(self.text_field, c.text_field);
+        set!(self.id_field, c.id_field);
+        set!(self.k, c.cluster.k);
+        set!(self.policy, c.bandit.policy);
+        set!(self.alpha, c.bandit.alpha);
+        set!(self.gamma, c.bandit.gamma);
+        set!(self.tau, c.bandit.tau);
+        set!(self.arms_per_round, c.bandit.arms_per_round);
+        set!(self.samples_per_arm, c.bandit.samples_per_arm);
+        set!(self.chunk, c.bandit.chunk);
+        set!(self.seed, c.bandit.seed);
+        if self.model.is_some() {
+            c.proxy.model = self.model.clone();
+        }
+        if self.embed_model.is_some() {
+            c.embed.model = self.embed_model.clone();
+        }
+        Ok(c)
+    }
+}
+
+/// Stage bars and per-round lines for `quad select`.
+struct CliProgress {
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+impl select::Progress for CliProgress {
+    fn stage(&self, name: &str, cached: bool) {
+        let mut slot = self.bar.lock().expect("progress lock");
+        if let Some(b) = slot.take() {
+            b.finish_and_clear();
+        }
+        if cached {
+            eprintln!("{name}: cached");
+            return;
+        }
+        if !console_is_tty() {
+            eprintln!("{name} ...");
+        }
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{prefix}: [{bar:30}] {pos}/{len} [{elapsed_precise}<{eta_precise}]")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b.set_prefix(name.to_string());
+        *slot = Some(b);
+    }
+
+    fn advance(&self, done: u64, total: u64) {
+        if let Some(b) = self.bar.lock().expect("progress lock").as_ref() {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    }
+
+    fn round(&self, log: &quad_select::bandit::RoundLog, budget: quad_select::bandit::Budget, best_cs: f64) {
+        let (used, limit, unit) = match budget {
+            quad_select::bandit::Budget::Tokens(n) => (log.tokens_selected, n, "tokens"),
+            quad_select::bandit::Budget::Documents(n) => (log.docs_selected, n, "docs"),
+        };
+        let line = format!(
+            "round {:>4}: {used}/{limit} {unit}, scored {}, accepted {}, best CS {best_cs:.3}",
+            log.round, log.scored, log.accepted
+        );
+        match self.bar.lock().expect("progress lock").as_ref() {
+            Some(b) if !b.is_hidden() => {
+                b.set_length(limit as u64);
+                b.set_position(used.min(limit) as u64);
+                b.println(line);
+            }
+            _ => eprintln!("{line}"),
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match self.bar.lock().expect("progress lock").as_ref() {
+            Some(b) if !b.is_hidden() => b.println(line),
+            _ => eprintln!("{line}"),
+        }
+    }
+}
+
+fn console_is_tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    // A second Ctrl-C quits at once; the last checkpoint still resumes.
+    if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn select_cmd(args: &SelectArgs) -> Result<()> {
+    let config = args.config()?;
+    let budget = match (args.budget_tokens, args.budget_docs) {
+        (Some(t), _) => quad_select::bandit::Budget::Tokens(t),
+        (None, Some(d)) => quad_select::bandit::Budget::Documents(d),
+        (None, None) => bail!("give --budget-tokens or --budget-docs"),
+    };
+    let run = select::SelectRun {
+        input: args.input.clone(),
+        reference: args.reference.clone(),
+        budget,
+        out: args.out.clone(),
+        cache: args.cache.clone(),
+        resume: args.resume,
+        config,
+    };
+    // SAFETY: the handler only touches an atomic (and _exit on the second signal).
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    // Test hook: stop after this many rounds as Ctrl-C would.
+    let stop_after = std::env::var("QUAD_STOP_AFTER_ROUND").ok().and_then(|v| v.parse().ok());
+    let progress = CliProgress {
+        bar: std::sync::Mutex::new(None),
+    };
+    let started = Instant::now();
+    let summary = select::run(&run, &progress, &INTERRUPTED, stop_after)?;
+    if let Some(b) = progress.bar.lock().expect("progress lock").take() {
+        b.finish_and_clear();
+    }
+    if summary.interrupted {
+        println!(
+            "stopped after round {}: {} documents, {} tokens so far; continue with --resume",
+            summary.rounds, summary.docs_selected, summary.tokens_selected
+        );
+        return Ok(());
+    }
+    let why = match &summary.stop {
+        Some(quad_select::bandit::StopReason::BudgetMet) => "budget met".to_string(),
+        Some(quad_select::bandit::StopReason::PoolExhausted) => "pool exhausted before the budget".to_string(),
+        Some(quad_select::bandit::StopReason::NoArmAboveGamma) => {
+            "stopped short of the budget: no cluster's mean score beats gamma (lower --gamma)".to_string()
+        }
+        other => format!("{other:?}"),
+    };
+    println!(
+        "selected {} documents, {} tokens in {} rounds ({why}); scored {} documents; {:.1} s -> {}",
+        summary.docs_selected,
+        summary.tokens_selected,
+        summary.rounds,
+        summary.documents_scored,
+        started.elapsed().as_secs_f64(),
+        args.out.join("selected.jsonl").display()
+    );
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -363,6 +600,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Select(args) => select_cmd(&args),
         Command::Embed {
             corpus,
             embedder,

@@ -137,3 +137,27 @@ pub fn load(dir: &Path) -> Result<(Factors, FactorsHeader), InfluenceError> {
         header,
     ))
 }
+
+/// Saves per-layer matrices (e.g. the reference gradient) as f64 tensors named by layer, atomically.
+pub fn save_layers(layers: &[(LayerId, Array2<f64>)], path: &Path) -> Result<(), InfluenceError> {
+    let mut tensors = HashMap::new();
+    for (id, m) in layers {
+        tensors.insert(id.to_string(), t2(m)?);
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| InfluenceError::Input(format!("{}: {e}", path.display())))
+}
+
+/// Loads matrices saved by [`save_layers`] for the given layers, in that order.
+pub fn load_layers(path: &Path, ids: &[LayerId]) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    ids.iter()
+        .map(|id| {
+            let t = tensors
+                .remove(&id.to_string())
+                .ok_or_else(|| InfluenceError::Input(format!("{} lacks {id}", path.display())))?;
+            Ok((*id, a2(&t)?))
+        })
+        .collect()
+}

@@ -30,7 +30,8 @@ use super::{LlamaConfig, LlamaModel, ModelError};
 pub const EOS: &str = "<|endoftext|>";
 
 /// Proxy training settings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProxyParams {
     pub layers: usize,
     pub width: usize,
