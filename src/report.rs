@@ -20,6 +20,8 @@ pub struct RunInputs<'a> {
     pub model: &'a Path,
     pub model_sha256: &'a str,
     pub factors_key: &'a str,
+    /// sha256 of `factors.safetensors` (none for policies that do not score).
+    pub factors_sha256: Option<&'a str>,
     /// Pool documents with fewer than two tokens (not selectable: nothing to score).
     pub too_short: usize,
     /// Cluster and token count of each selectable document (the bandit's indices).
@@ -129,7 +131,7 @@ pub fn write_outputs(
             "reference": {"path": inputs.reference, "sha256": inputs.reference_sha256, "read": inputs.reference_report},
         },
         "model": {"path": inputs.model, "sha256": inputs.model_sha256},
-        "factors_key": inputs.factors_key,
+        "factors": {"key": inputs.factors_key, "sha256": inputs.factors_sha256},
         "documents": {
             "read": docs.len(),
             "selectable": n,

@@ -623,6 +623,8 @@ pub fn run(
     save_checkpoint(&bandit)?;
     timer.record("bandit", started, false, &run_key);
 
+    let factors_file = factors_dir.join("factors.safetensors");
+    let factors_sha = if factors_file.exists() { Some(store::model_fingerprint(&factors_file)?) } else { None };
     let state = bandit.state();
     let interrupted = state.stop == Some(StopReason::Interrupted);
     if !interrupted {
@@ -637,6 +639,7 @@ pub fn run(
             model: &model_path,
             model_sha256: &model_sha,
             factors_key: &factors_key,
+            factors_sha256: factors_sha.as_deref(),
             too_short,
             cluster_of: &cluster_of,
             tokens: &doc_tokens,

@@ -35,7 +35,8 @@ fn empirical() -> String {
     "empirical".into()
 }
 
-/// sha256 of a model's weight file (the `.gguf`, or `model.safetensors` of a folder).
+/// sha256 of a model's weight file (the `.gguf`, or `model.safetensors` of a folder), or of any
+/// other file given directly.
 pub fn model_fingerprint(model_path: &Path) -> Result<String, InfluenceError> {
     use sha2::{Digest, Sha256};
     let file = if model_path.is_dir() {
