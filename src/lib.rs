@@ -9,6 +9,7 @@ pub mod bandit;
 pub mod cluster;
 pub mod corpus;
 pub mod embed;
+pub mod eval;
 pub mod influence;
 pub mod model;
 pub mod report;

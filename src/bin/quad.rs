@@ -30,6 +30,10 @@ enum Command {
     /// run the bandit until the budget is met. Writes selected.jsonl, manifest.json, rounds.csv and
     /// clusters.csv; caches every stage's artifacts; checkpoints after every round.
     Select(Box<SelectArgs>),
+    /// Evaluate selections: split off held-out documents once, then train a fixed small LM on a
+    /// selection and report reference and per-domain held-out losses.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Embed every document of a corpus; writes embeddings.npy, ids.jsonl and embeddings.json.
     Embed {
         #[command(flatten)]
@@ -412,6 +416,140 @@ fn select_cmd(args: &SelectArgs) -> Result<()> {
 }
 
 #[derive(Subcommand)]
+enum EvalCommand {
+    /// Split held-out documents off a pool (per label value, deterministic) and train the
+    /// evaluation tokenizer; writes DIR/pool.jsonl (for selectors), DIR/heldout.jsonl and
+    /// DIR/tokenizer.json.
+    Split {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// Field whose values are the domains.
+        #[arg(long, default_value = "domain")]
+        label_field: String,
+        /// Held-out documents per domain.
+        #[arg(long, default_value_t = 20)]
+        heldout_per_domain: usize,
+        /// BPE vocabulary of the evaluation tokenizer.
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train the evaluation model on a selection and measure its losses; writes a JSON result.
+    Run {
+        /// selected.jsonl (or any corpus) to train on.
+        #[arg(long)]
+        selection: PathBuf,
+        /// Reference corpus.
+        #[arg(long)]
+        reference: PathBuf,
+        /// Folder written by `quad eval split`.
+        #[arg(long)]
+        split: PathBuf,
+        /// Field whose values are the domains.
+        #[arg(long, default_value = "domain")]
+        label_field: String,
+        /// Clusters of the selection's run (for the normalised entropy); default: from the
+        /// manifest.json beside the selection.
+        #[arg(long)]
+        k: Option<usize>,
+        /// Seed of the evaluation model's weights and batches.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training steps (default 300: 614,400 tokens).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Output JSON file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn eval_cmd(cmd: EvalCommand) -> Result<()> {
+    use quad_select::eval;
+    match cmd {
+        EvalCommand::Split {
+            corpus,
+            label_field,
+            heldout_per_domain,
+            vocab_size,
+            seed,
+            out,
+        } => {
+            let mut reader = corpus.open()?;
+            let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>()?;
+            eprintln!("{}", reader.report());
+            let (pool, held) = eval::write_split(&docs, &label_field, heldout_per_domain, seed, vocab_size, &out)?;
+            println!(
+                "held out {held} documents ({heldout_per_domain} per '{label_field}' value), {pool} left for selection -> {}",
+                out.display()
+            );
+            Ok(())
+        }
+        EvalCommand::Run {
+            selection,
+            reference,
+            split,
+            label_field,
+            k,
+            seed,
+            steps,
+            out,
+        } => {
+            let read = |p: &std::path::Path| -> Result<Vec<quad_select::corpus::Document>> {
+                Ok(CorpusReader::read_all(p, CorpusConfig::default())
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .0)
+            };
+            let sel = read(&selection)?;
+            let refs: Vec<String> = read(&reference)?.into_iter().map(|d| d.text).collect();
+            let heldout: Vec<(String, String)> = read(&split.join(eval::SPLIT_HELDOUT))?
+                .into_iter()
+                .map(|d| (d.field(&label_field).unwrap_or_else(|| "(none)".into()), d.text))
+                .collect();
+            let tok_path = split.join(eval::SPLIT_TOKENIZER);
+            let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+            let mut params = eval::eval_params();
+            if let Some(s) = steps {
+                params.steps = s;
+            }
+            let texts: Vec<String> = sel.iter().map(|d| d.text.clone()).collect();
+            let result = eval::evaluate(&texts, &tokenizer, &refs, &heldout, &params, seed)?;
+            let k = match k {
+                Some(k) => k,
+                None => {
+                    let m = selection.with_file_name("manifest.json");
+                    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&m).with_context(|| {
+                        format!("{}: give --k when the selection has no manifest", m.display())
+                    })?)?;
+                    v["parameters"]["cluster"]["k"].as_u64().context("manifest lacks parameters.cluster.k")? as usize
+                }
+            };
+            let records: Vec<serde_json::Value> = sel
+                .iter()
+                .map(|d| serde_json::from_str(&d.record))
+                .collect::<Result<_, _>>()?;
+            let stats = eval::selection_stats(&records, k, &label_field);
+            println!(
+                "reference loss {:.4}, held-out mean {:.4} ({} domains), cluster entropy {:.3}, {} clusters, {:.0} s",
+                result.reference_loss,
+                result.heldout_mean,
+                result.heldout_loss.len(),
+                stats.cluster_entropy,
+                stats.clusters_touched,
+                result.seconds
+            );
+            let json = serde_json::json!({"eval": result, "selection": stats, "seed": seed, "path": selection});
+            quad_select::atomic::write_string_atomic(&out, &serde_json::to_string_pretty(&json)?)?;
+            Ok(())
+        }
+    }
+}
+
+#[derive(Subcommand)]
 enum ProxyCommand {
     /// Train a small Llama-style proxy from scratch on a seeded sample of the pool; writes
     /// config.json, model.safetensors, tokenizer.json and train_log.csv.
@@ -601,6 +739,7 @@ fn main() {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Select(args) => select_cmd(&args),
+        Command::Eval(cmd) => eval_cmd(cmd),
         Command::Embed {
             corpus,
             embedder,

@@ -171,7 +171,7 @@ pub fn learning_rate(p: &ProxyParams, step: usize) -> f64 {
     floor + (p.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-fn tokenize(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>, ModelError> {
+pub(crate) fn tokenize(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>, ModelError> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     Ok(tokenizer
         .encode_batch(refs, false)
@@ -182,7 +182,7 @@ fn tokenize(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>, Mo
 }
 
 /// Concatenates documents, each followed by `eos`.
-fn stream(docs: &[Vec<u32>], eos: u32) -> Vec<u32> {
+pub(crate) fn stream(docs: &[Vec<u32>], eos: u32) -> Vec<u32> {
     let mut s = Vec::with_capacity(docs.iter().map(|d| d.len() + 1).sum());
     for d in docs {
         s.extend_from_slice(d);
@@ -192,7 +192,7 @@ fn stream(docs: &[Vec<u32>], eos: u32) -> Vec<u32> {
 }
 
 /// Mean next-token loss over fixed windows (no gradients).
-fn eval_loss(model: &LlamaModel, windows: &[&[u32]], context: usize) -> candle_core::Result<f64> {
+pub(crate) fn eval_loss(model: &LlamaModel, windows: &[&[u32]], context: usize) -> candle_core::Result<f64> {
     let mut total = 0.0;
     let mut n = 0usize;
     for chunk in windows.chunks(8) {
@@ -244,17 +244,6 @@ pub fn train_proxy(
     config.eos_token_id = Some(eos);
     let device = Device::Cpu;
     let model = LlamaModel::random(config, DType::F32, &device, params.seed)?;
-    let mut opt = AdamW::new(
-        model.vars(),
-        ParamsAdamW {
-            lr: params.lr,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: params.weight_decay,
-        },
-    )?;
-
     let initial_val = eval_loss(&model, &val_windows, params.context)?;
     on_event(TrainEvent::Validated { step: 0, val_loss: initial_val });
     let mut log = vec![LogRow {
@@ -269,37 +258,17 @@ pub fn train_proxy(
     let mut window_loss = 0.0;
     let mut window_steps = 0usize;
     let mut window_start = Instant::now();
-    let mut steps_done = 0;
-    for step in 0..params.steps {
-        let lr = learning_rate(params, step);
-        opt.set_learning_rate(lr);
-        let seqs: Vec<&[u32]> = (0..params.batch_size)
-            .map(|_| {
-                let s = rng.gen_range(0..train_stream.len() - win);
-                &train_stream[s..s + win]
-            })
-            .collect();
-        let batch = LossBatch::new(&seqs, params.context, false, &model)?;
-        let logits = model.forward(&batch.ids, None)?;
-        let loss = batch.loss(&batch.nll(&logits)?)?;
-        let mut grads = loss.backward()?;
-        clip_gradients(&model, &mut grads, params.clip)?;
-        opt.step(&grads)?;
-        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !l.is_finite() {
-            return Err(ModelError::Format(format!("training diverged at step {step} (loss {l})")));
-        }
-        steps_done = step + 1;
+    let steps_done = optimise(&model, &train_stream, params, &mut rng, |step, l, lr| {
         window_tokens += params.batch_size * params.context;
         window_loss += l;
         window_steps += 1;
-        on_event(TrainEvent::Step { step: step + 1, of: params.steps, loss: l });
+        on_event(TrainEvent::Step { step, of: params.steps, loss: l });
         let out_of_time = params.time_limit.is_some_and(|t| started.elapsed() >= t);
-        if (step + 1) % params.eval_every == 0 || step + 1 == params.steps || out_of_time {
+        if step % params.eval_every == 0 || step == params.steps || out_of_time {
             last_val = eval_loss(&model, &val_windows, params.context)?;
-            on_event(TrainEvent::Validated { step: step + 1, val_loss: last_val });
+            on_event(TrainEvent::Validated { step, val_loss: last_val });
             log.push(LogRow {
-                step: step + 1,
+                step,
                 train_loss: window_loss / window_steps as f64,
                 val_loss: last_val,
                 tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64(),
@@ -310,10 +279,8 @@ pub fn train_proxy(
             window_steps = 0;
             window_start = Instant::now();
         }
-        if out_of_time {
-            break;
-        }
-    }
+        Ok(!out_of_time)
+    })?;
 
     model.save(out)?;
     let tok_path = out.join("tokenizer.json");
@@ -341,6 +308,60 @@ pub fn train_proxy(
         seconds: started.elapsed().as_secs_f64(),
         log,
     })
+}
+
+/// Trains `model` in place on random windows of `context + 1` tokens of `train_stream`: AdamW,
+/// warm-up + cosine schedule, global gradient clipping, `params.steps` steps of `batch_size`
+/// windows. `after_step(step, loss, lr)` (1-based step) runs after each step and returns false to
+/// stop early. Returns the steps done.
+pub(crate) fn optimise(
+    model: &LlamaModel,
+    train_stream: &[u32],
+    params: &ProxyParams,
+    rng: &mut Xoshiro256PlusPlus,
+    mut after_step: impl FnMut(usize, f64, f64) -> Result<bool, ModelError>,
+) -> Result<usize, ModelError> {
+    let win = params.context + 1;
+    if train_stream.len() < win + 1 {
+        return Err(ModelError::Config(format!(
+            "too little text: {} training tokens for windows of {win}",
+            train_stream.len()
+        )));
+    }
+    let mut opt = AdamW::new(
+        model.vars(),
+        ParamsAdamW {
+            lr: params.lr,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: params.weight_decay,
+        },
+    )?;
+    for step in 0..params.steps {
+        let lr = learning_rate(params, step);
+        opt.set_learning_rate(lr);
+        let seqs: Vec<&[u32]> = (0..params.batch_size)
+            .map(|_| {
+                let s = rng.gen_range(0..train_stream.len() - win);
+                &train_stream[s..s + win]
+            })
+            .collect();
+        let batch = LossBatch::new(&seqs, params.context, false, model)?;
+        let logits = model.forward(&batch.ids, None)?;
+        let loss = batch.loss(&batch.nll(&logits)?)?;
+        let mut grads = loss.backward()?;
+        clip_gradients(model, &mut grads, params.clip)?;
+        opt.step(&grads)?;
+        let l = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !l.is_finite() {
+            return Err(ModelError::Format(format!("training diverged at step {step} (loss {l})")));
+        }
+        if !after_step(step + 1, l, lr)? {
+            return Ok(step + 1);
+        }
+    }
+    Ok(params.steps)
 }
 
 /// Scales all gradients by `min(1, clip / ‖g‖)` where ‖g‖ is the global L2 norm.

@@ -1,0 +1,267 @@
+//! `quad eval`: does a selection help? A fresh small LM — the same architecture, tokenizer, seed,
+//! steps and tokens for every selection compared — is trained on the selection, then its mean
+//! next-token loss is measured on the reference set and on held-out documents of every pool domain.
+//!
+//! Held-out documents are split off the pool once, deterministically (per domain, the documents
+//! whose seeded hash of the id is smallest), and kept out of the pool that selectors see, so no
+//! selector can pick them.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::corpus::Document;
+use crate::model::train::{eval_loss, optimise, stream, tokenize, ProxyParams, EOS};
+use crate::model::{LlamaConfig, LlamaModel, ModelError};
+
+/// The evaluation model and its training: a 3-block, width-160 Llama (≈1.6M parameters with a
+/// 4096-token vocabulary), 300 steps of 8 windows of 256 tokens (614,400 training tokens).
+pub fn eval_params() -> ProxyParams {
+    ProxyParams {
+        layers: 3,
+        width: 160,
+        heads: 4,
+        context: 256,
+        steps: 300,
+        batch_size: 8,
+        lr: 3e-3,
+        warmup: 20,
+        ..Default::default()
+    }
+}
+
+/// Splits documents into (selectable pool, held-out) indices: for every value of the label
+/// (`None`: one group), the `per_domain` documents with the smallest `hash(seed, id)` are held out.
+pub fn split_heldout(docs: &[Document], labels: &[Option<String>], per_domain: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let hash = |id: &str| {
+        id.bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    };
+    let mut groups: BTreeMap<Option<&str>, Vec<(u64, usize)>> = BTreeMap::new();
+    for (i, d) in docs.iter().enumerate() {
+        groups.entry(labels[i].as_deref()).or_default().push((hash(&d.id), i));
+    }
+    let mut held = vec![false; docs.len()];
+    for members in groups.values_mut() {
+        members.sort();
+        for &(_, i) in members.iter().take(per_domain) {
+            held[i] = true;
+        }
+    }
+    let pool = (0..docs.len()).filter(|&i| !held[i]).collect();
+    let heldout = (0..docs.len()).filter(|&i| held[i]).collect();
+    (pool, heldout)
+}
+
+/// Files of a split: the selectable pool, the held-out documents and the evaluation tokenizer.
+pub const SPLIT_POOL: &str = "pool.jsonl";
+pub const SPLIT_HELDOUT: &str = "heldout.jsonl";
+pub const SPLIT_TOKENIZER: &str = "tokenizer.json";
+
+/// Splits `docs` with [`split_heldout`] (domains from `label_field`) and writes `dir/pool.jsonl`
+/// and `dir/heldout.jsonl` (the original records) and `dir/tokenizer.json` (a byte-level BPE of
+/// `vocab_size` trained on the selectable pool). Returns (pool, held-out) sizes.
+pub fn write_split(
+    docs: &[Document],
+    label_field: &str,
+    per_domain: usize,
+    seed: u64,
+    vocab_size: usize,
+    dir: &std::path::Path,
+) -> Result<(usize, usize), ModelError> {
+    let labels: Vec<Option<String>> = docs.iter().map(|d| d.field(label_field)).collect();
+    let (pool, held) = split_heldout(docs, &labels, per_domain, seed);
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    for (name, idx) in [(SPLIT_POOL, &pool), (SPLIT_HELDOUT, &held)] {
+        let path = dir.join(name);
+        crate::atomic::write_atomic(&path, |w| {
+            for &i in idx.iter() {
+                writeln!(w, "{}", docs[i].record)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| ModelError::io(&path, e))?;
+    }
+    let texts: Vec<String> = pool.iter().map(|&i| docs[i].text.clone()).collect();
+    let tok = crate::model::train::train_bpe(&texts, vocab_size)?;
+    let json = tok.to_string(true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let path = dir.join(SPLIT_TOKENIZER);
+    crate::atomic::write_string_atomic(&path, &json).map_err(|e| ModelError::io(&path, e))?;
+    Ok((pool.len(), held.len()))
+}
+
+/// What the trained model scores on each evaluation set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// Mean next-token loss on the reference set (nats/token).
+    pub reference_loss: f64,
+    /// Per pool domain: mean next-token loss on its held-out documents.
+    pub heldout_loss: BTreeMap<String, f64>,
+    /// Mean over domains of `heldout_loss`.
+    pub heldout_mean: f64,
+    /// Tokens in the selection (eval tokenizer).
+    pub selection_tokens: usize,
+    /// Tokens trained on (steps × batch × context; the selection repeats if it is smaller).
+    pub tokens_trained: usize,
+    pub parameters: usize,
+    pub seconds: f64,
+}
+
+/// Evaluation windows of a document set: each document's tokens (plus the end-of-text token) cut
+/// into consecutive windows of `context + 1`, at most `max_windows` in all.
+fn windows(docs: &[Vec<u32>], eos: u32, context: usize, max_windows: usize) -> Vec<Vec<u32>> {
+    let s = stream(docs, eos);
+    s.chunks(context + 1).filter(|w| w.len() >= 2).take(max_windows).map(<[u32]>::to_vec).collect()
+}
+
+/// Trains the evaluation model on `selection` (texts) with `tokenizer` and measures the losses.
+/// `heldout` pairs a domain with a text. `seed` sets the initial weights and the batches.
+pub fn evaluate(
+    selection: &[String],
+    tokenizer: &Tokenizer,
+    reference: &[String],
+    heldout: &[(String, String)],
+    params: &ProxyParams,
+    seed: u64,
+) -> Result<EvalResult, ModelError> {
+    let started = Instant::now();
+    let params = ProxyParams { seed, ..params.clone() };
+    params.validate()?;
+    let eos = tokenizer.token_to_id(EOS).unwrap_or(0);
+    let train = stream(&tokenize(tokenizer, selection)?, eos);
+    let mut config = LlamaConfig::small(
+        tokenizer.get_vocab_size(true),
+        params.width,
+        params.layers,
+        params.heads,
+        params.context,
+    );
+    config.eos_token_id = Some(eos);
+    let model = LlamaModel::random(config, DType::F32, &Device::Cpu, seed)?;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xe7a1);
+    optimise(&model, &train, &params, &mut rng, |_, _, _| Ok(true))?;
+
+    let loss_of = |texts: Vec<String>| -> Result<f64, ModelError> {
+        let w = windows(&tokenize(tokenizer, &texts)?, eos, params.context, 256);
+        let refs: Vec<&[u32]> = w.iter().map(Vec::as_slice).collect();
+        Ok(eval_loss(&model, &refs, params.context)?)
+    };
+    let reference_loss = loss_of(reference.to_vec())?;
+    let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (d, t) in heldout {
+        by_domain.entry(d.clone()).or_default().push(t.clone());
+    }
+    let mut heldout_loss = BTreeMap::new();
+    for (d, texts) in by_domain {
+        heldout_loss.insert(d, loss_of(texts)?);
+    }
+    let heldout_mean = heldout_loss.values().sum::<f64>() / heldout_loss.len().max(1) as f64;
+    Ok(EvalResult {
+        reference_loss,
+        heldout_loss,
+        heldout_mean,
+        selection_tokens: train.len(),
+        tokens_trained: params.steps * params.batch_size * params.context,
+        parameters: model.num_parameters(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Diversity and quality of a selection, from its `selected.jsonl` records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SelectionStats {
+    pub documents: usize,
+    /// Entropy of the cluster distribution over ln k (k clusters in the run): 0 = one cluster,
+    /// 1 = evenly spread over all of them.
+    pub cluster_entropy: f64,
+    pub clusters_touched: usize,
+    /// Documents per value of the label field.
+    pub domains: BTreeMap<String, usize>,
+    /// Mean standardised influence score of the selected documents that were scored.
+    pub mean_score: Option<f64>,
+    /// Selected documents that were scored.
+    pub scored: usize,
+}
+
+/// Statistics of selected records (`quad.cluster`, `quad.score`, and `label_field`).
+pub fn selection_stats(records: &[serde_json::Value], k: usize, label_field: &str) -> SelectionStats {
+    let mut per_cluster: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut domains = BTreeMap::new();
+    let (mut sum, mut scored) = (0.0, 0usize);
+    for r in records {
+        if let Some(c) = r["quad"]["cluster"].as_u64() {
+            *per_cluster.entry(c).or_default() += 1;
+        }
+        let d = r[label_field].as_str().unwrap_or("(none)").to_string();
+        *domains.entry(d).or_default() += 1;
+        if let Some(s) = r["quad"]["score"].as_f64() {
+            sum += s;
+            scored += 1;
+        }
+    }
+    let n: usize = per_cluster.values().sum();
+    let h: f64 = per_cluster
+        .values()
+        .map(|&c| {
+            let p = c as f64 / n as f64;
+            -p * p.ln()
+        })
+        .sum();
+    SelectionStats {
+        documents: records.len(),
+        cluster_entropy: if k > 1 { h / (k as f64).ln() } else { 0.0 },
+        clusters_touched: per_cluster.len(),
+        domains,
+        mean_score: (scored > 0).then(|| sum / scored as f64),
+        scored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::corpus::Location;
+
+    fn doc(id: &str) -> Document {
+        Document {
+            id: id.into(),
+            text: "x".into(),
+            record: "{}".into(),
+            location: Location {
+                file: "f".into(),
+                line: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn heldout_split_is_deterministic_per_domain_and_disjoint() {
+        let docs: Vec<Document> = (0..40).map(|i| doc(&format!("d{i}"))).collect();
+        let labels: Vec<Option<String>> = (0..40).map(|i| Some(if i % 2 == 0 { "a" } else { "b" }.into())).collect();
+        let (pool, held) = split_heldout(&docs, &labels, 3, 7);
+        assert_eq!(held.len(), 6);
+        assert_eq!(pool.len() + held.len(), 40);
+        assert!(pool.iter().all(|i| !held.contains(i)));
+        assert_eq!(held.iter().filter(|&&i| i % 2 == 0).count(), 3);
+        assert_eq!(split_heldout(&docs, &labels, 3, 7), (pool, held.clone()));
+        assert_ne!(split_heldout(&docs, &labels, 3, 8).1, held);
+    }
+
+    #[test]
+    fn cluster_entropy_is_normalised() {
+        let rec = |c: u64| serde_json::json!({"domain": "a", "quad": {"cluster": c, "score": 1.0}});
+        let even: Vec<_> = (0..8).map(|i| rec(i % 4)).collect();
+        let s = selection_stats(&even, 4, "domain");
+        assert!((s.cluster_entropy - 1.0).abs() < 1e-12);
+        assert_eq!(s.clusters_touched, 4);
+        let one: Vec<_> = (0..8).map(|_| rec(2)).collect();
+        assert_eq!(selection_stats(&one, 4, "domain").cluster_entropy, 0.0);
+        assert_eq!(s.mean_score, Some(1.0));
+        assert_eq!(s.domains["a"], 8);
+    }
+}
