@@ -586,14 +586,14 @@ impl Bandit {
             return Ok(None);
         }
         let before = (self.state.documents_scored, self.state.docs_selected);
+        if self.params.policy.scores() && self.state.calibration.is_none() && self.params.calibration > 0 {
+            self.calibrate(scorer)?;
+        }
         let picks = match self.params.policy {
             Policy::Random => self.round_random(),
             Policy::Uniform => self.round_uniform(),
             Policy::Topk => self.round_topk(scorer)?,
             _ => {
-                if self.state.calibration.is_none() && self.params.calibration > 0 {
-                    self.calibrate(scorer)?;
-                }
                 match self.round_bandit(scorer)? {
                     Some(p) => p,
                     None => {
