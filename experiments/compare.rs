@@ -12,15 +12,17 @@
 //! continues where it stopped. Stage artifacts (embeddings, clusters, proxy, factors, influence
 //! scores) are shared through the cache, so `topk` scoring the pool once serves every other run.
 
+#[path = "harness.rs"]
+mod harness;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use quad_select::bandit::{Budget, Policy};
-use quad_select::corpus::{CorpusConfig, CorpusReader};
-use quad_select::eval::{self, EvalResult, SelectionStats};
-use quad_select::select::{self, SelectConfig, SelectRun};
+use harness::{mean_std, read_records, update_readme, write_csv, Row, Setup};
+use quad_select::bandit::Policy;
+use quad_select::eval;
+use quad_select::select::SelectConfig;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
@@ -37,7 +39,7 @@ pub struct Opts {
 
 fn parse() -> Result<Opts> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shared = std::env::var_os("QUAD_SHARED").map(PathBuf::from).unwrap_or_else(|| repo.join("../shared"));
+    let shared = harness::shared();
     let mut args = std::env::args().skip(1);
     let (mut quick, mut seeds, mut out, mut budget, mut cache) = (false, 3, None, None, None);
     while let Some(a) = args.next() {
@@ -68,30 +70,6 @@ fn parse() -> Result<Opts> {
     })
 }
 
-/// One evaluated selection.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Row {
-    selector: String,
-    seed: u64,
-    eval: EvalResult,
-    selection: SelectionStats,
-    scored_fraction: f64,
-    select_seconds: f64,
-}
-
-fn read_records(path: &Path) -> Result<(Vec<String>, Vec<serde_json::Value>)> {
-    let (docs, _) = CorpusReader::read_all(path, CorpusConfig::default())?;
-    let recs = docs.iter().map(|d| serde_json::from_str(&d.record)).collect::<Result<_, _>>()?;
-    Ok((docs.into_iter().map(|d| d.text).collect(), recs))
-}
-
-fn mean_std(xs: &[f64]) -> (f64, f64) {
-    let n = xs.len() as f64;
-    let m = xs.iter().sum::<f64>() / n;
-    let v = if xs.len() > 1 { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-    (m, v.sqrt())
-}
-
 fn main() -> Result<()> {
     quad_select::tune_allocator();
     let md = run(&parse()?)?;
@@ -102,81 +80,22 @@ fn main() -> Result<()> {
 /// Runs (or continues) the comparison; returns the Markdown table.
 pub fn run(o: &Opts) -> Result<String> {
     std::fs::create_dir_all(&o.out)?;
-    let split = o.out.join("split");
-    if !split.join(eval::SPLIT_TOKENIZER).exists() {
-        eprintln!("splitting held-out documents off {}", o.pool.display());
-        let (docs, _) = CorpusReader::read_all(&o.pool, CorpusConfig::default())?;
-        let per_domain = if o.quick { 5 } else { 20 };
-        eval::write_split(&docs, "domain", per_domain, 0, 4096, &split)?;
-    }
-    let tokenizer = tokenizers::Tokenizer::from_file(split.join(eval::SPLIT_TOKENIZER)).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (refs, _) = read_records(&o.reference)?;
-    let heldout: Vec<(String, String)> = {
-        let (texts, recs) = read_records(&split.join(eval::SPLIT_HELDOUT))?;
-        recs.iter().map(|r| r["domain"].as_str().unwrap_or("(none)").to_string()).zip(texts).collect()
-    };
-    let mut params = eval::eval_params();
-    if o.quick {
-        params.layers = 1;
-        params.width = 64;
-        params.context = 64;
-        params.steps = 20;
-    }
+    let setup = Setup::new(&o.pool, &o.reference, &o.out.join("split"), &o.cache, o.budget, o.quick)?;
+    let params = &setup.params;
     let config = SelectConfig::from_toml_file(&o.config)?;
     let k = config.cluster.k;
-
     let mut rows: Vec<Row> = Vec::new();
     let policies = [Policy::Random, Policy::Uniform, Policy::Topk, Policy::Greedy, Policy::Ucb];
     for seed in 0..o.seeds {
         for policy in policies {
-            let name = format!("{policy}-s{seed}");
-            let result = o.out.join(format!("{name}.json"));
-            if let Ok(text) = std::fs::read_to_string(&result) {
-                rows.push(serde_json::from_str(&text)?);
-                continue;
-            }
             let mut cfg = config.clone();
             cfg.bandit.policy = policy;
             cfg.bandit.seed = seed;
-            let run = SelectRun {
-                input: split.join(eval::SPLIT_POOL),
-                reference: o.reference.clone(),
-                budget: Budget::Tokens(o.budget),
-                out: o.out.join("runs").join(&name),
-                cache: o.cache.clone(),
-                resume: true,
-                config: cfg,
-            };
-            eprintln!("select {name}");
-            let started = std::time::Instant::now();
-            select::run(&run, &select::Quiet, &AtomicBool::new(false), None)?;
-            let select_seconds = started.elapsed().as_secs_f64();
-            let manifest: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(run.out.join("manifest.json"))?)?;
-            let (texts, recs) = read_records(&run.out.join("selected.jsonl"))?;
-            eprintln!("eval {name}");
-            let ev = eval::evaluate(&texts, &tokenizer, &refs, &heldout, &params, seed)?;
-            let row = Row {
-                selector: policy.to_string(),
-                seed,
-                selection: eval::selection_stats(&recs, k, "domain"),
-                eval: ev,
-                scored_fraction: manifest["documents"]["scored_fraction"].as_f64().unwrap_or(0.0),
-                select_seconds,
-            };
-            quad_select::atomic::write_string_atomic(&result, &serde_json::to_string_pretty(&row)?)?;
-            eprintln!("{name}: reference loss {:.4}", row.eval.reference_loss);
-            rows.push(row);
+            rows.push(setup.run_point(cfg, &o.out, &format!("{policy}-s{seed}"), None, seed)?);
         }
         // Sanity selection: only the pool's wikipedia documents, in seeded order, up to the budget
         // (counted with the evaluation tokenizer).
-        let name = format!("wiki-only-s{seed}");
-        let result = o.out.join(format!("{name}.json"));
-        if let Ok(text) = std::fs::read_to_string(&result) {
-            rows.push(serde_json::from_str(&text)?);
-            continue;
-        }
-        let (texts, recs) = read_records(&split.join(eval::SPLIT_POOL))?;
+        let (texts, recs) = read_records(&setup.split.join(eval::SPLIT_POOL))?;
         let mut wiki: Vec<usize> = (0..recs.len()).filter(|&i| recs[i]["domain"] == "wikipedia").collect();
         wiki.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
         let (mut chosen, mut tokens) = (Vec::new(), 0usize);
@@ -184,56 +103,14 @@ pub fn run(o: &Opts) -> Result<String> {
             if tokens >= o.budget {
                 break;
             }
-            tokens += tokenizer.encode(texts[i].as_str(), false).map_err(|e| anyhow::anyhow!("{e}"))?.len();
+            tokens += setup.tokenizer.encode(texts[i].as_str(), false).map_err(|e| anyhow::anyhow!("{e}"))?.len();
             chosen.push(i);
         }
         let sel_texts: Vec<String> = chosen.iter().map(|&i| texts[i].clone()).collect();
         let sel_recs: Vec<serde_json::Value> = chosen.iter().map(|&i| recs[i].clone()).collect();
-        eprintln!("eval {name}");
-        let ev = eval::evaluate(&sel_texts, &tokenizer, &refs, &heldout, &params, seed)?;
-        let row = Row {
-            selector: "wiki-only".into(),
-            seed,
-            selection: eval::selection_stats(&sel_recs, k, "domain"),
-            eval: ev,
-            scored_fraction: 0.0,
-            select_seconds: 0.0,
-        };
-        quad_select::atomic::write_string_atomic(&result, &serde_json::to_string_pretty(&row)?)?;
-        rows.push(row);
+        rows.push(setup.run_texts(&sel_texts, &sel_recs, &o.out, &format!("wiki-only-s{seed}"), "wiki-only", k, seed)?);
     }
-
-    // compare.csv: one line per run.
-    let domains: Vec<String> = rows[0].eval.heldout_loss.keys().cloned().collect();
-    quad_select::atomic::write_atomic(&o.out.join("compare.csv"), |w| {
-        write!(w, "selector,seed,reference_loss,heldout_mean,cluster_entropy,clusters_touched,mean_score,scored_fraction,selection_tokens,select_seconds,eval_seconds")?;
-        for d in &domains {
-            write!(w, ",heldout_{d}")?;
-        }
-        writeln!(w)?;
-        for r in &rows {
-            write!(
-                w,
-                "{},{},{:.5},{:.5},{:.4},{},{},{:.4},{},{:.1},{:.1}",
-                r.selector,
-                r.seed,
-                r.eval.reference_loss,
-                r.eval.heldout_mean,
-                r.selection.cluster_entropy,
-                r.selection.clusters_touched,
-                r.selection.mean_score.map_or(String::new(), |s| format!("{s:.4}")),
-                r.scored_fraction,
-                r.eval.selection_tokens,
-                r.select_seconds,
-                r.eval.seconds
-            )?;
-            for d in &domains {
-                write!(w, ",{:.5}", r.eval.heldout_loss.get(d).copied().unwrap_or(f64::NAN))?;
-            }
-            writeln!(w)?;
-        }
-        Ok(())
-    })?;
+    write_csv(&o.out.join("compare.csv"), &rows)?;
 
     // compare.md: mean ± std per selector.
     let mut by: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
@@ -297,14 +174,7 @@ pub fn run(o: &Opts) -> Result<String> {
     }
     quad_select::atomic::write_string_atomic(&o.out.join("compare.md"), &md)?;
     if !o.quick {
-        let readme = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/README.md");
-        if let Ok(text) = std::fs::read_to_string(&readme) {
-            let (b, e) = ("<!-- compare:begin -->", "<!-- compare:end -->");
-            if let (Some(i), Some(j)) = (text.find(b), text.find(e)) {
-                let new = format!("{}{b}\n{md}{}", &text[..i], &text[j..]);
-                quad_select::atomic::write_string_atomic(&readme, &new)?;
-            }
-        }
+        update_readme("compare", &md)?;
     }
     Ok(md)
 }

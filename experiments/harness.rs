@@ -1,0 +1,208 @@
+#![allow(dead_code)]
+//! What the experiment drivers share: the held-out split and evaluation sets, one select + eval
+//! run as a row (resumable: a finished row is read back instead of rerun), statistics.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use quad_select::bandit::Budget;
+use quad_select::corpus::{CorpusConfig, CorpusReader};
+use quad_select::eval::{self, EvalResult, SelectionStats};
+use quad_select::model::train::ProxyParams;
+use quad_select::select::{self, SelectConfig, SelectRun};
+
+/// One evaluated selection.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+pub struct Row {
+    pub selector: String,
+    /// The swept parameter's value, when the row belongs to a sweep.
+    #[serde(default)]
+    pub value: Option<f64>,
+    pub seed: u64,
+    pub eval: EvalResult,
+    pub selection: SelectionStats,
+    pub scored_fraction: f64,
+    pub select_seconds: f64,
+}
+
+/// Evaluation sets and settings, fixed for every selection compared.
+pub struct Setup {
+    pub split: PathBuf,
+    pub tokenizer: tokenizers::Tokenizer,
+    pub reference: PathBuf,
+    pub reference_texts: Vec<String>,
+    pub heldout: Vec<(String, String)>,
+    pub params: ProxyParams,
+    pub cache: PathBuf,
+    pub budget: usize,
+}
+
+pub fn read_records(path: &Path) -> Result<(Vec<String>, Vec<serde_json::Value>)> {
+    let (docs, _) = CorpusReader::read_all(path, CorpusConfig::default()).with_context(|| path.display().to_string())?;
+    let recs = docs.iter().map(|d| serde_json::from_str(&d.record)).collect::<Result<_, _>>()?;
+    Ok((docs.into_iter().map(|d| d.text).collect(), recs))
+}
+
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = if xs.len() > 1 { xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, v.sqrt())
+}
+
+/// `../shared` (or QUAD_SHARED).
+pub fn shared() -> PathBuf {
+    std::env::var_os("QUAD_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"))
+}
+
+impl Setup {
+    /// Splits `pool` once into `split_dir` (held-out documents per domain, evaluation tokenizer),
+    /// and loads the evaluation sets. `quick` shrinks the held-out set and the evaluation model.
+    pub fn new(pool: &Path, reference: &Path, split_dir: &Path, cache: &Path, budget: usize, quick: bool) -> Result<Self> {
+        if !split_dir.join(eval::SPLIT_TOKENIZER).exists() {
+            eprintln!("splitting held-out documents off {}", pool.display());
+            let (docs, _) = CorpusReader::read_all(pool, CorpusConfig::default())?;
+            eval::write_split(&docs, "domain", if quick { 5 } else { 20 }, 0, 4096, split_dir)?;
+        }
+        let tokenizer = tokenizers::Tokenizer::from_file(split_dir.join(eval::SPLIT_TOKENIZER))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (reference_texts, _) = read_records(reference)?;
+        let (texts, recs) = read_records(&split_dir.join(eval::SPLIT_HELDOUT))?;
+        let heldout = recs
+            .iter()
+            .map(|r| r["domain"].as_str().unwrap_or("(none)").to_string())
+            .zip(texts)
+            .collect();
+        let mut params = eval::eval_params();
+        if quick {
+            params.layers = 1;
+            params.width = 64;
+            params.context = 64;
+            params.steps = 20;
+        }
+        Ok(Self {
+            split: split_dir.to_path_buf(),
+            tokenizer,
+            reference: reference.to_path_buf(),
+            reference_texts,
+            heldout,
+            params,
+            cache: cache.to_path_buf(),
+            budget,
+        })
+    }
+
+    /// Runs `quad select` with `cfg` into `runs_dir/name` and evaluates the selection with `seed`;
+    /// the row is saved as `rows_dir/name.json` and read back on a rerun.
+    pub fn run_point(&self, cfg: SelectConfig, rows_dir: &Path, name: &str, value: Option<f64>, seed: u64) -> Result<Row> {
+        let result = rows_dir.join(format!("{name}.json"));
+        if let Ok(text) = std::fs::read_to_string(&result) {
+            return Ok(serde_json::from_str(&text)?);
+        }
+        let k = cfg.cluster.k;
+        let selector = cfg.bandit.policy.to_string();
+        let run = SelectRun {
+            input: self.split.join(eval::SPLIT_POOL),
+            reference: self.reference.clone(),
+            budget: Budget::Tokens(self.budget),
+            out: rows_dir.join("runs").join(name),
+            cache: self.cache.clone(),
+            resume: true,
+            config: cfg,
+        };
+        eprintln!("select {name}");
+        let started = std::time::Instant::now();
+        select::run(&run, &select::Quiet, &AtomicBool::new(false), None)?;
+        let select_seconds = started.elapsed().as_secs_f64();
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out.join("manifest.json"))?)?;
+        let (texts, recs) = read_records(&run.out.join("selected.jsonl"))?;
+        eprintln!("eval {name}");
+        let ev = eval::evaluate(&texts, &self.tokenizer, &self.reference_texts, &self.heldout, &self.params, seed)?;
+        let row = Row {
+            selector,
+            value,
+            seed,
+            selection: eval::selection_stats(&recs, k, "domain"),
+            eval: ev,
+            scored_fraction: manifest["documents"]["scored_fraction"].as_f64().unwrap_or(0.0),
+            select_seconds,
+        };
+        std::fs::create_dir_all(rows_dir)?;
+        quad_select::atomic::write_string_atomic(&result, &serde_json::to_string_pretty(&row)?)?;
+        eprintln!("{name}: reference loss {:.4}", row.eval.reference_loss);
+        Ok(row)
+    }
+
+    /// Evaluates a fixed list of texts (e.g. a one-domain sanity selection) as a row.
+    pub fn run_texts(&self, texts: &[String], recs: &[serde_json::Value], rows_dir: &Path, name: &str, selector: &str, k: usize, seed: u64) -> Result<Row> {
+        let result = rows_dir.join(format!("{name}.json"));
+        if let Ok(text) = std::fs::read_to_string(&result) {
+            return Ok(serde_json::from_str(&text)?);
+        }
+        eprintln!("eval {name}");
+        let ev = eval::evaluate(texts, &self.tokenizer, &self.reference_texts, &self.heldout, &self.params, seed)?;
+        let row = Row {
+            selector: selector.into(),
+            value: None,
+            seed,
+            selection: eval::selection_stats(recs, k, "domain"),
+            eval: ev,
+            scored_fraction: 0.0,
+            select_seconds: 0.0,
+        };
+        std::fs::create_dir_all(rows_dir)?;
+        quad_select::atomic::write_string_atomic(&result, &serde_json::to_string_pretty(&row)?)?;
+        Ok(row)
+    }
+}
+
+/// Writes rows as CSV (held-out loss per domain as columns).
+pub fn write_csv(path: &Path, rows: &[Row]) -> Result<()> {
+    let domains: Vec<String> = rows.first().map(|r| r.eval.heldout_loss.keys().cloned().collect()).unwrap_or_default();
+    quad_select::atomic::write_atomic(path, |w| {
+        write!(w, "selector,value,seed,reference_loss,heldout_mean,cluster_entropy,clusters_touched,mean_score,scored_fraction,selection_tokens,select_seconds,eval_seconds")?;
+        for d in &domains {
+            write!(w, ",heldout_{d}")?;
+        }
+        writeln!(w)?;
+        for r in rows {
+            write!(
+                w,
+                "{},{},{},{:.5},{:.5},{:.4},{},{},{:.4},{},{:.1},{:.1}",
+                r.selector,
+                r.value.map_or(String::new(), |v| v.to_string()),
+                r.seed,
+                r.eval.reference_loss,
+                r.eval.heldout_mean,
+                r.selection.cluster_entropy,
+                r.selection.clusters_touched,
+                r.selection.mean_score.map_or(String::new(), |s| format!("{s:.4}")),
+                r.scored_fraction,
+                r.eval.selection_tokens,
+                r.select_seconds,
+                r.eval.seconds
+            )?;
+            for d in &domains {
+                write!(w, ",{:.5}", r.eval.heldout_loss.get(d).copied().unwrap_or(f64::NAN))?;
+            }
+            writeln!(w)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Replaces the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in experiments/README.md.
+pub fn update_readme(name: &str, body: &str) -> Result<()> {
+    let readme = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("experiments/README.md");
+    let text = std::fs::read_to_string(&readme)?;
+    let (b, e) = (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"));
+    if let (Some(i), Some(j)) = (text.find(&b), text.find(&e)) {
+        let new = format!("{}{b}\n{body}{}", &text[..i], &text[j..]);
+        quad_select::atomic::write_string_atomic(&readme, &new)?;
+    }
+    Ok(())
+}

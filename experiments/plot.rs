@@ -1,0 +1,140 @@
+//! PNG plots for the experiment drivers (plotters, bitmap backend). Text uses a TrueType font
+//! read from the system (DejaVu Sans on Debian: package fonts-dejavu-core).
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+fn init_font() -> Result<()> {
+    static FONT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    FONT.get_or_init(|| {
+        let candidates = [
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+            "/usr/share/fonts/TTF/DejaVuSans.ttf",
+            "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+        ];
+        for c in candidates {
+            if let Ok(bytes) = std::fs::read(c) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                    .map_err(|_| format!("{c}: not a usable font"));
+            }
+        }
+        Err("no TrueType font found for plot text (install fonts-dejavu-core)".into())
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+fn range(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let lo = xs.clone().fold(f64::INFINITY, f64::min);
+    let hi = xs.fold(f64::NEG_INFINITY, f64::max);
+    let pad = if hi > lo { (hi - lo) * 0.08 } else { lo.abs().max(1.0) * 0.05 };
+    (lo - pad, hi + pad)
+}
+
+/// A line of means with ± std error bars: `points` are (x, mean, std).
+pub fn line_with_errors(path: &Path, title: &str, x_desc: &str, y_desc: &str, points: &[(f64, f64, f64)]) -> Result<()> {
+    if points.is_empty() {
+        bail!("nothing to plot for {title}");
+    }
+    init_font()?;
+    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (x0, x1) = range(points.iter().map(|p| p.0));
+    let (y0, y1) = range(points.iter().flat_map(|p| [p.1 - p.2, p.1 + p.2]));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), &BLUE))?;
+    chart.draw_series(points.iter().map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, BLUE.filled(), 10)))?;
+    chart.draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())))?;
+    root.present()?;
+    Ok(())
+}
+
+/// Points coloured by group: (group, x, y).
+pub fn scatter(path: &Path, title: &str, x_desc: &str, y_desc: &str, points: &[(String, f64, f64)]) -> Result<()> {
+    if points.is_empty() {
+        bail!("nothing to plot for {title}");
+    }
+    init_font()?;
+    let root = BitMapBackend::new(path, (800, 550)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (x0, x1) = range(points.iter().map(|p| p.1));
+    let (y0, y1) = range(points.iter().map(|p| p.2));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    let mut groups: Vec<&str> = points.iter().map(|p| p.0.as_str()).collect();
+    groups.sort();
+    groups.dedup();
+    for (i, g) in groups.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(points.iter().filter(|p| p.0 == *g).map(|p| Circle::new((p.1, p.2), 5, color.filled())))?
+            .label(*g)
+            .legend(move |(x, y)| Circle::new((x, y), 5, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// One run's rounds: mean reward of the chosen arms per round (top) and tokens selected (bottom).
+pub fn rounds(path: &Path, title: &str, rounds_csv: &str) -> Result<()> {
+    init_font()?;
+    let mut reward = Vec::new();
+    let mut tokens = Vec::new();
+    for line in rounds_csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let round: f64 = f[0].parse()?;
+        let rs: Vec<f64> = f[3].split(' ').filter_map(|x| x.parse().ok()).collect();
+        if !rs.is_empty() {
+            reward.push((round, rs.iter().sum::<f64>() / rs.len() as f64));
+        }
+        tokens.push((round, f[7].parse::<f64>()?));
+    }
+    if tokens.is_empty() {
+        bail!("no rounds to plot");
+    }
+    let root = BitMapBackend::new(path, (800, 700)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(350);
+    let (x0, x1) = range(tokens.iter().map(|p| p.0));
+    let (y0, y1) = range(reward.iter().map(|p| p.1).chain([0.0]));
+    let mut c = ChartBuilder::on(&top)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    c.configure_mesh().x_desc("round").y_desc("mean reward of chosen clusters").draw()?;
+    c.draw_series(LineSeries::new(reward.iter().copied(), &RED))?;
+    c.draw_series(LineSeries::new([(x0, 0.0), (x1, 0.0)], BLACK.mix(0.4)))?;
+    let (t0, t1) = range(tokens.iter().map(|p| p.1).chain([0.0]));
+    let mut c = ChartBuilder::on(&bottom)
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, t0..t1)?;
+    c.configure_mesh().x_desc("round").y_desc("tokens selected").draw()?;
+    c.draw_series(LineSeries::new(tokens.iter().copied(), &BLUE))?;
+    root.present()?;
+    Ok(())
+}
