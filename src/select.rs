@@ -50,6 +50,16 @@ pub enum SelectError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("interrupted before the selection started; finished stages are cached, rerun to continue")]
+    Interrupted,
+}
+
+fn stop_if_interrupted(interrupt: &AtomicBool) -> Result<(), SelectError> {
+    if interrupt.load(Ordering::SeqCst) {
+        Err(SelectError::Interrupted)
+    } else {
+        Ok(())
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SelectError + '_ {
@@ -127,6 +137,8 @@ pub struct InfluenceConfig {
     pub damping_rel: f64,
     /// Documents per forward/backward pass when scoring.
     pub batch: usize,
+    /// Score each document on its first this many tokens (none: the whole document).
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for InfluenceConfig {
@@ -135,6 +147,7 @@ impl Default for InfluenceConfig {
             strategy: Strategy::Ekfac,
             damping_rel: 0.1,
             batch: 4,
+            max_tokens: None,
         }
     }
 }
@@ -336,6 +349,7 @@ pub fn run(
     let ref_sha = corpus_sha256(&run.reference)?;
     let corpus_key = key_of(&serde_json::json!([pool_sha, cfg.text_field, cfg.id_field]));
     timer.record("corpus", started, false, &corpus_key);
+    stop_if_interrupted(interrupt)?;
 
     // Embeddings.
     let started = Instant::now();
@@ -380,6 +394,7 @@ pub fn run(
         )));
     }
     timer.record("embed", started, cached, &embed_key);
+    stop_if_interrupted(interrupt)?;
 
     // Clusters.
     let started = Instant::now();
@@ -419,6 +434,7 @@ pub fn run(
     };
     drop(emb);
     timer.record("cluster", started, cached, &cluster_key);
+    stop_if_interrupted(interrupt)?;
 
     // Proxy model.
     let started = Instant::now();
@@ -450,6 +466,7 @@ pub fn run(
     let loaded = model::load(&model_path, DType::F32, &Device::Cpu)?;
     let model_sha = store::model_fingerprint(&model_path)?;
     timer.record("proxy", started, cached, &model_sha[..16]);
+    stop_if_interrupted(interrupt)?;
 
     // Token counts (the budget's unit) and documents too short to score.
     let started = Instant::now();
@@ -461,6 +478,7 @@ pub fn run(
         progress.note(&format!("skipped {too_short} documents with fewer than two tokens (nothing to score)"));
     }
     timer.record("tokenize", started, false, "");
+    stop_if_interrupted(interrupt)?;
 
     // Factors.
     let started = Instant::now();
@@ -502,6 +520,7 @@ pub fn run(
             f
         });
         timer.record("factors", started, cached, &factors_key);
+        stop_if_interrupted(interrupt)?;
     }
 
     // Reference gradient and iHVP.
@@ -512,7 +531,8 @@ pub fn run(
         ref_key,
         factors_key,
         cfg.influence.strategy,
-        cfg.influence.damping_rel
+        cfg.influence.damping_rel,
+        cfg.influence.max_tokens
     ]));
     let mut ihvp: Option<ReferenceIhvp> = None;
     if needs_scores {
@@ -541,6 +561,7 @@ pub fn run(
             Damping::Relative(cfg.influence.damping_rel),
         )?);
         timer.record("reference", started, cached, &ref_key);
+        stop_if_interrupted(interrupt)?;
     }
     drop(factors);
 
@@ -590,7 +611,8 @@ pub fn run(
             }
         }
         let batch: Vec<Document> = todo.iter().map(|&k| docs[eligible[idx[k]]].clone()).collect();
-        let scored = influence::score_documents(&loaded, ihvp, &batch, &fit_opts_scoring(&fit_opts), || {})?;
+        let scored =
+            influence::score_documents(&loaded, ihvp, &batch, &fit_opts_scoring(&fit_opts), cfg.influence.max_tokens, || {})?;
         for (&k, s) in todo.iter().zip(scored) {
             let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
             out[k] = score;

@@ -35,9 +35,11 @@ fn quick_comparison_runs_end_to_end() {
     assert_eq!(csv.lines().count(), 1 + 12, "{csv}");
     assert_eq!(csv.lines().next().unwrap().matches("heldout_").count(), 1 + 11);
     // topk scored everything, random and uniform nothing, ucb a fraction.
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name} column"));
     let frac = |sel: &str| -> f64 {
-        let l = csv.lines().find(|l| l.starts_with(&format!("{sel},0,"))).unwrap();
-        l.split(',').nth(7).unwrap().parse().unwrap()
+        let l = csv.lines().find(|l| l.starts_with(&format!("{sel},")) && l.split(',').nth(col("seed")) == Some("0")).unwrap();
+        l.split(',').nth(col("scored_fraction")).unwrap().parse().unwrap()
     };
     assert_eq!(frac("topk"), 1.0);
     assert_eq!(frac("random"), 0.0);

@@ -129,6 +129,9 @@ enum Command {
         /// Seed of the projection.
         #[arg(long, default_value_t = 0)]
         project_seed: u64,
+        /// Score each document on its first N tokens only (default: the whole document).
+        #[arg(long, value_name = "N")]
+        max_tokens: Option<usize>,
         /// Output JSONL file.
         #[arg(long)]
         out: PathBuf,
@@ -912,6 +915,7 @@ fn run(cli: Cli) -> Result<()> {
             label_field,
             project,
             project_seed,
+            max_tokens,
             out,
         } => {
             let loaded = model::load(&model, DType::F32, &Device::Cpu)
@@ -958,7 +962,7 @@ fn run(cli: Cli) -> Result<()> {
                     .progress_chars("=> "),
             );
             let started = Instant::now();
-            let scored = influence::score_documents(&loaded, &ihvp, &docs, &opts, || bar.inc(1))?;
+            let scored = influence::score_documents(&loaded, &ihvp, &docs, &opts, max_tokens, || bar.inc(1))?;
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
             quad_select::atomic::write_atomic(&out, |w| {

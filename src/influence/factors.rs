@@ -306,6 +306,19 @@ pub struct ReferenceIhvp {
     pub layers: Vec<(LayerId, Array2<f64>)>,
     /// The projection applied to both sides, if any.
     pub projection: Option<(Projection, Vec<LayerProjection>)>,
+    /// `V` per layer as f32 and f64 tensors, to score captures in their own dtype with candle's
+    /// matmul (no per-document conversion to f64 arrays).
+    dense: Vec<[candle_core::Tensor; 2]>,
+}
+
+fn dense_tensors(layers: &[(LayerId, Array2<f64>)]) -> candle_core::Result<Vec<[candle_core::Tensor; 2]>> {
+    layers
+        .iter()
+        .map(|(_, v)| {
+            let t64 = candle_core::Tensor::from_vec(v.iter().copied().collect::<Vec<f64>>(), v.dim(), &candle_core::Device::Cpu)?;
+            Ok([t64.to_dtype(candle_core::DType::F32)?, t64])
+        })
+        .collect()
 }
 
 impl ReferenceIhvp {
@@ -337,6 +350,7 @@ impl ReferenceIhvp {
         }
         Ok(Self {
             strategy,
+            dense: dense_tensors(&layers)?,
             layers,
             projection: None,
         })
@@ -364,10 +378,25 @@ impl ReferenceIhvp {
                 .iter()
                 .find(|l| l.id == *id)
                 .ok_or_else(|| InfluenceError::Input(format!("capture lacks {id}")))?;
-            let (a, g) = arrays(layer)?;
             total += match &self.projection {
-                None => (&g.dot(v) * &a).sum(),
+                None => {
+                    use candle_core::DType;
+                    let dt = layer.inputs.dtype();
+                    let v = match dt {
+                        DType::F64 => self.dense[l][1].clone(),
+                        DType::F32 => self.dense[l][0].clone(),
+                        other => self.dense[l][0].to_dtype(other)?,
+                    };
+                    layer
+                        .output_grads
+                        .matmul(&v.to_device(layer.inputs.device())?)?
+                        .mul(&layer.inputs)?
+                        .to_dtype(DType::F64)?
+                        .sum_all()?
+                        .to_scalar::<f64>()?
+                }
                 Some((_, mats)) => {
+                    let (a, g) = arrays(layer)?;
                     let lp = &mats[l];
                     (&g.dot(&lp.p_out.t()).dot(v) * &a.dot(&lp.p_in.t())).sum()
                 }

@@ -22,13 +22,14 @@ use crate::corpus::Document;
 use crate::model::LoadedModel;
 
 /// Influence score and loss of every document (`None` for documents with fewer than two tokens),
-/// in order. Documents are scored in small batches spread over threads; `on_done` is called once
-/// per document.
+/// in order, from its first `max_tokens` tokens (all with `None`). Documents are scored in small
+/// batches spread over threads; `on_done` is called once per document.
 pub fn score_documents(
     loaded: &LoadedModel,
     ihvp: &ReferenceIhvp,
     docs: &[Document],
     opts: &FitOptions,
+    max_tokens: Option<usize>,
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
     use rayon::prelude::*;
@@ -37,8 +38,14 @@ pub fn score_documents(
         .map(|chunk| {
             let ids = chunk
                 .iter()
-                .map(|d| loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id))))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|d| {
+                    let mut ids = loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
+                    if let Some(m) = max_tokens {
+                        ids.truncate(m.max(2));
+                    }
+                    Ok(ids)
+                })
+                .collect::<Result<Vec<_>, InfluenceError>>()?;
             let caps = loaded.model.capture(&ids, opts.context, &opts.selection)?;
             let out = caps
                 .iter()
