@@ -1,7 +1,8 @@
 //! Influence throughput with the default proxy architecture (4 layers, width 256, 4 heads, vocab
 //! 4096, all 28 linear layers, attention per head): EK-FAC factor fitting time (two passes over
 //! 16 documents of 256 tokens, true Fisher) and candidate scoring in documents/s (256-token
-//! documents, batches of 4, the reference iHVP computed once), as `quad influence` runs it.
+//! documents, batches of 4 one after another, the reference iHVP computed once), as `quad influence`
+//! runs it.
 //! Random weights: the cost does not depend on their values.
 
 use candle_core::{DType, Device};
@@ -35,9 +36,8 @@ fn bench_influence(c: &mut Criterion) {
     group.throughput(Throughput::Elements(candidates.len() as u64));
     group.bench_function("score/8_docs_x_256_tokens", |b| {
         b.iter(|| {
-            use rayon::prelude::*;
             candidates
-                .par_chunks(opts.batch)
+                .chunks(opts.batch)
                 .map(|chunk| {
                     let caps = model.capture(chunk, opts.context, &opts.selection).unwrap();
                     caps.iter().flatten().map(|cap| ihvp.score(cap).unwrap()).sum::<f64>()
