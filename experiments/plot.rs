@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -35,6 +36,29 @@ fn range(xs: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A titled chart with described axes over the given ranges, mesh drawn.
+fn chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: Option<&str>,
+    (x_desc, y_desc): (&str, &str),
+    (x0, x1): (f64, f64),
+    (y0, y1): (f64, f64),
+) -> Result<Chart<'a, 'b>> {
+    let mut builder = ChartBuilder::on(area);
+    if let Some(t) = title {
+        builder.caption(t, ("sans-serif", 22));
+    }
+    let mut c = builder
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    c.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    Ok(c)
+}
+
 /// A line of means with ± std error bars: `points` are (x, mean, std).
 pub fn line_with_errors(path: &Path, title: &str, x_desc: &str, y_desc: &str, points: &[(f64, f64, f64)]) -> Result<()> {
     if points.is_empty() {
@@ -43,15 +67,9 @@ pub fn line_with_errors(path: &Path, title: &str, x_desc: &str, y_desc: &str, po
     init_font()?;
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (x0, x1) = range(points.iter().map(|p| p.0));
-    let (y0, y1) = range(points.iter().flat_map(|p| [p.1 - p.2, p.1 + p.2]));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    let x = range(points.iter().map(|p| p.0));
+    let y = range(points.iter().flat_map(|p| [p.1 - p.2, p.1 + p.2]));
+    let mut chart = chart(&root, Some(title), (x_desc, y_desc), x, y)?;
     chart.draw_series(LineSeries::new(points.iter().map(|p| (p.0, p.1)), &BLUE))?;
     chart.draw_series(points.iter().map(|p| ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, BLUE.filled(), 10)))?;
     chart.draw_series(points.iter().map(|p| Circle::new((p.0, p.1), 4, BLUE.filled())))?;
@@ -67,15 +85,9 @@ pub fn scatter(path: &Path, title: &str, x_desc: &str, y_desc: &str, points: &[(
     init_font()?;
     let root = BitMapBackend::new(path, (800, 550)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (x0, x1) = range(points.iter().map(|p| p.1));
-    let (y0, y1) = range(points.iter().map(|p| p.2));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).draw()?;
+    let x = range(points.iter().map(|p| p.1));
+    let y = range(points.iter().map(|p| p.2));
+    let mut chart = chart(&root, Some(title), (x_desc, y_desc), x, y)?;
     let mut groups: Vec<&str> = points.iter().map(|p| p.0.as_str()).collect();
     groups.sort();
     groups.dedup();
@@ -116,24 +128,13 @@ pub fn rounds(path: &Path, title: &str, rounds_csv: &str) -> Result<()> {
     let root = BitMapBackend::new(path, (800, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(350);
-    let (x0, x1) = range(tokens.iter().map(|p| p.0));
-    let (y0, y1) = range(reward.iter().map(|p| p.1).chain([0.0]));
-    let mut c = ChartBuilder::on(&top)
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, y0..y1)?;
-    c.configure_mesh().x_desc("round").y_desc("mean reward of chosen clusters").draw()?;
+    let x = range(tokens.iter().map(|p| p.0));
+    let y = range(reward.iter().map(|p| p.1).chain([0.0]));
+    let mut c = chart(&top, Some(title), ("round", "mean reward of chosen clusters"), x, y)?;
     c.draw_series(LineSeries::new(reward.iter().copied(), &RED))?;
-    c.draw_series(LineSeries::new([(x0, 0.0), (x1, 0.0)], BLACK.mix(0.4)))?;
-    let (t0, t1) = range(tokens.iter().map(|p| p.1).chain([0.0]));
-    let mut c = ChartBuilder::on(&bottom)
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, t0..t1)?;
-    c.configure_mesh().x_desc("round").y_desc("tokens selected").draw()?;
+    c.draw_series(LineSeries::new([(x.0, 0.0), (x.1, 0.0)], BLACK.mix(0.4)))?;
+    let t = range(tokens.iter().map(|p| p.1).chain([0.0]));
+    let mut c = chart(&bottom, None, ("round", "tokens selected"), x, t)?;
     c.draw_series(LineSeries::new(tokens.iter().copied(), &BLUE))?;
     root.present()?;
     Ok(())
