@@ -26,6 +26,38 @@ pub struct Row {
     pub select_seconds: f64,
 }
 
+/// Stage names, progress in tenths and round lines on stderr (for long unattended runs).
+pub struct Log {
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Log {
+    pub fn new() -> Self {
+        Self {
+            last: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl select::Progress for Log {
+    fn stage(&self, name: &str, cached: bool) {
+        self.last.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("  {name}{}", if cached { ": cached" } else { " ..." });
+    }
+    fn advance(&self, done: u64, total: u64) {
+        let tenth = if total > 0 { done * 10 / total } else { 0 };
+        if self.last.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
+            eprintln!("    {done}/{total}");
+        }
+    }
+    fn round(&self, log: &quad_select::bandit::RoundLog, _: Budget, best: f64) {
+        eprintln!("  round {}: {} tokens, scored {}, accepted {}, best CS {best:.3}", log.round, log.tokens_selected, log.scored, log.accepted);
+    }
+    fn note(&self, line: &str) {
+        eprintln!("  {line}");
+    }
+}
+
 /// Evaluation sets and settings, fixed for every selection compared.
 pub struct Setup {
     pub split: PathBuf,
@@ -115,7 +147,7 @@ impl Setup {
         };
         eprintln!("select {name}");
         let started = std::time::Instant::now();
-        select::run(&run, &select::Quiet, &AtomicBool::new(false), None)?;
+        select::run(&run, &Log::new(), &AtomicBool::new(false), None)?;
         let select_seconds = started.elapsed().as_secs_f64();
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out.join("manifest.json"))?)?;
         let (texts, recs) = read_records(&run.out.join("selected.jsonl"))?;

@@ -610,15 +610,23 @@ pub fn run(
                 None => todo.push(k),
             }
         }
-        let batch: Vec<Document> = todo.iter().map(|&k| docs[eligible[idx[k]]].clone()).collect();
-        let scored =
-            influence::score_documents(&loaded, ihvp, &batch, &fit_opts_scoring(&fit_opts), cfg.influence.max_tokens, || {})?;
-        for (&k, s) in todo.iter().zip(scored) {
-            let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
-            out[k] = score;
-            cache.put(&docs[eligible[idx[k]]].id, score)?;
+        // In pieces, each saved to the score cache at once: a long `topk` pass that is killed
+        // keeps what it scored.
+        let total = todo.len() as u64;
+        for (piece, ks) in todo.chunks(64).enumerate() {
+            let batch: Vec<Document> = ks.iter().map(|&k| docs[eligible[idx[k]]].clone()).collect();
+            let opts = fit_opts_scoring(&fit_opts);
+            let scored = influence::score_documents(&loaded, ihvp, &batch, &opts, cfg.influence.max_tokens, || {})?;
+            for (&k, s) in ks.iter().zip(scored) {
+                let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
+                out[k] = score;
+                cache.put(&docs[eligible[idx[k]]].id, score)?;
+            }
+            cache.flush()?;
+            if total > 64 {
+                progress.advance(((piece + 1) * 64).min(todo.len()) as u64, total);
+            }
         }
-        cache.flush()?;
         Ok(out)
     };
     let save_checkpoint = |b: &Bandit| -> Result<(), SelectError> {
