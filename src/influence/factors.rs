@@ -243,19 +243,19 @@ impl Factors {
     }
 }
 
-/// Per-layer weight gradients of a set of documents' mean loss, `(1/|R|) Σ_r G_r`.
+/// Per-layer weight gradients of a set of documents' mean loss, `(1/|R|) Σ_r G_r`. Each `G_r = gᵀ a`
+/// is one candle matmul in the model's dtype, summed in f64.
 pub fn mean_gradient(
     model: &LlamaModel,
     docs: &[Vec<u32>],
     opts: &FitOptions,
 ) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
-    let mut acc: Vec<(LayerId, Array2<f64>)> = Vec::new();
+    let mut acc: Vec<(LayerId, candle_core::Tensor)> = Vec::new();
     let n = for_each_capture(model, docs, opts, Labels::Observed, |cap| {
         for (l, layer) in cap.layers.iter().enumerate() {
-            let (a, g) = arrays(layer)?;
-            let grad = g.t().dot(&a);
+            let grad = layer.weight_grad()?.to_dtype(candle_core::DType::F64)?;
             match acc.get_mut(l) {
-                Some((_, sum)) => *sum += &grad,
+                Some((_, sum)) => *sum = (&*sum + &grad)?,
                 None => acc.push((layer.id, grad)),
             }
         }
@@ -264,10 +264,13 @@ pub fn mean_gradient(
     if n == 0 {
         return Err(InfluenceError::Input("no reference document has two or more tokens".into()));
     }
-    for (_, g) in &mut acc {
-        *g /= n as f64;
-    }
-    Ok(acc)
+    acc.into_iter()
+        .map(|(id, sum)| {
+            let (r, c) = sum.dims2()?;
+            let v: Vec<f64> = sum.flatten_all()?.to_vec1()?;
+            Ok((id, Array2::from_shape_vec((r, c), v).expect("dims") / n as f64))
+        })
+        .collect()
 }
 
 /// How the damping δ is chosen, per block.
