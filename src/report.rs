@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::atomic::write_atomic;
 use crate::bandit::{BanditState, Budget};
 use crate::corpus::{Document, ReadReport};
-use crate::select::{SelectConfig, SelectError, StageTiming};
+use crate::select::{io, SelectConfig, SelectError, StageTiming};
 
 /// Inputs and their fingerprints, for the manifest.
 pub struct RunInputs<'a> {
@@ -53,10 +53,6 @@ pub fn write_outputs(
     inputs: &RunInputs,
     timings: &[StageTiming],
 ) -> Result<(), SelectError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| SelectError::Io { path, source }
-    };
     let selected = out.join("selected.jsonl");
     write_atomic(&selected, |w| {
         for s in &state.selected {

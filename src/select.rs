@@ -62,7 +62,8 @@ fn stop_if_interrupted(interrupt: &AtomicBool) -> Result<(), SelectError> {
     }
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SelectError + '_ {
+/// Maps an I/O error on `path` to [`SelectError::Io`].
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SelectError + '_ {
     move |source| SelectError::Io {
         path: path.to_path_buf(),
         source,
@@ -620,7 +621,7 @@ pub fn run(
             for (&k, s) in ks.iter().zip(scored) {
                 let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
                 out[k] = score;
-                cache.put(&docs[eligible[idx[k]]].id, score)?;
+                cache.put(&docs[eligible[idx[k]]].id, score);
             }
             cache.flush()?;
             if total > 64 {
@@ -733,10 +734,9 @@ impl ScoreCache {
         self.scores.get(id).copied()
     }
 
-    fn put(&mut self, id: &str, s: f64) -> Result<(), SelectError> {
+    fn put(&mut self, id: &str, s: f64) {
         self.scores.insert(id.to_string(), s);
         self.pending.push((id.to_string(), s));
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SelectError> {
