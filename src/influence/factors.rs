@@ -12,10 +12,15 @@
 //! reference iHVP (computed once) and `⟨V, G_z⟩ = Σ_t g_tᵀ V a_t` is evaluated from the captures
 //! without forming `G_z`. Positive: a step on z is predicted to lower the reference loss.
 
-use ndarray::{s, Array2};
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use ndarray::{s, Array1, Array2};
 
 use super::project::{LayerProjection, Projection};
-use super::kfac::{BlockRange, EkfacSums, FactorSums, KfacError, KroneckerFactors, Strategy};
+use super::kfac::{eigh, BlockRange, EkfacSums, KfacError, KroneckerFactors, Strategy};
+#[cfg(doc)]
+use super::kfac::FactorSums;
 use crate::model::{DocCapture, Labels, LayerId, LayerKind, LayerSelection, LlamaConfig, LlamaModel};
 
 /// Errors of the influence stage.
@@ -161,39 +166,50 @@ impl Factors {
 
     /// Fits `A`, `S` (first pass), eigendecomposes them, then fits the EK-FAC eigenvalues from the
     /// per-example gradients (second pass).
+    ///
+    /// Each layer accumulates its full `Σ aᵀa` and `Σ gᵀg` once (candle matmuls in the capture
+    /// dtype, summed in f64); a block's `A`, `S` are diagonal sub-blocks of them, so the `A` shared
+    /// by the q/k/v heads and the `S` shared by the o_proj heads are computed once per layer, and
+    /// so is each distinct eigendecomposition and rotation. Same factors as accumulating every
+    /// block on its own ([`FactorSums`], [`EkfacSums`]; checked in the tests).
     pub fn fit(model: &LlamaModel, docs: &[Vec<u32>], opts: &FitOptions) -> Result<Self, InfluenceError> {
         let ids = opts.selection.layers(model.config.num_hidden_layers);
         let ranges: Vec<Vec<BlockRange>> =
             ids.iter().map(|&id| block_ranges(&model.config, id, opts.per_head)).collect();
-        let mut sums: Vec<Vec<FactorSums>> = ranges
-            .iter()
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| FactorSums::new(r.cols.1 - r.cols.0, r.rows.1 - r.rows.0))
-                    .collect()
-            })
-            .collect();
+        let mut moments: Vec<Option<LayerMoments>> = vec![None; ids.len()];
         let mut tokens = 0;
         let examples = for_each_capture(model, docs, opts, opts.labels, |cap| {
             tokens += cap.predicted;
             for (l, layer) in cap.layers.iter().enumerate() {
-                let (a, g) = arrays(layer)?;
-                for (b, r) in ranges[l].iter().enumerate() {
-                    sums[l][b].add(
-                        a.slice(s![.., r.cols.0..r.cols.1]),
-                        g.slice(s![.., r.rows.0..r.rows.1]),
-                    );
+                let a = work_dtype(&layer.inputs)?;
+                let g = work_dtype(&layer.output_grads)?;
+                let (ata, gtg) = (to_array(&a.t()?.matmul(&a)?)?, to_array(&g.t()?.matmul(&g)?)?);
+                match &mut moments[l] {
+                    Some(m) => {
+                        m.a += &ata;
+                        m.s += &gtg;
+                        m.tokens += a.dim(0)?;
+                        m.examples += 1;
+                    }
+                    slot => {
+                        *slot = Some(LayerMoments {
+                            tokens: a.dim(0)?,
+                            a: ata,
+                            s: gtg,
+                            examples: 1,
+                        })
+                    }
                 }
             }
             Ok(())
         })?;
-        if examples == 0 {
+        let Some(moments) = moments.into_iter().collect::<Option<Vec<_>>>().filter(|_| examples > 0) else {
             return Err(InfluenceError::Input("no fitting document has two or more tokens".into()));
+        };
+        let mut factors: Vec<Vec<KroneckerFactors>> = Vec::with_capacity(ids.len());
+        for (m, rs) in moments.iter().zip(&ranges) {
+            factors.push(m.block_factors(rs)?);
         }
-        let mut factors: Vec<Vec<KroneckerFactors>> = sums
-            .iter()
-            .map(|bs| bs.iter().map(|s| s.finish()).collect::<Result<Vec<_>, _>>())
-            .collect::<Result<_, _>>()?;
         let mut ek: Vec<Vec<EkfacSums>> = factors
             .iter()
             .map(|bs| bs.iter().map(EkfacSums::new).collect())
@@ -201,18 +217,25 @@ impl Factors {
         // True Fisher: per-token Λ (cross-token terms vanish in expectation); empirical Fisher:
         // per-example Λ (its cross-token terms are real).
         let per_token = matches!(opts.labels, Labels::Sampled { .. });
+        let bases: Vec<LayerBases> = if per_token {
+            factors
+                .iter()
+                .zip(&ranges)
+                .map(|(fs, rs)| LayerBases::new(fs, rs, model.dtype))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         for_each_capture(model, docs, opts, opts.labels, |cap| {
             for (l, layer) in cap.layers.iter().enumerate() {
-                let (a, g) = arrays(layer)?;
                 if per_token {
+                    let squares = bases[l].rotated_squares(&layer.inputs, &layer.output_grads)?;
                     for (b, r) in ranges[l].iter().enumerate() {
-                        ek[l][b].add_tokens(
-                            &factors[l][b],
-                            a.slice(s![.., r.cols.0..r.cols.1]),
-                            g.slice(s![.., r.rows.0..r.rows.1]),
-                        );
+                        let (u, v) = (&squares.out[&r.rows], &squares.inp[&r.cols]);
+                        ek[l][b].add_squares(to_array(&u.t()?.matmul(v)?)?);
                     }
                 } else {
+                    let (a, g) = arrays(layer)?;
                     let grad = g.t().dot(&a);
                     for (b, r) in ranges[l].iter().enumerate() {
                         ek[l][b].add(&factors[l][b], r.of(grad.view()));
@@ -240,6 +263,112 @@ impl Factors {
             examples,
             tokens,
         })
+    }
+}
+
+/// Captures in the dtype the fitting products run in: f64 stays f64 (exact tests), everything
+/// else is multiplied in f32 (half precision would lose the sums over tokens).
+fn work_dtype(t: &Tensor) -> candle_core::Result<Tensor> {
+    match t.dtype() {
+        DType::F64 | DType::F32 => t.contiguous(),
+        _ => t.to_dtype(DType::F32),
+    }
+}
+
+fn to_array(t: &Tensor) -> candle_core::Result<Array2<f64>> {
+    let (r, c) = t.dims2()?;
+    let v: Vec<f64> = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    Ok(Array2::from_shape_vec((r, c), v).expect("shape from dims"))
+}
+
+/// One layer's `Σ_n aᵀa` (d_in × d_in) and `Σ_n gᵀg` (d_out × d_out) over the fitting set.
+#[derive(Clone)]
+struct LayerMoments {
+    a: Array2<f64>,
+    s: Array2<f64>,
+    tokens: usize,
+    examples: usize,
+}
+
+impl LayerMoments {
+    /// Each block's `A = Σ aᵀa / tokens` and `S = Σ gᵀg / examples` (the normalisation of
+    /// [`FactorSums`]) as diagonal sub-blocks, each distinct one eigendecomposed once.
+    fn block_factors(&self, ranges: &[BlockRange]) -> Result<Vec<KroneckerFactors>, KfacError> {
+        let a = &self.a / self.tokens.max(1) as f64;
+        let s = &self.s / self.examples.max(1) as f64;
+        let mut eig_a: HashMap<(usize, usize), (Array1<f64>, Array2<f64>)> = HashMap::new();
+        let mut eig_s: HashMap<(usize, usize), (Array1<f64>, Array2<f64>)> = HashMap::new();
+        let mut out = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            if !eig_a.contains_key(&r.cols) {
+                let sub = a.slice(s![r.cols.0..r.cols.1, r.cols.0..r.cols.1]).to_owned();
+                eig_a.insert(r.cols, eigh(&sub)?);
+            }
+            if !eig_s.contains_key(&r.rows) {
+                let sub = s.slice(s![r.rows.0..r.rows.1, r.rows.0..r.rows.1]).to_owned();
+                eig_s.insert(r.rows, eigh(&sub)?);
+            }
+            let ((lambda_a, q_a), (lambda_s, q_s)) = (eig_a[&r.cols].clone(), eig_s[&r.rows].clone());
+            out.push(KroneckerFactors {
+                q_a,
+                lambda_a,
+                q_s,
+                lambda_s,
+                ekfac: None,
+                ekfac_examples: 0,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One layer's distinct eigenbases as tensors, keyed by column range (`Q_A`) and row range (`Q_S`).
+struct LayerBases {
+    q_a: HashMap<(usize, usize), Tensor>,
+    q_s: HashMap<(usize, usize), Tensor>,
+}
+
+/// `(a Q_A)²` per column range and `(g Q_S)²` per row range, element-wise squares (T × d).
+struct RotatedSquares {
+    inp: HashMap<(usize, usize), Tensor>,
+    out: HashMap<(usize, usize), Tensor>,
+}
+
+impl LayerBases {
+    fn new(factors: &[KroneckerFactors], ranges: &[BlockRange], dtype: DType) -> candle_core::Result<Self> {
+        let dt = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let tensor = |q: &Array2<f64>| -> candle_core::Result<Tensor> {
+            let v: Vec<f64> = q.iter().copied().collect();
+            Tensor::from_vec(v, q.dim(), &candle_core::Device::Cpu)?.to_dtype(dt)
+        };
+        let (mut q_a, mut q_s) = (HashMap::new(), HashMap::new());
+        for (f, r) in factors.iter().zip(ranges) {
+            if !q_a.contains_key(&r.cols) {
+                q_a.insert(r.cols, tensor(&f.q_a)?);
+            }
+            if !q_s.contains_key(&r.rows) {
+                q_s.insert(r.rows, tensor(&f.q_s)?);
+            }
+        }
+        Ok(Self { q_a, q_s })
+    }
+
+    /// `Λ_b += Σ_t (Q_Sᵀ g_t)² ((Q_Aᵀ a_t)²)ᵀ = U_bᵀ V_b` with `U = (g Q_S)²`, `V = (a Q_A)²` — the
+    /// per-token update of [`EkfacSums::add_tokens`], each distinct rotation done once.
+    fn rotated_squares(&self, a: &Tensor, g: &Tensor) -> candle_core::Result<RotatedSquares> {
+        let rot = |x: &Tensor, range: (usize, usize), q: &Tensor| -> candle_core::Result<Tensor> {
+            let x = work_dtype(x)?.to_device(q.device())?;
+            x.narrow(1, range.0, range.1 - range.0)?.contiguous()?.matmul(q)?.sqr()
+        };
+        let mut inp = HashMap::new();
+        for (r, q) in &self.q_a {
+            inp.insert(*r, rot(a, *r, q)?);
+        }
+        let mut out = HashMap::new();
+        for (r, q) in &self.q_s {
+            out.insert(*r, rot(g, *r, q)?);
+        }
+        Ok(RotatedSquares { inp, out })
     }
 }
 
@@ -423,4 +552,65 @@ pub fn capture_gradients(cap: &DocCapture) -> Result<Vec<(LayerId, Array2<f64>)>
             Ok((l.id, g.t().dot(&a)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::influence::kfac::FactorSums;
+    use candle_core::Device;
+    use rand::{Rng, SeedableRng};
+
+    fn rel(x: &Array2<f64>, y: &Array2<f64>) -> f64 {
+        let scale = y.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
+        (x - y).iter().fold(0f64, |m, v| m.max(v.abs())) / scale
+    }
+
+    /// The per-layer, shared-basis fit gives every block the factors and Λ that accumulating the
+    /// block on its own in f64 gives (the direct formulas of [`FactorSums`] and
+    /// [`EkfacSums::add_tokens`]), up to the f32 products.
+    #[test]
+    fn layer_moments_fit_equals_per_block_accumulation() {
+        let mut config = LlamaConfig::small(40, 16, 1, 4, 16);
+        config.intermediate_size = 24;
+        let model = LlamaModel::random(config, DType::F32, &Device::Cpu, 5).unwrap();
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(9);
+        let docs: Vec<Vec<u32>> = (0..7)
+            .map(|_| (0..rng.gen_range(5..20)).map(|_| rng.gen_range(0..40)).collect())
+            .collect();
+        let opts = FitOptions {
+            context: 8,
+            batch: 3,
+            ..FitOptions::default()
+        };
+        let fast = Factors::fit(&model, &docs, &opts).unwrap();
+        assert_eq!(fast.examples, docs.len());
+        for lf in &fast.layers {
+            let mut sums: Vec<FactorSums> = lf.blocks.iter().map(|(r, _)| FactorSums::new(r.cols.1 - r.cols.0, r.rows.1 - r.rows.0)).collect();
+            let mut ek: Vec<EkfacSums> = lf.blocks.iter().map(|(_, f)| EkfacSums::new(f)).collect();
+            for chunk in docs.chunks(opts.batch) {
+                let caps = model.capture_with(chunk, opts.context, &opts.selection, opts.labels).unwrap();
+                for cap in caps.into_iter().flatten() {
+                    let layer = cap.layers.iter().find(|c| c.id == lf.id).unwrap();
+                    let (a, g) = arrays(layer).unwrap();
+                    for (b, (r, f)) in lf.blocks.iter().enumerate() {
+                        let (ab, gb) = (a.slice(s![.., r.cols.0..r.cols.1]), g.slice(s![.., r.rows.0..r.rows.1]));
+                        sums[b].add(ab, gb);
+                        ek[b].add_tokens(f, ab, gb);
+                    }
+                }
+            }
+            for (b, (_, f)) in lf.blocks.iter().enumerate() {
+                let (a, s) = sums[b].factors();
+                let a_fast = f.q_a.dot(&ndarray::Array2::from_diag(&f.lambda_a)).dot(&f.q_a.t());
+                let s_fast = f.q_s.dot(&ndarray::Array2::from_diag(&f.lambda_s)).dot(&f.q_s.t());
+                assert!(rel(&a_fast, &a) < 1e-4, "{} block {b}: A off by {}", lf.id, rel(&a_fast, &a));
+                assert!(rel(&s_fast, &s) < 1e-4, "{} block {b}: S off by {}", lf.id, rel(&s_fast, &s));
+                let e = ek[b].clone();
+                let lambda = e.sum / e.examples as f64;
+                let got = f.ekfac.as_ref().unwrap();
+                assert!(rel(got, &lambda) < 1e-4, "{} block {b}: Λ off by {}", lf.id, rel(got, &lambda));
+            }
+        }
+    }
 }

@@ -126,7 +126,7 @@ pub fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-fn eigh(m: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), KfacError> {
+pub(crate) fn eigh(m: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), KfacError> {
     // Symmetrise against round-off before the symmetric solver.
     let sym = (m + &m.t()) / 2.0;
     let (vals, vecs) = on_big_stack(|| sym.eigh(UPLO::Lower)).map_err(|e| KfacError::Eigh(e.to_string()))?;
@@ -228,6 +228,13 @@ impl EkfacSums {
         let u = g.dot(&factors.q_s).mapv(|x| x * x);
         let v = a.dot(&factors.q_a).mapv(|x| x * x);
         self.sum += &u.t().dot(&v);
+        self.examples += 1;
+    }
+
+    /// Adds one example's `Σ_t (Q_Sᵀ g_t)² ((Q_Aᵀ a_t)²)ᵀ`, computed by the caller (see
+    /// [`EkfacSums::add_tokens`]).
+    pub fn add_squares(&mut self, squares: Array2<f64>) {
+        self.sum += &squares;
         self.examples += 1;
     }
 
