@@ -372,34 +372,48 @@ impl LayerBases {
     }
 }
 
-/// Per-layer weight gradients of a set of documents' mean loss, `(1/|R|) Σ_r G_r`. Each `G_r = gᵀ a`
-/// is one candle matmul in the model's dtype, summed in f64.
+/// Per-layer weight gradients of a set of documents' mean loss, `(1/|R|) Σ_r G_r`, taken straight
+/// from the backward pass of `Σ_r L_r` over each batch (candle's weight gradients, summed in f64):
+/// no per-document captures are needed for a sum.
 pub fn mean_gradient(
     model: &LlamaModel,
     docs: &[Vec<u32>],
     opts: &FitOptions,
 ) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
-    let mut acc: Vec<(LayerId, candle_core::Tensor)> = Vec::new();
-    let n = for_each_capture(model, docs, opts, Labels::Observed, |cap| {
-        for (l, layer) in cap.layers.iter().enumerate() {
-            let grad = layer.weight_grad()?.to_dtype(candle_core::DType::F64)?;
-            match acc.get_mut(l) {
-                Some((_, sum)) => *sum = (&*sum + &grad)?,
-                None => acc.push((layer.id, grad)),
+    let ids = opts.selection.layers(model.config.num_hidden_layers);
+    let mut acc: Vec<Option<Array2<f64>>> = vec![None; ids.len()];
+    let mut n = 0;
+    for chunk in docs.chunks(opts.batch.max(1)) {
+        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+        let batch = crate::model::capture::LossBatch::new(&refs, opts.context, true, model)?;
+        let used = batch.doc_rows.iter().filter(|r| !r.is_empty()).count();
+        if used == 0 {
+            continue;
+        }
+        n += used;
+        let logits = model.forward(&batch.ids, None)?;
+        let grads = batch.loss(&batch.nll(&logits)?)?.backward()?;
+        for (slot, id) in acc.iter_mut().zip(&ids) {
+            let w = model.blocks[id.block].linear(id.kind).weight.as_tensor();
+            let g = match grads.get(w) {
+                Some(g) => to_array(g)?,
+                // A weight that does not reach the loss has zero gradient.
+                None => Array2::zeros(w.dims2()?),
+            };
+            match slot {
+                Some(sum) => *sum += &g,
+                None => *slot = Some(g),
             }
         }
-        Ok(())
-    })?;
+    }
     if n == 0 {
         return Err(InfluenceError::Input("no reference document has two or more tokens".into()));
     }
-    acc.into_iter()
-        .map(|(id, sum)| {
-            let (r, c) = sum.dims2()?;
-            let v: Vec<f64> = sum.flatten_all()?.to_vec1()?;
-            Ok((id, Array2::from_shape_vec((r, c), v).expect("dims") / n as f64))
-        })
-        .collect()
+    Ok(ids
+        .into_iter()
+        .zip(acc)
+        .map(|(id, sum)| (id, sum.expect("every layer summed") / n as f64))
+        .collect())
 }
 
 /// How the damping δ is chosen, per block.
@@ -564,6 +578,39 @@ mod tests {
     fn rel(x: &Array2<f64>, y: &Array2<f64>) -> f64 {
         let scale = y.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
         (x - y).iter().fold(0f64, |m, v| m.max(v.abs())) / scale
+    }
+
+    /// The mean gradient from the batch backward pass equals the mean of the documents' own
+    /// `G_r = Σ_t g_t a_tᵀ` from their captures (f64, so exactly up to round-off).
+    #[test]
+    fn mean_gradient_is_the_mean_of_captured_gradients() {
+        let mut config = LlamaConfig::small(40, 16, 2, 4, 16);
+        config.intermediate_size = 24;
+        let model = LlamaModel::random(config, DType::F64, &Device::Cpu, 6).unwrap();
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut docs: Vec<Vec<u32>> = (0..6)
+            .map(|_| (0..rng.gen_range(5..30)).map(|_| rng.gen_range(0..40)).collect())
+            .collect();
+        docs.push(vec![7]); // too short: no loss, not counted
+        let opts = FitOptions {
+            context: 8,
+            batch: 4,
+            ..FitOptions::default()
+        };
+        let got = mean_gradient(&model, &docs, &opts).unwrap();
+        let caps = model.capture(&docs, opts.context, &opts.selection).unwrap();
+        let caps: Vec<DocCapture> = caps.into_iter().flatten().collect();
+        assert_eq!(caps.len(), 6);
+        assert_eq!(got.len(), caps[0].layers.len());
+        for (l, (id, g)) in got.iter().enumerate() {
+            let mut want = Array2::<f64>::zeros(g.dim());
+            for c in &caps {
+                assert_eq!(c.layers[l].id, *id);
+                want += &to_array(&c.layers[l].weight_grad().unwrap()).unwrap();
+            }
+            want /= caps.len() as f64;
+            assert!(rel(g, &want) < 1e-10, "{id}: off by {}", rel(g, &want));
+        }
     }
 
     /// The per-layer, shared-basis fit gives every block the factors and Λ that accumulating the

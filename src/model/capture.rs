@@ -334,6 +334,7 @@ impl LlamaModel {
         let mut tap = Tap {
             selection: selection.clone(),
             records: Vec::new(),
+            detach_weights: true,
         };
         let logits = self.forward(&batch.ids, Some(&mut tap))?;
         if let Labels::Sampled { seed } = labels {
