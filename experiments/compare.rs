@@ -91,7 +91,7 @@ pub fn run(o: &Opts) -> Result<String> {
             let mut cfg = config.clone();
             cfg.bandit.policy = policy;
             cfg.bandit.seed = seed;
-            rows.push(setup.run_point(cfg, &o.out, &format!("{policy}-s{seed}"), None, seed)?);
+            rows.extend(setup.run_point(cfg, &o.out, &format!("{policy}-s{seed}"), None, seed)?);
         }
         // Sanity selection: only the pool's wikipedia documents, in seeded order, up to the budget
         // (counted with the evaluation tokenizer).
@@ -108,7 +108,10 @@ pub fn run(o: &Opts) -> Result<String> {
         }
         let sel_texts: Vec<String> = chosen.iter().map(|&i| texts[i].clone()).collect();
         let sel_recs: Vec<serde_json::Value> = chosen.iter().map(|&i| recs[i].clone()).collect();
-        rows.push(setup.run_texts(&sel_texts, &sel_recs, &o.out, &format!("wiki-only-s{seed}"), "wiki-only", k, seed)?);
+        rows.extend(setup.run_texts(&sel_texts, &sel_recs, &o.out, &format!("wiki-only-s{seed}"), "wiki-only", k, seed)?);
+    }
+    if harness::select_only() {
+        return Ok(format!("select-only: selections under {}/runs, evaluations deferred\n", o.out.display()));
     }
     write_csv(&o.out.join("compare.csv"), &rows)?;
 

@@ -129,10 +129,12 @@ impl Setup {
 
     /// Runs `quad select` with `cfg` into `runs_dir/name` and evaluates the selection with `seed`;
     /// the row is saved as `rows_dir/name.json` and read back on a rerun.
-    pub fn run_point(&self, cfg: SelectConfig, rows_dir: &Path, name: &str, value: Option<f64>, seed: u64) -> Result<Row> {
+    /// Selects and evaluates one point; `None` in select-only mode (see [`select_only`]) when its
+    /// evaluation is not there yet.
+    pub fn run_point(&self, cfg: SelectConfig, rows_dir: &Path, name: &str, value: Option<f64>, seed: u64) -> Result<Option<Row>> {
         let result = rows_dir.join(format!("{name}.json"));
         if let Ok(text) = std::fs::read_to_string(&result) {
-            return Ok(serde_json::from_str(&text)?);
+            return Ok(Some(serde_json::from_str(&text)?));
         }
         let k = cfg.cluster.k;
         let selector = cfg.bandit.policy.to_string();
@@ -151,8 +153,7 @@ impl Setup {
         let select_seconds = started.elapsed().as_secs_f64();
         let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out.join("manifest.json"))?)?;
         let (texts, recs) = read_records(&run.out.join("selected.jsonl"))?;
-        eprintln!("eval {name}");
-        let ev = eval::evaluate(&texts, &self.tokenizer, &self.reference_texts, &self.heldout, &self.params, seed)?;
+        let Some(ev) = self.evaluation(rows_dir, name, &texts, seed)? else { return Ok(None) };
         let row = Row {
             selector,
             value,
@@ -165,17 +166,42 @@ impl Setup {
         std::fs::create_dir_all(rows_dir)?;
         quad_select::atomic::write_string_atomic(&result, &serde_json::to_string_pretty(&row)?)?;
         eprintln!("{name}: reference loss {:.4}", row.eval.reference_loss);
-        Ok(row)
+        Ok(Some(row))
+    }
+
+    /// The evaluation of a selection: one made elsewhere (`ROWS/evals/NAME.json`, as `quad eval
+    /// run --out` writes it), else a fresh one, or `None` in select-only mode.
+    fn evaluation(&self, rows_dir: &Path, name: &str, texts: &[String], seed: u64) -> Result<Option<eval::EvalResult>> {
+        let made = rows_dir.join("evals").join(format!("{name}.json"));
+        if let Ok(text) = std::fs::read_to_string(&made) {
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            eprintln!("eval {name}: from {}", made.display());
+            return Ok(Some(serde_json::from_value(v["eval"].clone())?));
+        }
+        if select_only() {
+            eprintln!("eval {name}: deferred (select-only)");
+            return Ok(None);
+        }
+        eprintln!("eval {name}");
+        Ok(Some(eval::evaluate(texts, &self.tokenizer, &self.reference_texts, &self.heldout, &self.params, seed)?))
     }
 
     /// Evaluates a fixed list of texts (e.g. a one-domain sanity selection) as a row.
-    pub fn run_texts(&self, texts: &[String], recs: &[serde_json::Value], rows_dir: &Path, name: &str, selector: &str, k: usize, seed: u64) -> Result<Row> {
+    pub fn run_texts(&self, texts: &[String], recs: &[serde_json::Value], rows_dir: &Path, name: &str, selector: &str, k: usize, seed: u64) -> Result<Option<Row>> {
         let result = rows_dir.join(format!("{name}.json"));
         if let Ok(text) = std::fs::read_to_string(&result) {
-            return Ok(serde_json::from_str(&text)?);
+            return Ok(Some(serde_json::from_str(&text)?));
         }
-        eprintln!("eval {name}");
-        let ev = eval::evaluate(texts, &self.tokenizer, &self.reference_texts, &self.heldout, &self.params, seed)?;
+        // The selection as a file too, so it can be evaluated elsewhere like the others.
+        let sel = rows_dir.join("runs").join(name).join("selected.jsonl");
+        std::fs::create_dir_all(sel.parent().expect("has a parent"))?;
+        quad_select::atomic::write_atomic(&sel, |w| {
+            for r in recs {
+                writeln!(w, "{r}")?;
+            }
+            Ok(())
+        })?;
+        let Some(ev) = self.evaluation(rows_dir, name, texts, seed)? else { return Ok(None) };
         let row = Row {
             selector: selector.into(),
             value: None,
@@ -187,8 +213,14 @@ impl Setup {
         };
         std::fs::create_dir_all(rows_dir)?;
         quad_select::atomic::write_string_atomic(&result, &serde_json::to_string_pretty(&row)?)?;
-        Ok(row)
+        Ok(Some(row))
     }
+}
+
+/// Select-only mode (`QUAD_SELECT_ONLY` set): make every selection, defer the evaluations (for
+/// running them elsewhere with `quad eval run`, results under `ROWS/evals/`), write no tables.
+pub fn select_only() -> bool {
+    std::env::var_os("QUAD_SELECT_ONLY").is_some()
 }
 
 /// Writes rows as CSV (held-out loss per domain as columns).

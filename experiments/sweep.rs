@@ -105,8 +105,12 @@ fn main() -> Result<()> {
                 let mut cfg = base.clone();
                 set(&mut cfg, p, v);
                 cfg.bandit.seed = seed;
-                rows.push(setup.run_point(cfg, &dir, &format!("{p}={v}-s{seed}"), Some(v), seed)?);
+                rows.extend(setup.run_point(cfg, &dir, &format!("{p}={v}-s{seed}"), Some(v), seed)?);
             }
+        }
+        if harness::select_only() {
+            eprintln!("select-only: {p} selections under {}/runs", dir.display());
+            continue;
         }
         write_csv(&out.join(format!("sweep-{p}.csv")), &rows)?;
         let mut points = Vec::new();

@@ -106,6 +106,9 @@ pub struct ProxyConfig {
 pub struct FactorsConfig {
     /// Documents sampled from the pool to fit the factors.
     pub fit_docs: usize,
+    /// Tokens of each fitting document used (its first ones; 0 = the whole document). One context
+    /// window per document keeps the fit quick while the sample still spans the pool.
+    pub max_tokens: usize,
     /// "attention", "mlp" or "both".
     pub layers: String,
     pub per_head: bool,
@@ -120,6 +123,7 @@ impl Default for FactorsConfig {
     fn default() -> Self {
         Self {
             fit_docs: 256,
+            max_tokens: 256,
             layers: "both".into(),
             per_head: true,
             fisher: "true".into(),
@@ -504,7 +508,8 @@ pub fn run(
             let mut order: Vec<usize> = eligible.clone();
             order.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(cfg.factors.seed));
             order.truncate(cfg.factors.fit_docs);
-            let fit_docs: Vec<Vec<u32>> = order.iter().map(|&i| token_ids[i].clone()).collect();
+            let fit_docs: Vec<Vec<u32>> =
+                order.iter().map(|&i| truncated(&token_ids[i], cfg.factors.max_tokens)).collect();
             let f = Factors::fit(&loaded.model, &fit_docs, &fit_opts)?;
             let header = store::FactorsHeader {
                 model_sha256: model_sha.clone(),
@@ -689,6 +694,12 @@ pub fn run(
 }
 
 /// Scoring uses the fitting options' layers and context with observed labels.
+/// A document's first `max_tokens` predicted tokens (`max_tokens + 1` ids; 0 keeps all).
+fn truncated(ids: &[u32], max_tokens: usize) -> Vec<u32> {
+    let n = if max_tokens == 0 { ids.len() } else { ids.len().min(max_tokens + 1) };
+    ids[..n].to_vec()
+}
+
 fn fit_opts_scoring(opts: &FitOptions) -> FitOptions {
     FitOptions {
         labels: Labels::Observed,

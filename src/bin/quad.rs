@@ -83,6 +83,9 @@ enum Command {
         /// Documents sampled from the pool to fit the factors.
         #[arg(long, default_value_t = 256)]
         fit_docs: usize,
+        /// Tokens of each fitting document used, its first ones (0: the whole document).
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
         /// Tokens per window when chunking documents.
         #[arg(long, default_value_t = 256)]
         context: usize,
@@ -858,6 +861,7 @@ fn run(cli: Cli) -> Result<()> {
             layers,
             no_per_head,
             fit_docs,
+            max_tokens,
             context,
             seed,
             fisher,
@@ -870,7 +874,12 @@ fn run(cli: Cli) -> Result<()> {
             use rand::SeedableRng;
             texts.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
             texts.truncate(fit_docs);
-            let docs = encode_all(&loaded, &texts)?;
+            let mut docs = encode_all(&loaded, &texts)?;
+            if max_tokens > 0 {
+                for d in &mut docs {
+                    d.truncate(max_tokens + 1);
+                }
+            }
             let opts = FitOptions {
                 selection: layers,
                 per_head: !no_per_head,

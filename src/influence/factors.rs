@@ -131,9 +131,14 @@ fn for_each_capture(
     labels: Labels,
     mut f: impl FnMut(&DocCapture) -> Result<(), InfluenceError>,
 ) -> Result<usize, InfluenceError> {
+    // Longest first, so a batch's documents have similar lengths and little padding (the sums
+    // taken over the captures do not depend on the order).
+    let mut sorted: Vec<&Vec<u32>> = docs.iter().collect();
+    sorted.sort_by_key(|d| std::cmp::Reverse(d.len()));
     let mut used = 0;
-    for chunk in docs.chunks(opts.batch.max(1)) {
-        for cap in model.capture_with(chunk, opts.context, &opts.selection, labels)?.into_iter().flatten() {
+    for chunk in sorted.chunks(opts.batch.max(1)) {
+        let chunk: Vec<Vec<u32>> = chunk.iter().map(|d| d.to_vec()).collect();
+        for cap in model.capture_with(&chunk, opts.context, &opts.selection, labels)?.into_iter().flatten() {
             f(&cap)?;
             used += 1;
         }
@@ -373,8 +378,8 @@ impl LayerBases {
 }
 
 /// Per-layer weight gradients of a set of documents' mean loss, `(1/|R|) Σ_r G_r`, taken straight
-/// from the backward pass of `Σ_r L_r` over each batch (candle's weight gradients, summed in f64):
-/// no per-document captures are needed for a sum.
+/// from the backward pass of `Σ_r L_r` (candle's weight gradients, summed in f64 over batches of
+/// windows): no per-document captures are needed for a sum.
 pub fn mean_gradient(
     model: &LlamaModel,
     docs: &[Vec<u32>],
@@ -382,15 +387,25 @@ pub fn mean_gradient(
 ) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
     let ids = opts.selection.layers(model.config.num_hidden_layers);
     let mut acc: Vec<Option<Array2<f64>>> = vec![None; ids.len()];
+    // The sum needs no per-document separation: batch the windows of all documents, each
+    // position weighted 1/n_d, longest first (full windows together, tails together).
+    let mut windows: Vec<(&[u32], &[u32], f64)> = Vec::new();
     let mut n = 0;
-    for chunk in docs.chunks(opts.batch.max(1)) {
-        let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-        let batch = crate::model::capture::LossBatch::new(&refs, opts.context, true, model)?;
-        let used = batch.doc_rows.iter().filter(|r| !r.is_empty()).count();
-        if used == 0 {
+    for d in docs {
+        let predicted = d.len().saturating_sub(1);
+        if predicted == 0 {
             continue;
         }
-        n += used;
+        n += 1;
+        for (inp, tgt) in crate::model::capture::windows(d, opts.context) {
+            windows.push((inp, tgt, 1.0 / predicted as f64));
+        }
+    }
+    windows.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+    // As many rows per pass as `batch` documents of the fitting context would give.
+    let rows = opts.batch.max(1) * 2;
+    for chunk in windows.chunks(rows) {
+        let batch = crate::model::capture::LossBatch::from_windows(chunk, model)?;
         let logits = model.forward(&batch.ids, None)?;
         let grads = batch.loss(&batch.nll(&logits)?)?.backward()?;
         for (slot, id) in acc.iter_mut().zip(&ids) {

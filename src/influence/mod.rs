@@ -34,29 +34,28 @@ pub fn score_documents(
     max_tokens: Option<usize>,
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
-    let chunks: Vec<Result<Vec<Option<(f64, f64)>>, InfluenceError>> = docs
-        .chunks(opts.batch.max(1))
-        .map(|chunk| {
-            let ids = chunk
-                .iter()
-                .map(|d| {
-                    let mut ids = loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
-                    if let Some(m) = max_tokens {
-                        ids.truncate(m.max(2));
-                    }
-                    Ok(ids)
-                })
-                .collect::<Result<Vec<_>, InfluenceError>>()?;
-            let caps = loaded.model.capture(&ids, opts.context, &opts.selection)?;
-            let out = caps
-                .iter()
-                .map(|c| c.as_ref().map(|c| ihvp.score(c).map(|s| (s, c.loss))).transpose())
-                .collect::<Result<Vec<_>, _>>()?;
-            for _ in chunk {
-                on_done();
+    let ids = docs
+        .iter()
+        .map(|d| {
+            let mut ids = loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
+            if let Some(m) = max_tokens {
+                ids.truncate(m.max(2));
             }
-            Ok(out)
+            Ok(ids)
         })
-        .collect();
-    Ok(chunks.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+        .collect::<Result<Vec<_>, InfluenceError>>()?;
+    // Batch documents of similar length together (longest first): a batch is padded to its
+    // longest window, so mixing lengths wastes work. Scores go back in input order.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+    let mut out: Vec<Option<(f64, f64)>> = vec![None; ids.len()];
+    for chunk in order.chunks(opts.batch.max(1)) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+        let caps = loaded.model.capture(&batch, opts.context, &opts.selection)?;
+        for (&i, c) in chunk.iter().zip(&caps) {
+            out[i] = c.as_ref().map(|c| ihvp.score(c).map(|s| (s, c.loss))).transpose()?;
+            on_done();
+        }
+    }
+    Ok(out)
 }

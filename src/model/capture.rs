@@ -236,6 +236,31 @@ impl LossBatch {
         })
     }
 
+    /// A batch of `(inputs, targets, weight)` windows, each position of a window weighing its
+    /// `weight` (for sums over documents that need no per-document split; `doc_rows` is empty).
+    pub fn from_windows(windows: &[(&[u32], &[u32], f64)], model: &LlamaModel) -> candle_core::Result<Self> {
+        let width = windows.iter().map(|w| w.0.len()).max().unwrap_or(1).max(1);
+        let rows = windows.len();
+        let mut ids = vec![0u32; rows * width];
+        let mut targets = vec![0u32; rows * width];
+        let mut weights = vec![0f64; rows * width];
+        for (r, (inp, tgt, w)) in windows.iter().enumerate() {
+            for (j, (&a, &b)) in inp.iter().zip(tgt.iter()).enumerate() {
+                ids[r * width + j] = a;
+                targets[r * width + j] = b;
+                weights[r * width + j] = *w;
+            }
+        }
+        let dev = &model.device;
+        Ok(Self {
+            ids: Tensor::from_vec(ids, (rows, width), dev)?,
+            targets: Tensor::from_vec(targets, rows * width, dev)?,
+            weights: Tensor::from_vec(weights, rows * width, dev)?.to_dtype(model.dtype)?,
+            doc_rows: Vec::new(),
+            width,
+        })
+    }
+
     /// Per-position negative log-likelihood (rows·T) from logits (rows, T, V).
     pub fn nll(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
         let v = logits.dim(D::Minus1)?;
