@@ -142,8 +142,10 @@ pub struct InfluenceConfig {
     pub damping_rel: f64,
     /// Documents per forward/backward pass when scoring.
     pub batch: usize,
-    /// Score each document on its first this many tokens (none: the whole document).
-    pub max_tokens: Option<usize>,
+    /// Take candidate gradients and the reference gradient on each document's first this many
+    /// predicted tokens (0: whole documents). The default, the proxy's context, is one window per
+    /// document: long documents cost no more than short ones, on both sides alike.
+    pub max_tokens: usize,
 }
 
 impl Default for InfluenceConfig {
@@ -152,7 +154,7 @@ impl Default for InfluenceConfig {
             strategy: Strategy::Ekfac,
             damping_rel: 0.1,
             batch: 4,
-            max_tokens: None,
+            max_tokens: 256,
         }
     }
 }
@@ -531,7 +533,14 @@ pub fn run(
 
     // Reference gradient and iHVP.
     let started = Instant::now();
-    let ref_key = key_of(&serde_json::json!(["refgrad", model_sha, ref_sha, selection, cfg.factors.context]));
+    let ref_key = key_of(&serde_json::json!([
+        "refgrad",
+        model_sha,
+        ref_sha,
+        selection,
+        cfg.factors.context,
+        cfg.influence.max_tokens
+    ]));
     let score_key = key_of(&serde_json::json!([
         "scores",
         ref_key,
@@ -549,7 +558,10 @@ pub fn run(
         let grad = if cached {
             store::load_layers(&path, &ids)?
         } else {
-            let ref_tokens = encode_all(&loaded, &ref_docs)?;
+            let ref_tokens: Vec<Vec<u32>> = encode_all(&loaded, &ref_docs)?
+                .iter()
+                .map(|ids| truncated(ids, cfg.influence.max_tokens))
+                .collect();
             let g = influence::factors::mean_gradient(&loaded.model, &ref_tokens, &fit_opts)?;
             store::save_layers(&g, &path)?;
             g
@@ -622,7 +634,7 @@ pub fn run(
         for (piece, ks) in todo.chunks(64).enumerate() {
             let batch: Vec<Document> = ks.iter().map(|&k| docs[eligible[idx[k]]].clone()).collect();
             let opts = fit_opts_scoring(&fit_opts);
-            let scored = influence::score_documents(&loaded, ihvp, &batch, &opts, cfg.influence.max_tokens, || {})?;
+            let scored = influence::score_documents(&loaded, ihvp, &batch, &opts, (cfg.influence.max_tokens > 0).then_some(cfg.influence.max_tokens), || {})?;
             for (&k, s) in ks.iter().zip(scored) {
                 let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
                 out[k] = score;

@@ -132,7 +132,8 @@ enum Command {
         /// Seed of the projection.
         #[arg(long, default_value_t = 0)]
         project_seed: u64,
-        /// Score each document on its first N tokens only (default: the whole document).
+        /// Take candidate and reference gradients on each document's first N predicted tokens
+        /// (default: whole documents).
         #[arg(long, value_name = "N")]
         max_tokens: Option<usize>,
         /// Output JSONL file.
@@ -948,7 +949,12 @@ fn run(cli: Cli) -> Result<()> {
                 input: reference.clone(),
                 ..corpus.clone()
             };
-            let ref_docs = encode_all(&loaded, &read_texts(&ref_corpus)?)?;
+            let mut ref_docs = encode_all(&loaded, &read_texts(&ref_corpus)?)?;
+            if let Some(m) = max_tokens {
+                for d in &mut ref_docs {
+                    d.truncate(m.max(1) + 1);
+                }
+            }
             let ref_grad = influence::factors::mean_gradient(&loaded.model, &ref_docs, &opts)?;
             let damping = match damping {
                 Some(d) => Damping::Absolute(d),

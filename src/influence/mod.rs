@@ -22,7 +22,7 @@ use crate::corpus::Document;
 use crate::model::LoadedModel;
 
 /// Influence score and loss of every document (`None` for documents with fewer than two tokens),
-/// in order, from its first `max_tokens` tokens (all with `None`). Documents are scored in batches
+/// in order, from its first `max_tokens` predicted tokens (all with `None`). Documents are scored in batches
 /// of `opts.batch`, one batch after another: candle already spreads each pass over the cores, and
 /// running batches in parallel on top of that was 20% slower on 2 cores (benches/influence.rs).
 /// `on_done` is called once per document.
@@ -39,7 +39,8 @@ pub fn score_documents(
         .map(|d| {
             let mut ids = loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
             if let Some(m) = max_tokens {
-                ids.truncate(m.max(2));
+                // m predicted tokens: m + 1 ids.
+                ids.truncate(m.max(1) + 1);
             }
             Ok(ids)
         })
