@@ -313,15 +313,7 @@ impl LayerMoments {
                 let sub = s.slice(s![r.rows.0..r.rows.1, r.rows.0..r.rows.1]).to_owned();
                 eig_s.insert(r.rows, eigh(&sub)?);
             }
-            let ((lambda_a, q_a), (lambda_s, q_s)) = (eig_a[&r.cols].clone(), eig_s[&r.rows].clone());
-            out.push(KroneckerFactors {
-                q_a,
-                lambda_a,
-                q_s,
-                lambda_s,
-                ekfac: None,
-                ekfac_examples: 0,
-            });
+            out.push(KroneckerFactors::from_eigen(eig_a[&r.cols].clone(), eig_s[&r.rows].clone()));
         }
         Ok(out)
     }

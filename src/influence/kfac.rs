@@ -137,16 +137,19 @@ pub(crate) fn eigh(m: &Array2<f64>) -> Result<(Array1<f64>, Array2<f64>), KfacEr
 impl KroneckerFactors {
     /// Eigendecomposes `A` (d_in × d_in) and `S` (d_out × d_out) in f64.
     pub fn from_factors(a: &Array2<f64>, s: &Array2<f64>) -> Result<Self, KfacError> {
-        let (lambda_a, q_a) = eigh(a)?;
-        let (lambda_s, q_s) = eigh(s)?;
-        Ok(Self {
+        Ok(Self::from_eigen(eigh(a)?, eigh(s)?))
+    }
+
+    /// From the eigendecompositions `(λ_A, Q_A)` and `(λ_S, Q_S)`, without EK-FAC eigenvalues.
+    pub fn from_eigen((lambda_a, q_a): (Array1<f64>, Array2<f64>), (lambda_s, q_s): (Array1<f64>, Array2<f64>)) -> Self {
+        Self {
             q_a,
             lambda_a,
             q_s,
             lambda_s,
             ekfac: None,
             ekfac_examples: 0,
-        })
+        }
     }
 
     pub fn d_in(&self) -> usize {
