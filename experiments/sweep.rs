@@ -1,5 +1,5 @@
-//! Bandit-parameter sweeps: α, γ, τ, B (clusters per round), b (samples per cluster) and k (number
-//! of clusters), one at a time around the defaults of experiments/compare.toml, each point a
+//! Bandit-parameter sweeps: α, γ, τ, B (clusters per round), b (samples per cluster), m (documents
+//! taken per accepted chunk) and k (number of clusters), one at a time around the defaults of experiments/compare.toml, each point a
 //! `quad select` (policy ucb) evaluated with `quad eval`'s fixed model over `--seeds` seeds.
 //!
 //! ```sh
@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use harness::{mean_std, update_readme, write_csv, Row, Setup};
 use quad_select::select::SelectConfig;
 
-const PARAMS: [&str; 6] = ["alpha", "gamma", "tau", "B", "b", "k"];
+const PARAMS: [&str; 7] = ["alpha", "gamma", "tau", "B", "b", "m", "k"];
 
 fn default_values(param: &str) -> Vec<f64> {
     match param {
@@ -33,6 +33,7 @@ fn default_values(param: &str) -> Vec<f64> {
         "tau" => vec![0.0, 0.1, 0.2, 0.3, 0.5],
         "B" => vec![1.0, 2.0, 4.0, 8.0],
         "b" => vec![2.0, 4.0, 8.0, 16.0],
+        "m" => vec![8.0, 16.0, 32.0, 64.0],
         "k" => vec![8.0, 16.0, 32.0, 64.0],
         _ => Vec::new(),
     }
@@ -45,6 +46,7 @@ fn set(cfg: &mut SelectConfig, param: &str, v: f64) {
         "tau" => cfg.bandit.tau = v,
         "B" => cfg.bandit.arms_per_round = v as usize,
         "b" => cfg.bandit.samples_per_arm = v as usize,
+        "m" => cfg.bandit.chunk = v as usize,
         "k" => cfg.cluster.k = v as usize,
         _ => unreachable!("checked"),
     }
