@@ -587,17 +587,24 @@ mod tests {
         (x - y).iter().fold(0f64, |m, v| m.max(v.abs())) / scale
     }
 
+    /// A tiny random model (vocabulary 40, width 16, 4 heads) and `n` random documents of
+    /// `len` tokens (a range).
+    fn tiny(blocks: usize, dtype: DType, seed: u64, n: usize, len: std::ops::Range<usize>) -> (LlamaModel, Vec<Vec<u32>>) {
+        let mut config = LlamaConfig::small(40, 16, blocks, 4, 16);
+        config.intermediate_size = 24;
+        let model = LlamaModel::random(config, dtype, &Device::Cpu, seed).unwrap();
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed + 100);
+        let docs = (0..n)
+            .map(|_| (0..rng.gen_range(len.clone())).map(|_| rng.gen_range(0..40)).collect())
+            .collect();
+        (model, docs)
+    }
+
     /// The mean gradient from the batch backward pass equals the mean of the documents' own
     /// `G_r = Σ_t g_t a_tᵀ` from their captures (f64, so exactly up to round-off).
     #[test]
     fn mean_gradient_is_the_mean_of_captured_gradients() {
-        let mut config = LlamaConfig::small(40, 16, 2, 4, 16);
-        config.intermediate_size = 24;
-        let model = LlamaModel::random(config, DType::F64, &Device::Cpu, 6).unwrap();
-        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(3);
-        let mut docs: Vec<Vec<u32>> = (0..6)
-            .map(|_| (0..rng.gen_range(5..30)).map(|_| rng.gen_range(0..40)).collect())
-            .collect();
+        let (model, mut docs) = tiny(2, DType::F64, 6, 6, 5..30);
         docs.push(vec![7]); // too short: no loss, not counted
         let opts = FitOptions {
             context: 8,
@@ -625,13 +632,7 @@ mod tests {
     /// [`EkfacSums::add_tokens`]), up to the f32 products.
     #[test]
     fn layer_moments_fit_equals_per_block_accumulation() {
-        let mut config = LlamaConfig::small(40, 16, 1, 4, 16);
-        config.intermediate_size = 24;
-        let model = LlamaModel::random(config, DType::F32, &Device::Cpu, 5).unwrap();
-        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(9);
-        let docs: Vec<Vec<u32>> = (0..7)
-            .map(|_| (0..rng.gen_range(5..20)).map(|_| rng.gen_range(0..40)).collect())
-            .collect();
+        let (model, docs) = tiny(1, DType::F32, 5, 7, 5..20);
         let opts = FitOptions {
             context: 8,
             batch: 3,
