@@ -603,7 +603,7 @@ mod tests {
 
     #[test]
     fn assign_matches_brute_force() {
-        let x = array![[1.0f32, 0.0], [0.0, 1.0], [0.7071, 0.7071], [-1.0, 0.0]];
+        let x = array![[1.0f32, 0.0], [0.0, 1.0], [0.7, 0.7], [-1.0, 0.0]];
         let c = array![[0.9f32, 0.1], [0.1, 0.9], [-0.8, 0.0]];
         let (a, d) = assign(x.view(), c.view());
         for (i, row) in x.rows().into_iter().enumerate() {

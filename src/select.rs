@@ -706,10 +706,11 @@ pub fn run(
 }
 
 /// Scoring uses the fitting options' layers and context with observed labels.
-/// A document's first `max_tokens` predicted tokens (`max_tokens + 1` ids; 0 keeps all).
+/// A copy of a document's first `max_tokens` predicted tokens (0 keeps all).
 fn truncated(ids: &[u32], max_tokens: usize) -> Vec<u32> {
-    let n = if max_tokens == 0 { ids.len() } else { ids.len().min(max_tokens + 1) };
-    ids[..n].to_vec()
+    let mut ids = ids.to_vec();
+    crate::model::capture::truncate_predicted(&mut ids, max_tokens);
+    ids
 }
 
 fn fit_opts_scoring(opts: &FitOptions) -> FitOptions {

@@ -74,7 +74,7 @@ enum Command {
         /// Model: a Hugging Face style folder or a .gguf file.
         #[arg(long)]
         model: PathBuf,
-        /// Layers to factor: attention, mlp or both.
+        /// Layers to factor: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
         #[arg(long, default_value = "both")]
         layers: LayerSelection,
         /// Factor each attention projection as one block instead of per head (ablation).
@@ -156,7 +156,7 @@ enum Command {
         /// Curvature the factors approximate (and the exact solve uses).
         #[arg(long, value_enum, default_value_t = FisherArg::True)]
         fisher: FisherArg,
-        /// Layers to target: attention, mlp or both.
+        /// Layers to target: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
         #[arg(long, default_value = "both")]
         layers: LayerSelection,
         /// Tokens per fitting example, candidate and reference document.
@@ -876,10 +876,8 @@ fn run(cli: Cli) -> Result<()> {
             texts.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed));
             texts.truncate(fit_docs);
             let mut docs = encode_all(&loaded, &texts)?;
-            if max_tokens > 0 {
-                for d in &mut docs {
-                    d.truncate(max_tokens + 1);
-                }
+            for d in &mut docs {
+                model::capture::truncate_predicted(d, max_tokens);
             }
             let opts = FitOptions {
                 selection: layers,
@@ -952,7 +950,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut ref_docs = encode_all(&loaded, &read_texts(&ref_corpus)?)?;
             if let Some(m) = max_tokens {
                 for d in &mut ref_docs {
-                    d.truncate(m.max(1) + 1);
+                    model::capture::truncate_predicted(d, m.max(1));
                 }
             }
             let ref_grad = influence::factors::mean_gradient(&loaded.model, &ref_docs, &opts)?;

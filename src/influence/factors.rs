@@ -12,6 +12,7 @@
 //! reference iHVP (computed once) and `⟨V, G_z⟩ = Σ_t g_tᵀ V a_t` is evaluated from the captures
 //! without forming `G_z`. Positive: a step on z is predicted to lower the reference loss.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
@@ -305,13 +306,11 @@ impl LayerMoments {
         let mut eig_s: HashMap<(usize, usize), (Array1<f64>, Array2<f64>)> = HashMap::new();
         let mut out = Vec::with_capacity(ranges.len());
         for r in ranges {
-            if !eig_a.contains_key(&r.cols) {
-                let sub = a.slice(s![r.cols.0..r.cols.1, r.cols.0..r.cols.1]).to_owned();
-                eig_a.insert(r.cols, eigh(&sub)?);
+            if let Entry::Vacant(e) = eig_a.entry(r.cols) {
+                e.insert(eigh(&a.slice(s![r.cols.0..r.cols.1, r.cols.0..r.cols.1]).to_owned())?);
             }
-            if !eig_s.contains_key(&r.rows) {
-                let sub = s.slice(s![r.rows.0..r.rows.1, r.rows.0..r.rows.1]).to_owned();
-                eig_s.insert(r.rows, eigh(&sub)?);
+            if let Entry::Vacant(e) = eig_s.entry(r.rows) {
+                e.insert(eigh(&s.slice(s![r.rows.0..r.rows.1, r.rows.0..r.rows.1]).to_owned())?);
             }
             out.push(KroneckerFactors::from_eigen(eig_a[&r.cols].clone(), eig_s[&r.rows].clone()));
         }
@@ -340,11 +339,11 @@ impl LayerBases {
         };
         let (mut q_a, mut q_s) = (HashMap::new(), HashMap::new());
         for (f, r) in factors.iter().zip(ranges) {
-            if !q_a.contains_key(&r.cols) {
-                q_a.insert(r.cols, tensor(&f.q_a)?);
+            if let Entry::Vacant(e) = q_a.entry(r.cols) {
+                e.insert(tensor(&f.q_a)?);
             }
-            if !q_s.contains_key(&r.rows) {
-                q_s.insert(r.rows, tensor(&f.q_s)?);
+            if let Entry::Vacant(e) = q_s.entry(r.rows) {
+                e.insert(tensor(&f.q_s)?);
             }
         }
         Ok(Self { q_a, q_s })

@@ -39,8 +39,7 @@ pub fn score_documents(
         .map(|d| {
             let mut ids = loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
             if let Some(m) = max_tokens {
-                // m predicted tokens: m + 1 ids.
-                ids.truncate(m.max(1) + 1);
+                crate::model::capture::truncate_predicted(&mut ids, m.max(1));
             }
             Ok(ids)
         })

@@ -1,9 +1,12 @@
 //! `quad validate`: identity / K-FAC / EK-FAC against the exact damped empirical Fisher on a tiny
 //! model.
 //!
-//! Exact target, by default the true Fisher (= the GGN for softmax cross-entropy), estimated with one
-//! label per token sampled from the model: `F = E_n[Σ_t vec(g_t a_tᵀ) vec(g_t a_tᵀ)ᵀ]` (cross-token
-//! products have zero expectation under sampled labels and are left out). With observed labels it
+//! Exact target, by default the token-level true Fisher (the GGN for softmax cross-entropy),
+//! estimated with one label per token sampled from the model: `F = E_n[Σ_t vec(g_t a_tᵀ) vec(g_t a_tᵀ)ᵀ]`.
+//! It treats tokens as independent, as K-FAC's factors do: under sampled labels the products of
+//! different positions' losses have zero expectation, so it is the true Fisher exactly for layers
+//! whose output at position t reaches only the loss at t (the last block's MLP), and the usual
+//! token-level approximation of it for the others. With observed labels it
 //! is the empirical Fisher `F = E_n[vec(G_n) vec(G_n)ᵀ]`. K-FAC and EK-FAC are block-diagonal
 //! Kronecker approximations of the same F (EK-FAC's Λ is fitted per token or per example to match),
 //! damped per block with the same

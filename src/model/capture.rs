@@ -129,13 +129,28 @@ impl LayerSelection {
 
 impl FromStr for LayerSelection {
     type Err = String;
+    /// `attention`, `mlp`, `both`, or a comma-separated list of those and layer names
+    /// (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`).
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "attention" | "attn" => Ok(Self::attention()),
-            "mlp" => Ok(Self::mlp()),
-            "both" | "all" => Ok(Self::all()),
-            other => Err(format!("unknown layer set {other:?} (expected attention, mlp or both)")),
+        let mut kinds = Vec::new();
+        for item in s.split(',').map(str::trim) {
+            match item {
+                "attention" | "attn" => kinds.extend(LayerKind::ATTENTION),
+                "mlp" => kinds.extend(LayerKind::MLP),
+                "both" | "all" => kinds.extend(LayerKind::ALL),
+                other => match LayerKind::ALL.into_iter().find(|k| k.hf_name().ends_with(&format!(".{other}"))) {
+                    Some(k) => kinds.push(k),
+                    None => {
+                        return Err(format!(
+                            "unknown layer set {other:?} (expected attention, mlp, both or a layer name such as q_proj, down_proj)"
+                        ))
+                    }
+                },
+            }
         }
+        // Forward order, no repeats.
+        let kinds = LayerKind::ALL.into_iter().filter(|k| kinds.contains(k)).collect();
+        Ok(Self { kinds, blocks: None })
     }
 }
 
@@ -164,6 +179,14 @@ pub struct DocCapture {
     /// Tokens predicted (document length − 1).
     pub predicted: usize,
     pub layers: Vec<LayerCapture>,
+}
+
+/// Keeps a document's first `max_tokens` predicted tokens, that is its first `max_tokens + 1`
+/// ids; `max_tokens = 0` keeps the whole document.
+pub fn truncate_predicted(ids: &mut Vec<u32>, max_tokens: usize) {
+    if max_tokens > 0 {
+        ids.truncate(max_tokens + 1);
+    }
 }
 
 /// Splits a token sequence into (inputs, targets) windows of at most `context` inputs.
@@ -201,39 +224,30 @@ impl LossBatch {
         per_doc_mean: bool,
         model: &LlamaModel,
     ) -> candle_core::Result<Self> {
-        let wins: Vec<Vec<(&[u32], &[u32])>> = docs.iter().map(|d| windows(d, context)).collect();
-        let width = wins.iter().flatten().map(|(i, _)| i.len()).max().unwrap_or(1).max(1);
-        let rows: usize = wins.iter().map(Vec::len).sum();
         let total: usize = docs.iter().map(|d| d.len().saturating_sub(1)).sum();
-        let mut ids = vec![0u32; rows * width];
-        let mut targets = vec![0u32; rows * width];
-        let mut weights = vec![0f64; rows * width];
-        let mut doc_rows = Vec::with_capacity(docs.len());
-        let mut r = 0;
-        for (d, ws) in wins.iter().enumerate() {
-            let n = docs[d].len().saturating_sub(1).max(1) as f64;
+        let mut all = Vec::new();
+        let mut first_row = Vec::with_capacity(docs.len() + 1);
+        for d in docs {
+            let n = d.len().saturating_sub(1).max(1) as f64;
             let w = if per_doc_mean { 1.0 / n } else { 1.0 / total.max(1) as f64 };
-            let mut mine = Vec::new();
-            for (inp, tgt) in ws {
-                for (j, (&a, &b)) in inp.iter().zip(tgt.iter()).enumerate() {
-                    let k = r * width + j;
-                    ids[k] = a;
-                    targets[k] = b;
-                    weights[k] = w;
-                    mine.push(k as u32);
-                }
-                r += 1;
-            }
-            doc_rows.push(mine);
+            first_row.push(all.len());
+            all.extend(windows(d, context).into_iter().map(|(i, t)| (i, t, w)));
         }
-        let dev = &model.device;
-        Ok(Self {
-            ids: Tensor::from_vec(ids, (rows, width), dev)?,
-            targets: Tensor::from_vec(targets, rows * width, dev)?,
-            weights: Tensor::from_vec(weights, rows * width, dev)?.to_dtype(model.dtype)?,
-            doc_rows,
-            width,
-        })
+        first_row.push(all.len());
+        let mut batch = Self::from_windows(&all, model)?;
+        // Document d owns windows first_row[d]..first_row[d + 1], each filled from its start.
+        batch.doc_rows = first_row
+            .windows(2)
+            .map(|r| {
+                (r[0]..r[1])
+                    .flat_map(|row| {
+                        let k0 = (row * batch.width) as u32;
+                        (0..all[row].0.len() as u32).map(move |j| k0 + j)
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(batch)
     }
 
     /// A batch of `(inputs, targets, weight)` windows, each position of a window weighing its
@@ -264,8 +278,7 @@ impl LossBatch {
     /// Per-position negative log-likelihood (rows·T) from logits (rows, T, V).
     pub fn nll(&self, logits: &Tensor) -> candle_core::Result<Tensor> {
         let v = logits.dim(D::Minus1)?;
-        let logp = candle_nn::ops::log_softmax(&logits.reshape(((), v))?, D::Minus1)?;
-        logp.gather(&self.targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()
+        super::ops::cross_entropy(&logits.reshape(((), v))?, &self.targets)
     }
 
     /// `Σ weights · nll`: the scalar to differentiate.
@@ -432,5 +445,9 @@ mod tests {
             ]
         );
         assert!("nope".parse::<LayerSelection>().is_err());
+        assert_eq!("both".parse::<LayerSelection>().unwrap(), LayerSelection::all());
+        let s: LayerSelection = "down_proj, q_proj,attention".parse().unwrap();
+        assert_eq!(s.kinds, vec![LayerKind::Q, LayerKind::K, LayerKind::V, LayerKind::O, LayerKind::Down]);
+        assert!("q_proj,mlp.up".parse::<LayerSelection>().is_err());
     }
 }

@@ -1,12 +1,13 @@
 //! A Llama-family decoder (RMSNorm, rotary embeddings, SwiGLU MLP, grouped-query attention,
-//! optional tied embeddings) written with primitive candle ops only, so that every weight and
-//! every intermediate tensor gets a gradient.
+//! optional tied embeddings) written with differentiable candle ops only, so that every weight
+//! and every intermediate tensor gets a gradient.
 //!
 //! candle_nn's fused `softmax_last_dim`, `rms_norm`, `rope` (and `RmsNorm::forward` on contiguous
 //! input) compute correct values but record no gradient; candle-transformers' models use them, so
 //! they serve as inference references only. Here RMSNorm is `x / sqrt(mean(x²) + ε) · w`, RoPE is
-//! Hugging Face's `x·cos + rotate_half(x)·sin`, softmax is `candle_nn::ops::softmax` (max, exp,
-//! sum, div), and SiLU is candle's `silu` unary op (which has a backward rule).
+//! Hugging Face's `x·cos + rotate_half(x)·sin` (primitive ops), the attention softmax is
+//! [`super::ops::causal_softmax`] (fused, with its own backward pass), and SiLU is candle's `silu`
+//! unary op (which has a backward rule).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -103,8 +104,6 @@ pub struct LlamaModel {
     pub dtype: DType,
     pub device: Device,
 }
-
-const MASK_VALUE: f64 = -1e9;
 
 impl LlamaModel {
     /// Builds a model from named tensors with Hugging Face names
@@ -292,7 +291,6 @@ impl LlamaModel {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_kv_heads(), c.head_dim());
         let (cos, sin) = self.rope_tables(t)?;
-        let mask = causal_mask(t, self.dtype, &self.device)?;
         let eps = c.rms_norm_eps;
         let detach = tap.as_ref().is_some_and(|t| t.detach_weights);
 
@@ -327,9 +325,7 @@ impl LlamaModel {
             let k = rope(&heads(k, nkv)?, &cos, &sin)?;
             let v = heads(v, nkv)?;
             let (k, v) = (repeat_kv(k, nh / nkv)?, repeat_kv(v, nh / nkv)?);
-            let att = (q.matmul(&k.t()?.contiguous()?)? * (1.0 / (hd as f64).sqrt()))?;
-            let att = att.broadcast_add(&mask)?;
-            let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+            let att = super::ops::causal_softmax(&q.matmul(&k.t()?.contiguous()?)?, 1.0 / (hd as f64).sqrt())?;
             let y = att.matmul(&v)?; // (b, nh, t, hd)
             let y = y.transpose(1, 2)?.contiguous()?.reshape((b * t, nh * hd))?;
             let o = lin(LayerKind::O, &y)?;
@@ -372,14 +368,6 @@ fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
     }
     let (b, kv, t, d) = x.dims4()?;
     Tensor::cat(&vec![&x; n], 2)?.reshape((b, kv * n, t, d))
-}
-
-/// Additive causal mask (t, t): 0 on and below the diagonal, −1e9 above.
-fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-    let v: Vec<f64> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { MASK_VALUE } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(v, (t, t), device)?.to_dtype(dtype)
 }
 
 /// Every parameter's Hugging Face name and shape, in a fixed order.

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: hyper-parameters from a Hugging Face `config.json`;
 //! - [`llama`]: the forward pass in primitive (differentiable) candle ops;
+//! - [`ops`]: fused causal softmax and cross-entropy with hand-written backward passes;
 //! - [`capture`]: per-document loss, per-layer inputs `a_t` and output gradients `g_t`;
 //! - [`gguf`]: loading a GGUF checkpoint (dequantised to f32) and its tokenizer;
 //! - [`train`]: the in-house proxy (`quad proxy train`).
@@ -11,6 +12,7 @@ pub mod capture;
 pub mod config;
 pub mod gguf;
 pub mod llama;
+pub mod ops;
 pub mod train;
 
 use std::collections::HashMap;
