@@ -2,7 +2,7 @@
 //! layer by layer.
 //!
 //! - [`config`]: hyper-parameters from a Hugging Face `config.json`;
-//! - [`llama`]: the forward pass in primitive (differentiable) candle ops;
+//! - [`llama`]: the forward pass in differentiable candle ops;
 //! - [`ops`]: fused causal softmax and cross-entropy with hand-written backward passes;
 //! - [`capture`]: per-document loss, per-layer inputs `a_t` and output gradients `g_t`;
 //! - [`gguf`]: loading a GGUF checkpoint (dequantised to f32) and its tokenizer;
