@@ -215,35 +215,32 @@ impl CustomOp2 for CrossEntropy {
         Ok((out, Shape::from(l1.dims()[0])))
     }
 
-    fn bwd(&self, z: &Tensor, y: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = z.apply_op3_no_bwd(y, &grad.contiguous()?, &CrossEntropyBackward)?;
+    fn bwd(&self, z: &Tensor, y: &Tensor, nll: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // (rows, 2): each row's upstream gradient and its nll, from which the backward pass
+        // recovers logsumexp(z_r) = nll_r + z_r[y_r] without another max and sum over the row.
+        let aux = Tensor::stack(&[grad, nll], 1)?;
+        let dz = z.apply_op3_no_bwd(y, &aux, &CrossEntropyBackward)?;
         Ok((Some(dz), None))
     }
 }
 
-/// `grad_r · (softmax(z_r) − onehot(y_r))`, row by row.
+/// `grad_r · (softmax(z_r) − onehot(y_r))`, row by row, with `softmax(z_r) = exp(z_r − lse_r)`
+/// and `lse_r = nll_r + z_r[y_r]` from the forward pass.
 struct CrossEntropyBackward;
 
-fn nll_bwd<T: Float>(z: &[T], y: &[u32], g: &[T], v: usize) -> Vec<T> {
+fn nll_bwd<T: Float>(z: &[T], y: &[u32], aux: &[T], v: usize) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); z.len()];
     out.par_chunks_mut(v)
         .zip(z.par_chunks(v))
-        .zip(y.par_iter().zip(g.par_iter()))
-        .for_each(|((o, z), (&y, &g))| {
-            let g = g.to_f64();
+        .zip(y.par_iter().zip(aux.par_chunks(2)))
+        .for_each(|((o, z), (&y, aux))| {
+            let (g, nll) = (aux[0].to_f64(), aux[1].to_f64());
             if g == 0.0 {
                 return; // padding rows: weight 0
             }
-            let max = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64()));
-            let mut sum = 0.0;
+            let lse = nll + z[y as usize].to_f64();
             for (o, &x) in o.iter_mut().zip(z) {
-                let e = T::exp_of(x.to_f64() - max);
-                sum += e;
-                *o = T::from_f64(e);
-            }
-            let k = g / sum;
-            for o in o.iter_mut() {
-                *o = T::from_f64(o.to_f64() * k);
+                *o = T::from_f64(g * T::exp_of(x.to_f64() - lse));
             }
             o[y as usize] = T::from_f64(o[y as usize].to_f64() - g);
         });
