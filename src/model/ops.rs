@@ -79,11 +79,12 @@ struct CausalSoftmax {
 
 fn causal_softmax_fwd<T: Float>(s: &[T], t: usize, scale: f64) -> Vec<T> {
     let mut out = vec![T::from_f64(0.0); s.len()];
-    out.par_chunks_mut(t * rows_per_chunk(t))
-        .zip(s.par_chunks(t * rows_per_chunk(t)))
+    let rows = rows_per_chunk(t);
+    out.par_chunks_mut(t * rows)
+        .zip(s.par_chunks(t * rows))
         .enumerate()
         .for_each(|(c, (o, s))| {
-            let first_row = c * rows_per_chunk(t);
+            let first_row = c * rows;
             for (r, (o, s)) in o.chunks_mut(t).zip(s.chunks(t)).enumerate() {
                 let i = (first_row + r) % t;
                 let seen = &s[..=i];
