@@ -108,13 +108,7 @@ impl Setup {
             .map(|r| r["domain"].as_str().unwrap_or("(none)").to_string())
             .zip(texts)
             .collect();
-        let mut params = eval::eval_params();
-        if quick {
-            params.layers = 1;
-            params.width = 64;
-            params.context = 64;
-            params.steps = 20;
-        }
+        let params = if quick { eval::eval_params_quick() } else { eval::eval_params() };
         Ok(Self {
             split: split_dir.to_path_buf(),
             tokenizer,

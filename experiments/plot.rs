@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! PNG plots for the experiment drivers (plotters, bitmap backend). Text uses a TrueType font
 //! read from the system (DejaVu Sans on Debian: package fonts-dejavu-core).
 
@@ -136,6 +137,51 @@ pub fn rounds(path: &Path, title: &str, rounds_csv: &str) -> Result<()> {
     let t = range(tokens.iter().map(|p| p.1).chain([0.0]));
     let mut c = chart(&bottom, None, ("round", "tokens selected"), x, t)?;
     c.draw_series(LineSeries::new(tokens.iter().copied(), &BLUE))?;
+    root.present()?;
+    Ok(())
+}
+
+/// One selector on the frontier plot: mean ± SD on both axes.
+pub struct FrontierPoint {
+    pub label: String,
+    pub x: (f64, f64),
+    pub y: (f64, f64),
+    /// Its top-k fraction when it is a mixture point (random = 0, topk = 1).
+    pub mix: Option<f64>,
+}
+
+/// Every selector as a point with ±1 SD error bars (x = held-out loss, y = evaluation-reference
+/// loss), labelled, and the mixture frontier drawn through the mixture points in order of p.
+pub fn frontier(path: &Path, title: &str, x_desc: &str, y_desc: &str, points: &[FrontierPoint]) -> Result<()> {
+    if points.is_empty() {
+        bail!("nothing to plot for {title}");
+    }
+    init_font()?;
+    let root = BitMapBackend::new(path, (900, 620)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x = range(points.iter().flat_map(|p| [p.x.0 - p.x.1, p.x.0 + p.x.1]));
+    let y = range(points.iter().flat_map(|p| [p.y.0 - p.y.1, p.y.0 + p.y.1]));
+    let mut chart = chart(&root, Some(title), (x_desc, y_desc), x, y)?;
+    let mut mix: Vec<&FrontierPoint> = points.iter().filter(|p| p.mix.is_some()).collect();
+    mix.sort_by(|a, b| a.mix.partial_cmp(&b.mix).expect("finite"));
+    let grey = RGBColor(110, 110, 110);
+    chart
+        .draw_series(LineSeries::new(mix.iter().map(|p| (p.x.0, p.y.0)), grey.stroke_width(2)))?
+        .label("random/top-k mixtures")
+        .legend(move |(x, y)| PathElement::new([(x - 10, y), (x + 10, y)], grey.stroke_width(2)));
+    for (i, p) in points.iter().enumerate() {
+        let color = if p.mix.is_some() { grey.to_rgba() } else { Palette99::pick(i).to_rgba() };
+        chart.draw_series([ErrorBar::new_vertical(p.x.0, p.y.0 - p.y.1, p.y.0, p.y.0 + p.y.1, color.filled(), 8)])?;
+        chart.draw_series([ErrorBar::new_horizontal(p.y.0, p.x.0 - p.x.1, p.x.0, p.x.0 + p.x.1, color.filled(), 8)])?;
+        chart.draw_series([Circle::new((p.x.0, p.y.0), 5, color.filled())])?;
+        chart.draw_series([Text::new(p.label.clone(), (p.x.0, p.y.0), ("sans-serif", 15).into_font().color(&BLACK))])?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
     root.present()?;
     Ok(())
 }

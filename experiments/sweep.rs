@@ -42,11 +42,11 @@ fn default_values(param: &str) -> Vec<f64> {
 fn set(cfg: &mut SelectConfig, param: &str, v: f64) {
     match param {
         "alpha" => cfg.bandit.alpha = v,
-        "gamma" => cfg.bandit.gamma = v,
+        "gamma" => cfg.bandit.gamma = Some(v),
         "tau" => cfg.bandit.tau = v,
         "B" => cfg.bandit.arms_per_round = v as usize,
         "b" => cfg.bandit.samples_per_arm = v as usize,
-        "m" => cfg.bandit.chunk = v as usize,
+        "m" => cfg.bandit.chunk = Some(v as usize),
         "k" => cfg.cluster.k = v as usize,
         _ => unreachable!("checked"),
     }

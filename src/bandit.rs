@@ -24,7 +24,9 @@
 //!
 //! Other policies share the interface: `thompson` (Gaussian posterior on each arm's mean reward),
 //! `epsilon-greedy`, `greedy` (α = 0), `uniform` (round-robin over clusters, no scoring), `random`
-//! (documents at random, no clusters, no scoring) and `topk` (score everything, take the best).
+//! (documents at random, no clusters, no scoring), `topk` (score everything, take the best) and
+//! `mix` (a fraction `mix` of the budget from `topk`, the rest at random: the quality/diversity
+//! frontier that can be had without clusters).
 //!
 //! The state is plain data ([`BanditState`], serde): checkpoint it after every round and resume
 //! with [`Bandit::resume`]; every random draw derives from the seed and the round number, so a
@@ -70,10 +72,13 @@ pub enum Policy {
     Random,
     /// Score every document, take the best (pure quality).
     Topk,
+    /// A fraction `mix` of the budget from `topk`, the rest uniformly at random (no document
+    /// twice): the baseline frontier between `random` (mix = 0) and `topk` (mix = 1).
+    Mix,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 7] = [
+    pub const ALL: [Policy; 8] = [
         Policy::Ucb,
         Policy::Thompson,
         Policy::EpsilonGreedy,
@@ -81,6 +86,7 @@ impl Policy {
         Policy::Uniform,
         Policy::Random,
         Policy::Topk,
+        Policy::Mix,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +98,7 @@ impl Policy {
             Policy::Uniform => "uniform",
             Policy::Random => "random",
             Policy::Topk => "topk",
+            Policy::Mix => "mix",
         }
     }
 
@@ -143,21 +150,29 @@ pub struct BanditParams {
     pub policy: Policy,
     /// α: weight of the exploration bonus in the Cluster Score.
     pub alpha: f64,
-    /// γ: reward threshold, in standardised score units; a cluster's chunk is taken when its
-    /// sampled mean beats it.
-    pub gamma: f64,
+    /// γ: reward threshold, in standardised score units; a chunk is taken from a cluster whose
+    /// estimated mean beats it. None (the default): fitted to the budget every round, so that the
+    /// clusters above it hold `coverage` × what is still to be selected (see the module docs).
+    pub gamma: Option<f64>,
     /// τ: neighbour radius in centroid cosine distance (reward shared with weight 1 − d/τ).
     pub tau: f64,
     /// B: arms chosen per round.
     pub arms_per_round: usize,
     /// b: members scored per chosen arm.
     pub samples_per_arm: usize,
-    /// m: documents taken from an arm whose reward is positive.
-    pub chunk: usize,
+    /// m: documents taken from an arm whose reward is positive. None (the default): one cluster's
+    /// even share of the budget, ⌈budget in documents / k⌉ (at least 4).
+    pub chunk: Option<usize>,
+    /// Score one sample of every cluster before any chunk is taken (the exploration pass).
+    pub explore_first: bool,
+    /// ρ of the fitted γ: the clusters that qualify hold ρ × the budget still to be selected.
+    pub coverage: f64,
     /// ε of `epsilon-greedy`.
     pub epsilon: f64,
     /// Documents scored up front to standardise scores (0: use raw scores).
     pub calibration: usize,
+    /// Fraction of the budget `mix` takes from `topk` (the rest at random), in [0, 1].
+    pub mix: f64,
     pub seed: u64,
 }
 
@@ -166,13 +181,16 @@ impl Default for BanditParams {
         Self {
             policy: Policy::Ucb,
             alpha: 1.0,
-            gamma: 0.0,
+            gamma: None,
             tau: 0.2,
             arms_per_round: 4,
             samples_per_arm: 8,
-            chunk: 32,
+            chunk: None,
+            explore_first: true,
+            coverage: 2.0,
             epsilon: 0.1,
             calibration: 64,
+            mix: 0.5,
             seed: 0,
         }
     }
@@ -185,17 +203,23 @@ impl BanditParams {
         if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
             return bad("alpha must be a finite number ≥ 0");
         }
-        if !self.gamma.is_finite() {
+        if self.gamma.is_some_and(|g| !g.is_finite()) {
             return bad("gamma must be finite");
+        }
+        if !(self.coverage >= 1.0 && self.coverage.is_finite()) {
+            return bad("coverage must be a finite number ≥ 1");
         }
         if !(self.tau >= 0.0 && self.tau.is_finite()) {
             return bad("tau must be a finite number ≥ 0");
         }
-        if self.arms_per_round == 0 || self.samples_per_arm == 0 || self.chunk == 0 {
+        if self.arms_per_round == 0 || self.samples_per_arm == 0 || self.chunk == Some(0) {
             return bad("arms_per_round (B), samples_per_arm (b) and chunk (m) must be positive");
         }
         if !(0.0..=1.0).contains(&self.epsilon) {
             return bad("epsilon must be in [0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.mix) {
+            return bad("mix must be in [0, 1]");
         }
         Ok(())
     }
@@ -267,6 +291,9 @@ pub struct ArmState {
     pub taken: usize,
     /// Members scored.
     pub scored: usize,
+    /// Sum of the scored members' raw scores.
+    #[serde(default)]
+    pub score_sum: f64,
     /// No untaken member left.
     pub exhausted: bool,
     /// Every untaken member scored and their mean reward ≤ 0.
@@ -364,7 +391,20 @@ pub struct Bandit {
     orders: Vec<Vec<usize>>,
     /// The pool in seeded random order (for `random` and calibration).
     pool_order: Vec<usize>,
+    /// m in force (see [`BanditParams::chunk`]).
+    chunk: usize,
     state: BanditState,
+}
+
+/// One cluster's even share of the budget, in documents: ⌈budget in documents / k⌉, at least 4
+/// (a token budget counts documents of the pool's mean length).
+pub fn even_share(problem: &Problem) -> usize {
+    let n = problem.tokens.len().max(1);
+    let docs = match problem.budget {
+        Budget::Documents(d) => d as f64,
+        Budget::Tokens(t) => t as f64 * n as f64 / problem.tokens.iter().sum::<usize>().max(1) as f64,
+    };
+    ((docs / problem.k().max(1) as f64).ceil() as usize).max(4)
 }
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -427,13 +467,20 @@ impl Bandit {
                 arm.exhausted = true;
             }
         }
+        let chunk = params.chunk.unwrap_or_else(|| even_share(&problem));
         Self {
             params,
             problem,
             orders,
             pool_order,
+            chunk,
             state,
         }
+    }
+
+    /// m in force: the given chunk, or one cluster's even share of the budget.
+    pub fn chunk(&self) -> usize {
+        self.chunk
     }
 
     pub fn state(&self) -> &BanditState {
@@ -472,12 +519,16 @@ impl Bandit {
         }
     }
 
-    fn budget_met(&self) -> bool {
-        let used = match self.problem.budget {
+    /// What the selection uses so far, in the budget's unit.
+    fn used(&self) -> usize {
+        match self.problem.budget {
             Budget::Documents(_) => self.state.docs_selected,
             Budget::Tokens(_) => self.state.tokens_selected,
-        };
-        used >= self.problem.budget.limit()
+        }
+    }
+
+    fn budget_met(&self) -> bool {
+        self.used() >= self.problem.budget.limit()
     }
 
     fn z(&self, raw: f64) -> f64 {
@@ -507,7 +558,9 @@ impl Bandit {
             if self.state.scores[d].is_none() {
                 self.state.scores[d] = Some(v);
                 self.state.documents_scored += 1;
-                self.state.arms[self.problem.cluster[d]].scored += 1;
+                let arm = &mut self.state.arms[self.problem.cluster[d]];
+                arm.scored += 1;
+                arm.score_sum += v;
             }
         }
         Ok(())
@@ -557,7 +610,7 @@ impl Bandit {
         let rest: Vec<usize> = self.unseen(c).collect();
         let mut n = 0;
         for d in scored.into_iter().map(|(d, _)| d).chain(rest) {
-            if n == self.params.chunk || !self.take(d, reward) {
+            if n == self.chunk || !self.take(d, reward) {
                 break;
             }
             n += 1;
@@ -590,9 +643,15 @@ impl Bandit {
             self.calibrate(scorer)?;
         }
         let picks = match self.params.policy {
-            Policy::Random => self.round_random(),
+            Policy::Random => self.round_random(self.chunk * self.params.arms_per_round),
             Policy::Uniform => self.round_uniform(),
-            Policy::Topk => self.round_topk(scorer)?,
+            Policy::Topk => self.round_topk(scorer, self.problem.budget.limit())?,
+            Policy::Mix => {
+                let part = (self.params.mix * self.problem.budget.limit() as f64).round() as usize;
+                let mut picks = self.round_topk(scorer, part)?;
+                picks.extend(self.round_random(usize::MAX));
+                picks
+            }
             _ => {
                 match self.round_bandit(scorer)? {
                     Some(p) => p,
@@ -706,6 +765,9 @@ impl Bandit {
         scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
     ) -> Result<Option<Vec<ArmPick>>, BanditError> {
         let mut rng = self.rng();
+        // The exploration pass: until every available arm has been sampled once, nothing is taken.
+        let exploring =
+            self.params.explore_first && self.state.arms.iter().any(|a| a.available() && a.times_chosen == 0);
         let chosen = self.choose(&mut rng);
         if chosen.is_empty() {
             return Ok(None);
@@ -734,12 +796,20 @@ impl Bandit {
                 self.state.arms[c].exhausted = true;
                 continue;
             }
+            // The reward the Cluster Score learns from is relative to a given γ, or to the pool's
+            // median when γ is fitted (the fitted γ moves between rounds and may be −∞, and a
+            // constant shift leaves the ranking of arms unchanged); chunks are taken against γ in force.
+            let gamma = self.gamma();
             let mean = observed.iter().map(|&s| self.z(s)).sum::<f64>() / observed.len() as f64;
-            let reward = mean - self.params.gamma;
+            let reward = mean - self.params.gamma.unwrap_or(0.0);
             self.state.arms[c].last_reward = Some(reward);
             self.share(c, reward);
-            let accepted = if reward > 0.0 { self.take_chunk(c, Some(reward)) } else { 0 };
-            if sample.is_empty() && reward <= 0.0 {
+            // Taken on the arm's estimate from every member it has had scored (not this round's
+            // sample alone): a chunk is mostly unscored members, whose expected score is the
+            // cluster's mean.
+            let estimate = self.estimate(c).unwrap_or(mean) - gamma;
+            let accepted = if !exploring && estimate > 0.0 { self.take_chunk(c, Some(reward)) } else { 0 };
+            if sample.is_empty() && estimate <= 0.0 {
                 self.state.arms[c].spent = true;
             }
             picks.push(ArmPick {
@@ -754,6 +824,51 @@ impl Bandit {
             }
         }
         Ok(Some(picks))
+    }
+
+    /// The estimated mean standardised score of arm c: the mean over every member it has had
+    /// scored (None before the first).
+    fn estimate(&self, c: usize) -> Option<f64> {
+        let a = &self.state.arms[c];
+        (a.scored > 0).then(|| self.z(a.score_sum / a.scored as f64))
+    }
+
+    /// γ in force: the given one, or the budget-fitted one (see the module docs).
+    fn gamma(&self) -> f64 {
+        match self.params.gamma {
+            Some(g) => g,
+            None => self.fitted_gamma(),
+        }
+    }
+
+    /// The budget-fitted γ: arms (available, sampled) in order of their estimated mean; γ is the
+    /// estimate of the first arm after those whose untaken members hold `coverage` × the budget
+    /// still to be selected, so exactly those arms beat it (−∞ when all of them are needed).
+    pub fn fitted_gamma(&self) -> f64 {
+        let k = self.problem.k();
+        let mut mass = vec![0usize; k];
+        for (d, &c) in self.problem.cluster.iter().enumerate() {
+            if !self.state.taken[d] {
+                mass[c] += match self.problem.budget {
+                    Budget::Documents(_) => 1,
+                    Budget::Tokens(_) => self.problem.tokens[d],
+                };
+            }
+        }
+        let mut arms: Vec<(f64, usize)> = (0..k)
+            .filter(|&c| self.state.arms[c].available())
+            .filter_map(|c| Some((self.estimate(c)?, mass[c])))
+            .collect();
+        arms.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let want = self.params.coverage * self.problem.budget.limit().saturating_sub(self.used()) as f64;
+        let mut held = 0.0;
+        for (i, &(_, m)) in arms.iter().enumerate() {
+            held += m as f64;
+            if held >= want {
+                return arms.get(i + 1).map_or(f64::NEG_INFINITY, |a| a.0);
+            }
+        }
+        f64::NEG_INFINITY
     }
 
     /// `R_j += r · (1 − d(i,j)/τ)`, `T_j += 1`, `N += 1` for every j with `d(i, j) < τ` (i included).
@@ -795,8 +910,8 @@ impl Bandit {
         picks
     }
 
-    fn round_random(&mut self) -> Vec<ArmPick> {
-        let want = self.params.chunk * self.params.arms_per_round;
+    /// Takes up to `want` untaken documents in the pool's seeded random order.
+    fn round_random(&mut self, want: usize) -> Vec<ArmPick> {
         let next: Vec<usize> = self.pool_order.iter().copied().filter(|&d| !self.state.taken[d]).take(want).collect();
         let mut accepted = 0;
         for d in next {
@@ -814,9 +929,11 @@ impl Bandit {
         }]
     }
 
+    /// Scores every document, then takes the best until `limit` (in the budget's unit) is used.
     fn round_topk<E: fmt::Display>(
         &mut self,
         scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+        limit: usize,
     ) -> Result<Vec<ArmPick>, BanditError> {
         let todo: Vec<usize> = (0..self.problem.tokens.len()).filter(|&d| self.state.scores[d].is_none()).collect();
         self.score(&todo, scorer)?;
@@ -825,7 +942,7 @@ impl Bandit {
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut accepted = 0;
         for (d, _) in ranked {
-            if !self.take(d, None) {
+            if self.used() >= limit || !self.take(d, None) {
                 break;
             }
             accepted += 1;

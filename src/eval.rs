@@ -21,6 +21,7 @@ use crate::model::{LlamaConfig, LlamaModel, ModelError};
 
 /// The evaluation model and its training: a 3-block, width-160 Llama (≈1.6M parameters with a
 /// 4096-token vocabulary), 300 steps of 8 windows of 256 tokens (614,400 training tokens).
+/// [`eval_params_for_budget`] scales the steps with the selection's size.
 pub fn eval_params() -> ProxyParams {
     ProxyParams {
         layers: 3,
@@ -35,13 +36,43 @@ pub fn eval_params() -> ProxyParams {
     }
 }
 
+/// A tiny evaluation model for CI-sized runs: 1 block, width 64, context 64, 20 steps.
+pub fn eval_params_quick() -> ProxyParams {
+    ProxyParams {
+        layers: 1,
+        width: 64,
+        context: 64,
+        steps: 20,
+        ..eval_params()
+    }
+}
+
+/// Passes over the selection the evaluation model trains for: `steps = ⌈PASSES · budget /
+/// (batch · context)⌉`, so every selection of a budget is seen at least once (its size in the
+/// evaluation tokenizer's tokens is within a few percent of the budget) with the same compute per
+/// budget token, whatever the budget.
+pub const EVAL_PASSES: f64 = 1.25;
+
+/// [`eval_params`] with the steps scaled to a budget of `budget_tokens` (see [`EVAL_PASSES`]).
+pub fn eval_params_for_budget(budget_tokens: usize) -> ProxyParams {
+    let p = eval_params();
+    let per_step = (p.batch_size * p.context) as f64;
+    ProxyParams {
+        steps: ((EVAL_PASSES * budget_tokens as f64 / per_step).ceil() as usize).max(p.warmup + 1),
+        ..p
+    }
+}
+
+/// Seeded 64-bit FNV-1a of an id: the order in which splits hold documents out.
+fn id_hash(seed: u64, id: &str) -> u64 {
+    id.bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
 /// Splits documents into (selectable pool, held-out) indices: for every value of the label
 /// (`None`: one group), the `per_domain` documents with the smallest `hash(seed, id)` are held out.
 pub fn split_heldout(docs: &[Document], labels: &[Option<String>], per_domain: usize, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let hash = |id: &str| {
-        id.bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-    };
+    let hash = |id: &str| id_hash(seed, id);
     let mut groups: BTreeMap<Option<&str>, Vec<(u64, usize)>> = BTreeMap::new();
     for (i, d) in docs.iter().enumerate() {
         groups.entry(labels[i].as_deref()).or_default().push((hash(&d.id), i));
@@ -56,6 +87,78 @@ pub fn split_heldout(docs: &[Document], labels: &[Option<String>], per_domain: u
     let pool = (0..docs.len()).filter(|&i| !held[i]).collect();
     let heldout = (0..docs.len()).filter(|&i| held[i]).collect();
     (pool, heldout)
+}
+
+/// Fields that name the article (or source) a reference document was cut from, tried in order.
+pub const GROUP_FIELDS: [&str; 4] = ["article", "title", "source", "url"];
+
+/// Contiguous id ranges a reference without a group field is cut into (see [`split_reference`]).
+pub const REFERENCE_UNITS: usize = 8;
+
+/// Splits a reference set into (target, evaluation) indices, whole articles to one side.
+///
+/// The unit of the split is the article: documents that share a value of the first field of
+/// [`GROUP_FIELDS`] that every document has. Without such a field, documents cut from one article
+/// are assumed to be contiguous in id order (ids ordered by their trailing number, else as given),
+/// and the units are [`REFERENCE_UNITS`] contiguous ranges of equal size, so at most
+/// `REFERENCE_UNITS − 1` articles (those cut by a range boundary) can have documents on both
+/// sides. Units are ranked by `hash(seed, first id of the unit)`; the first ⌈units / 2⌉ form the
+/// target half (given to the selector), the rest the evaluation half (used only to measure loss).
+pub fn split_reference(docs: &[Document], seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let field = GROUP_FIELDS.iter().find(|f| !docs.is_empty() && docs.iter().all(|d| d.field(f).is_some()));
+    let units: Vec<Vec<usize>> = match field {
+        Some(f) => {
+            let mut by: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (i, d) in docs.iter().enumerate() {
+                by.entry(d.field(f).unwrap_or_default()).or_default().push(i);
+            }
+            by.into_values().collect()
+        }
+        None => {
+            let number = |id: &str| -> Option<u64> {
+                let digits: String = id.chars().rev().take_while(char::is_ascii_digit).collect();
+                digits.chars().rev().collect::<String>().parse().ok()
+            };
+            let mut order: Vec<usize> = (0..docs.len()).collect();
+            if docs.iter().all(|d| number(&d.id).is_some()) {
+                order.sort_by_key(|&i| (number(&docs[i].id), i));
+            }
+            let n = order.len();
+            let units = REFERENCE_UNITS.min(n).max(1);
+            (0..units).map(|u| order[u * n / units..(u + 1) * n / units].to_vec()).collect()
+        }
+    };
+    let mut ranked: Vec<(u64, &Vec<usize>)> = units.iter().map(|u| (id_hash(seed, &docs[u[0]].id), u)).collect();
+    ranked.sort();
+    let half = ranked.len().div_ceil(2);
+    let collect = |part: &[(u64, &Vec<usize>)]| {
+        let mut v: Vec<usize> = part.iter().flat_map(|(_, u)| u.iter().copied()).collect();
+        v.sort();
+        v
+    };
+    (collect(&ranked[..half]), collect(&ranked[half..]))
+}
+
+/// Files of a reference split: the target half and the evaluation half (original records).
+pub const REFERENCE_TARGET: &str = "target.jsonl";
+pub const REFERENCE_EVAL: &str = "eval.jsonl";
+
+/// Splits a reference set with [`split_reference`] and writes `dir/target.jsonl` and
+/// `dir/eval.jsonl`. Returns (target, evaluation) sizes.
+pub fn write_reference_split(docs: &[Document], seed: u64, dir: &std::path::Path) -> Result<(usize, usize), ModelError> {
+    let (target, eval) = split_reference(docs, seed);
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    for (name, idx) in [(REFERENCE_TARGET, &target), (REFERENCE_EVAL, &eval)] {
+        let path = dir.join(name);
+        crate::atomic::write_atomic(&path, |w| {
+            for &i in idx.iter() {
+                writeln!(w, "{}", docs[i].record)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| ModelError::io(&path, e))?;
+    }
+    Ok((target.len(), eval.len()))
 }
 
 /// Files of a split: the selectable pool, the held-out documents and the evaluation tokenizer.
@@ -250,6 +353,55 @@ mod tests {
         assert_eq!(held.iter().filter(|&&i| i % 2 == 0).count(), 3);
         assert_eq!(split_heldout(&docs, &labels, 3, 7), (pool, held.clone()));
         assert_ne!(split_heldout(&docs, &labels, 3, 8).1, held);
+    }
+
+    fn doc_with(id: &str, record: &str) -> Document {
+        Document {
+            record: record.into(),
+            ..doc(id)
+        }
+    }
+
+    #[test]
+    fn reference_split_keeps_contiguous_ranges_together() {
+        // Ids out of order in the file: ranges follow the trailing number, not the line.
+        let mut docs: Vec<Document> = (0..40).map(|i| doc(&format!("ref-{i}"))).collect();
+        docs.reverse();
+        let (target, eval) = split_reference(&docs, 0);
+        assert_eq!(target.len() + eval.len(), 40);
+        assert_eq!(target.len(), 20, "8 units of 5, 4 each side");
+        let num = |i: usize| docs[i].id[4..].parse::<usize>().unwrap();
+        // Each unit (ids 5u..5u+5) lies wholly on one side.
+        for u in 0..8 {
+            let in_target: Vec<bool> = (5 * u..5 * u + 5).map(|n| target.iter().any(|&i| num(i) == n)).collect();
+            assert!(in_target.iter().all(|&t| t == in_target[0]), "unit {u} was cut: {in_target:?}");
+        }
+        assert_eq!(split_reference(&docs, 0), (target.clone(), eval));
+        assert_ne!(split_reference(&docs, 1).0, target, "the seed changes the split");
+    }
+
+    #[test]
+    fn reference_split_groups_by_article_field() {
+        let docs: Vec<Document> = (0..30)
+            .map(|i| doc_with(&format!("x{i}"), &format!(r#"{{"text":"t","title":"a{}"}}"#, i % 7)))
+            .collect();
+        let (target, eval) = split_reference(&docs, 3);
+        assert_eq!(target.len() + eval.len(), 30);
+        assert!(!target.is_empty() && !eval.is_empty());
+        for &t in &target {
+            for &e in &eval {
+                assert_ne!(t % 7, e % 7, "article a{} is on both sides", t % 7);
+            }
+        }
+    }
+
+    #[test]
+    fn eval_steps_cover_the_budget() {
+        for budget in [1_000, 200_000, 400_000, 1_600_000] {
+            let p = eval_params_for_budget(budget);
+            assert!(p.steps * p.batch_size * p.context >= budget);
+        }
+        assert_eq!(eval_params_for_budget(400_000).steps, 245);
     }
 
     #[test]

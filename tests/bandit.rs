@@ -73,14 +73,16 @@ proptest! {
         b_samples in 1usize..6,
         chunk in 1usize..10,
         seed in 0u64..1000,
+        fixed_gamma in any::<bool>(),
+        explore_first in any::<bool>(),
     ) {
         let budget = if by_tokens { Budget::Tokens(limit) } else { Budget::Documents(limit) };
         let prob = problem(&sizes, budget, seed);
         let means: Vec<f64> = (0..sizes.len()).map(|c| (c as f64 * 0.37).sin()).collect();
         let mut scorer = planted(means, prob.cluster.clone(), 0.5);
         let params = BanditParams {
-            policy, alpha, gamma, tau, arms_per_round: b_arms, samples_per_arm: b_samples, chunk,
-            calibration: 0, seed, ..Default::default()
+            policy, alpha, gamma: fixed_gamma.then_some(gamma), tau, arms_per_round: b_arms, samples_per_arm: b_samples,
+            chunk: Some(chunk), explore_first, calibration: 0, seed, ..Default::default()
         };
         let n = prob.tokens.len();
         let tokens = prob.tokens.clone();
@@ -117,7 +119,7 @@ proptest! {
             },
             StopReason::PoolExhausted => prop_assert_eq!(docs.len(), n),
             StopReason::NoArmAboveGamma => {
-                prop_assert!(policy != Policy::Uniform && policy != Policy::Random && policy != Policy::Topk);
+                prop_assert!(!matches!(policy, Policy::Uniform | Policy::Random | Policy::Topk | Policy::Mix));
                 prop_assert!(st.arms.iter().all(|a| a.exhausted || a.spent));
             }
             StopReason::Interrupted => prop_assert!(false, "not interrupted"),
@@ -161,7 +163,7 @@ proptest! {
         let means: Vec<f64> = (0..sizes.len()).map(|c| (c as f64 * 1.3).sin()).collect();
         let picks = |policy: Policy, alpha: f64| {
             let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.5);
-            let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: -2.0, ..Default::default() };
+            let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: Some(-2.0), explore_first: false, ..Default::default() };
             let mut bandit = Bandit::new(params, prob.clone()).unwrap();
             let mut out = Vec::new();
             loop {
@@ -201,8 +203,8 @@ fn ucb_finds_the_planted_best_arms() {
     let params = BanditParams {
         arms_per_round: 4,
         samples_per_arm: 4,
-        chunk: 8,
-        gamma: 0.0,
+        chunk: Some(8),
+        gamma: Some(0.0),
         calibration: 0,
         alpha: 1.0,
         ..Default::default()
@@ -234,7 +236,7 @@ fn uniform_spreads_evenly_and_scores_nothing() {
     let mut scorer = |_: &[usize]| -> Result<Vec<f64>, String> { Err("uniform must not score".into()) };
     let params = BanditParams {
         policy: Policy::Uniform,
-        chunk: 10,
+        chunk: Some(10),
         arms_per_round: 3,
         ..Default::default()
     };
@@ -253,7 +255,7 @@ fn high_gamma_stops_and_says_so() {
     let prob = problem(&[20, 20, 20], Budget::Documents(50), 3);
     let mut scorer = planted(vec![0.0, 0.1, -0.1], prob.cluster.clone(), 0.2);
     let params = BanditParams {
-        gamma: 5.0,
+        gamma: Some(5.0),
         calibration: 0,
         ..Default::default()
     };
@@ -271,7 +273,7 @@ fn resumed_state_continues_identically() {
     let make = || problem(&sizes, Budget::Tokens(3000), 4);
     let means = vec![0.5, -0.2, 1.0, 0.1, -1.0];
     let params = BanditParams {
-        chunk: 6,
+        chunk: Some(6),
         ..Default::default()
     };
     let mut whole = Bandit::new(params.clone(), make()).unwrap();
@@ -296,4 +298,119 @@ fn resumed_state_continues_identically() {
     let other = BanditParams { alpha: 2.0, ..params };
     let state = serde_json::from_str(&saved).unwrap();
     assert!(Bandit::resume(other, make(), state).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `mix`: the best-scored documents fill the fraction `mix` of the budget, the rest is taken
+    /// at random from the others, no document twice, and the budget is met exactly as `topk` meets it.
+    #[test]
+    fn mix_takes_the_top_fraction_then_random(
+        sizes in prop::collection::vec(1usize..40, 2..6),
+        limit in 10usize..60,
+        mix in 0.0f64..=1.0,
+        seed in 0u64..1000,
+    ) {
+        let prob = problem(&sizes, Budget::Documents(limit), seed);
+        let n = prob.tokens.len();
+        prop_assume!(n > limit);
+        let means: Vec<f64> = (0..sizes.len()).map(|c| c as f64).collect();
+        let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.4);
+        let scores = scorer(&(0..n).collect::<Vec<_>>()).unwrap();
+        let params = BanditParams { policy: Policy::Mix, mix, seed, calibration: 0, ..Default::default() };
+        let mut bandit = Bandit::new(params, prob).unwrap();
+        bandit.run(&mut scorer, |_, _| true).unwrap();
+        let st = bandit.state();
+        let docs: Vec<usize> = st.selected.iter().map(|s| s.doc).collect();
+        prop_assert_eq!(docs.len(), limit);
+        prop_assert_eq!(docs.iter().collect::<HashSet<_>>().len(), limit);
+        let top = (mix * limit as f64).round() as usize;
+        let mut ranked: Vec<usize> = (0..n).collect();
+        ranked.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+        // The first `top` taken are exactly the `top` best, in order.
+        prop_assert_eq!(&docs[..top], &ranked[..top]);
+        prop_assert_eq!(st.documents_scored, n);
+    }
+}
+
+/// A pool of `k` arms of `size` documents whose planted means fall with the arm index, no
+/// neighbour sharing.
+fn ranked_arms(k: usize, size: usize, budget: Budget) -> (Problem, Vec<f64>) {
+    let mut prob = problem(&vec![size; k], budget, 9);
+    prob.distances = vec![vec![1.0; k]; k];
+    for (i, row) in prob.distances.iter_mut().enumerate() {
+        row[i] = 0.0;
+    }
+    let means = (0..k).map(|c| 2.0 - 4.0 * c as f64 / (k - 1) as f64).collect();
+    (prob, means)
+}
+
+#[test]
+fn the_default_explores_every_arm_before_taking_anything() {
+    let (prob, means) = ranked_arms(12, 50, Budget::Documents(150));
+    let mut scorer = planted(means, prob.cluster.clone(), 0.5);
+    let mut bandit = Bandit::new(BanditParams { calibration: 16, ..Default::default() }, prob).unwrap();
+    while let Some(log) = bandit.step(&mut scorer).unwrap() {
+        let st = bandit.state();
+        if st.arms.iter().any(|a| a.times_chosen == 0) {
+            assert_eq!(log.accepted, 0, "round {} took documents before every arm was sampled", log.round);
+        }
+    }
+    assert_eq!(bandit.state().docs_selected, 150);
+}
+
+#[test]
+fn the_fitted_gamma_admits_just_enough_arms() {
+    // Direct check of the rule on a partly run bandit: the arms whose estimate beats γ hold at
+    // least coverage × the remaining budget, and without the weakest of them they would not.
+    for coverage in [1.0, 2.0, 3.0] {
+        let (prob, means) = ranked_arms(16, 40, Budget::Tokens(4000));
+        let tokens = prob.tokens.clone();
+        let cluster = prob.cluster.clone();
+        let mut scorer = planted(means, prob.cluster.clone(), 0.3);
+        let params = BanditParams { coverage, calibration: 0, ..Default::default() };
+        let mut bandit = Bandit::new(params, prob).unwrap();
+        for _ in 0..6 {
+            bandit.step(&mut scorer).unwrap();
+        }
+        let st = bandit.state();
+        let gamma = bandit.fitted_gamma();
+        let remaining = 4000usize.saturating_sub(st.tokens_selected) as f64;
+        let mut above: Vec<(f64, f64)> = Vec::new();
+        for (c, a) in st.arms.iter().enumerate() {
+            if a.scored == 0 || a.exhausted || a.spent {
+                continue;
+            }
+            let est = a.score_sum / a.scored as f64;
+            let mass: usize = (0..tokens.len()).filter(|&d| cluster[d] == c && !st.taken[d]).map(|d| tokens[d]).sum();
+            if est > gamma {
+                above.push((est, mass as f64));
+            }
+        }
+        let held: f64 = above.iter().map(|a| a.1).sum();
+        assert!(held >= coverage * remaining, "coverage {coverage}: {held} < {}", coverage * remaining);
+        let weakest = above.iter().map(|a| a.0).fold(f64::INFINITY, f64::min);
+        let without: f64 = above.iter().filter(|a| a.0 > weakest).map(|a| a.1).sum();
+        assert!(without < coverage * remaining, "coverage {coverage}: γ = {gamma} admits more arms than needed");
+    }
+}
+
+#[test]
+fn the_default_meets_the_budget_from_the_best_arms() {
+    // Half the pool's arms would fill the budget twice over (coverage 2 of a budget of a quarter
+    // of the pool); the selection comes from them, and the budget is met even though a fixed
+    // γ above every arm's mean would stop short.
+    let (prob, means) = ranked_arms(16, 60, Budget::Documents(240));
+    let best: HashSet<usize> = (0..8).collect();
+    let mut scorer = planted(means, prob.cluster.clone(), 0.5);
+    let mut bandit = Bandit::new(BanditParams { calibration: 32, ..Default::default() }, prob).unwrap();
+    assert_eq!(bandit.chunk(), 15, "even share: 240 documents over 16 arms");
+    bandit.run(&mut scorer, |_, _| true).unwrap();
+    let st = bandit.state();
+    assert_eq!(st.stop, Some(StopReason::BudgetMet));
+    assert_eq!(st.docs_selected, 240);
+    let from_best = st.selected.iter().filter(|s| best.contains(&s.cluster)).count();
+    assert!(from_best * 10 >= 240 * 9, "{from_best} of 240 from the best half");
+    assert!(st.documents_scored < 960 / 2, "scored {} of 960", st.documents_scored);
 }

@@ -237,7 +237,7 @@ struct SelectArgs {
     /// α: exploration weight of the Cluster Score.
     #[arg(long)]
     alpha: Option<f64>,
-    /// γ: reward threshold (standardised score units).
+    /// γ: reward threshold (standardised score units); default: fitted to the budget every round.
     #[arg(long)]
     gamma: Option<f64>,
     /// τ: neighbour radius (centroid cosine distance).
@@ -249,7 +249,7 @@ struct SelectArgs {
     /// b: documents scored per chosen cluster.
     #[arg(long)]
     samples_per_arm: Option<usize>,
-    /// m: documents taken from a cluster whose reward beats γ.
+    /// m: documents taken from a cluster whose estimate beats γ; default: ⌈budget in documents / k⌉.
     #[arg(long)]
     chunk: Option<usize>,
     /// Seed of the bandit.
@@ -275,11 +275,15 @@ impl SelectArgs {
         set!(self.k, c.cluster.k);
         set!(self.policy, c.bandit.policy);
         set!(self.alpha, c.bandit.alpha);
-        set!(self.gamma, c.bandit.gamma);
+        if self.gamma.is_some() {
+            c.bandit.gamma = self.gamma;
+        }
         set!(self.tau, c.bandit.tau);
         set!(self.arms_per_round, c.bandit.arms_per_round);
         set!(self.samples_per_arm, c.bandit.samples_per_arm);
-        set!(self.chunk, c.bandit.chunk);
+        if self.chunk.is_some() {
+            c.bandit.chunk = self.chunk;
+        }
         set!(self.seed, c.bandit.seed);
         if self.model.is_some() {
             c.proxy.model = self.model.clone();
@@ -468,6 +472,9 @@ enum EvalCommand {
         /// Training steps (default 300: 614,400 tokens).
         #[arg(long)]
         steps: Option<usize>,
+        /// A tiny evaluation model (1 block, width 64, context 64, 20 steps), for CI-sized runs.
+        #[arg(long)]
+        quick: bool,
         /// Output JSON file.
         #[arg(long)]
         out: PathBuf,
@@ -503,6 +510,7 @@ fn eval_cmd(cmd: EvalCommand) -> Result<()> {
             k,
             seed,
             steps,
+            quick,
             out,
         } => {
             let read = |p: &std::path::Path| -> Result<Vec<quad_select::corpus::Document>> {
@@ -519,7 +527,7 @@ fn eval_cmd(cmd: EvalCommand) -> Result<()> {
             let tok_path = split.join(eval::SPLIT_TOKENIZER);
             let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-            let mut params = eval::eval_params();
+            let mut params = if quick { eval::eval_params_quick() } else { eval::eval_params() };
             if let Some(s) = steps {
                 params.steps = s;
             }

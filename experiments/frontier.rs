@@ -1,0 +1,609 @@
+//! Selection quality against the random/top-k frontier, on held-out reference halves, at several
+//! budgets: the measurement of "Quad must win at its defaults".
+//!
+//! For every reference set, the set is split once into a *target* half (given to the selector)
+//! and an *evaluation* half (used only to measure loss), whole articles to one side
+//! (`quad_select::eval::split_reference`). The pool is split once into the selectable pool and
+//! held-out documents per domain (as `compare` does). For every (reference, budget, selector,
+//! seed) the selection is made with `quad select` and evaluated with `quad eval`'s fixed model,
+//! trained for `eval::EVAL_PASSES` passes over the budget (the same compute for every selector at
+//! a budget). Selectors: `random`, `uniform`, `topk`, `mix-P` (a fraction P of the budget from
+//! `topk`, the rest at random), `ucb` (the tool's defaults) and `ucb:KEY=V,...` (the defaults with
+//! bandit keys changed, for sweeps; values in TOML syntax, e.g. `ucb:coverage=4.0`).
+//!
+//! ```sh
+//! # The grid of the issue (2 references × 3 budgets), 3 seeds, evaluations 2 at a time.
+//! cargo run --release --example frontier -- --seeds 3 --jobs 2
+//! # Only some of it (names as in the tables):
+//! cargo run --release --example frontier -- --references wiki --budgets 400000 --selectors topk,ucb --seeds 1
+//! # CI-sized (pool-small, tiny models): tests/compare_quick.rs runs this.
+//! cargo run --release --example frontier -- --quick --seeds 1
+//! ```
+//!
+//! Output under `--out` (default experiments/results/frontier): `split/` (pool split, git-ignored),
+//! `ref-NAME/{target,eval}.jsonl` (the reference halves), and per setting `NAME-BUDGET/`:
+//! `runs/RUN/` (the selection, git-ignored), `evals/RUN.json` (`quad eval run` output), `RUN.json`
+//! (the finished row), `table.md`, `rows.csv` and `frontier.png`. Finished selections and
+//! evaluations are reused on a rerun, so an interrupted experiment continues where it stopped.
+//! With `--select-only` every selection is made and no evaluation is run (they can be run
+//! elsewhere with the printed `quad eval run` lines, into `evals/`).
+
+#[path = "harness.rs"]
+mod harness;
+#[path = "plot.rs"]
+mod plot;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context, Result};
+use harness::{mean_std, read_records, update_readme, write_csv, Log, Row};
+use quad_select::bandit::{Budget, Policy};
+use quad_select::corpus::{CorpusConfig, CorpusReader};
+use quad_select::eval;
+use quad_select::select::{self, SelectConfig, SelectRun};
+
+/// Selectors at the middle budget and at the others (the issue's grid).
+const FULL_SELECTORS: [&str; 7] = ["random", "uniform", "topk", "mix-0.25", "mix-0.5", "mix-0.75", "ucb"];
+const SMALL_SELECTORS: [&str; 4] = ["random", "topk", "mix-0.5", "ucb"];
+const GRID_BUDGETS: [usize; 3] = [200_000, 400_000, 1_600_000];
+const FULL_GRID_BUDGET: usize = 400_000;
+
+pub struct Opts {
+    pub quick: bool,
+    /// (name, path) of each reference set.
+    pub references: Vec<(String, PathBuf)>,
+    pub budgets: Vec<usize>,
+    /// Selectors for every budget; none: the issue's grid.
+    pub selectors: Option<Vec<String>>,
+    pub seeds: u64,
+    /// Evaluations run at a time.
+    pub jobs: usize,
+    pub select_only: bool,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    pub pool: PathBuf,
+    pub config: SelectConfig,
+    /// Write the tables into experiments/README.md.
+    pub readme: bool,
+    /// The `quad` binary that runs the evaluations.
+    pub quad: PathBuf,
+}
+
+fn parse() -> Result<Opts> {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = harness::shared();
+    let mut args = std::env::args().skip(1);
+    let (mut quick, mut refs, mut budgets, mut selectors, mut seeds, mut jobs, mut select_only, mut out, mut cache, mut config) =
+        (false, None, None, None, 3u64, 1usize, false, None, None, None);
+    let mut readme = None;
+    while let Some(a) = args.next() {
+        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--references" => refs = Some(val()?),
+            "--budgets" => budgets = Some(val()?.split(',').map(|b| b.trim().parse()).collect::<Result<Vec<usize>, _>>()?),
+            "--selectors" => selectors = Some(val()?.split(',').map(str::to_string).collect::<Vec<_>>()),
+            "--seeds" => seeds = val()?.parse()?,
+            "--jobs" => jobs = val()?.parse()?,
+            "--select-only" => select_only = true,
+            "--out" => out = Some(PathBuf::from(val()?)),
+            "--cache" => cache = Some(PathBuf::from(val()?)),
+            "--config" => config = Some(PathBuf::from(val()?)),
+            "--readme" => readme = Some(true),
+            "-h" | "--help" => {
+                println!(
+                    "frontier [--quick] [--references wiki,abstracts|NAME=PATH,...] [--budgets N,...] [--selectors S,...] \
+                     [--seeds N] [--jobs N] [--select-only] [--out DIR] [--cache DIR] [--config TOML] [--readme]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let data = shared.join("data");
+    let references = refs
+        .unwrap_or_else(|| "wiki,abstracts".into())
+        .split(',')
+        .map(|r| match r.split_once('=') {
+            Some((name, path)) => Ok((name.to_string(), PathBuf::from(path))),
+            None if ["wiki", "abstracts"].contains(&r) => Ok((r.to_string(), data.join(format!("reference-{r}.jsonl")))),
+            None => bail!("unknown reference {r:?}: give wiki, abstracts or NAME=PATH"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let budgets = budgets.unwrap_or_else(|| if quick { vec![40_000] } else { GRID_BUDGETS.to_vec() });
+    // The tables go into experiments/README.md for the default full run, or when asked.
+    let readme = readme.unwrap_or(!quick && out.is_none());
+    let config = match (config, quick) {
+        (Some(p), _) => SelectConfig::from_toml_file(&p)?,
+        (None, true) => SelectConfig::from_toml_file(&repo.join("experiments/compare-quick.toml"))?,
+        // The tool's defaults: what `quad select` does with no flags.
+        (None, false) => SelectConfig::default(),
+    };
+    Ok(Opts {
+        quick,
+        references,
+        budgets,
+        selectors,
+        seeds,
+        jobs,
+        select_only,
+        out: out.unwrap_or_else(|| repo.join("experiments/results").join(if quick { "frontier-quick" } else { "frontier" })),
+        cache: cache.unwrap_or_else(|| repo.join(".quad-cache")),
+        pool: data.join(if quick { "pool-small.jsonl" } else { "pool.jsonl" }),
+        config,
+        readme,
+        quad: quad_binary(),
+    })
+}
+
+/// A selector named in the tables: its configuration and, for mixtures, its top-k fraction.
+struct Selector {
+    name: String,
+    mix: Option<f64>,
+}
+
+impl Selector {
+    fn parse(spec: &str) -> Result<Self> {
+        let mix = match spec {
+            "random" => Some(0.0),
+            "topk" => Some(1.0),
+            s if s.starts_with("mix-") => Some(s[4..].parse::<f64>().with_context(|| format!("selector {s}"))?),
+            "uniform" | "ucb" | "greedy" | "thompson" => None,
+            s if s.starts_with("ucb:") => None,
+            s => bail!("unknown selector {s:?}"),
+        };
+        Ok(Self { name: spec.to_string(), mix })
+    }
+
+    /// The run's configuration: `base` with this selector's policy and the seed.
+    fn config(&self, base: &SelectConfig, seed: u64) -> Result<SelectConfig> {
+        let mut c = base.clone();
+        c.bandit.seed = seed;
+        c.bandit.policy = match self.name.as_str() {
+            "random" => Policy::Random,
+            "topk" => Policy::Topk,
+            "uniform" => Policy::Uniform,
+            "greedy" => Policy::Greedy,
+            "thompson" => Policy::Thompson,
+            s if s.starts_with("mix-") => {
+                c.bandit.mix = self.mix.expect("parsed");
+                Policy::Mix
+            }
+            _ => Policy::Ucb,
+        };
+        if let Some(keys) = self.name.strip_prefix("ucb:") {
+            // Bandit keys as TOML, e.g. ucb:gamma=1,chunk=16.
+            let mut table = toml::Table::try_from(&c.bandit)?;
+            for kv in keys.split(',') {
+                let (k, v) = kv.split_once('=').with_context(|| format!("{kv}: expected KEY=VALUE"))?;
+                let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))?["v"].clone();
+                table.insert(k.to_string(), value);
+            }
+            c.bandit = table.try_into().with_context(|| format!("selector {}", self.name))?;
+        }
+        Ok(c)
+    }
+
+    /// The run's file name (no characters a shell or a file system would mind).
+    fn run_name(&self, seed: u64) -> String {
+        let clean: String = self.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect();
+        format!("{clean}-s{seed}")
+    }
+}
+
+fn budget_label(b: usize) -> String {
+    if b % 1_000_000 == 0 {
+        format!("{}M", b / 1_000_000)
+    } else if b % 100_000 == 0 && b > 1_000_000 {
+        format!("{:.1}M", b as f64 / 1e6)
+    } else if b % 1000 == 0 {
+        format!("{}k", b / 1000)
+    } else {
+        b.to_string()
+    }
+}
+
+/// One (reference, budget) setting.
+struct Setting {
+    reference: String,
+    budget: usize,
+    dir: PathBuf,
+    target: PathBuf,
+    eval: PathBuf,
+    selectors: Vec<Selector>,
+}
+
+/// An evaluation still to run.
+struct EvalJob {
+    selection: PathBuf,
+    reference: PathBuf,
+    seed: u64,
+    steps: usize,
+    k: usize,
+    out: PathBuf,
+}
+
+fn main() -> Result<()> {
+    quad_select::tune_allocator();
+    print!("{}", run(&parse()?)?);
+    Ok(())
+}
+
+/// Runs (or continues) the experiment; returns the tables as Markdown.
+pub fn run(o: &Opts) -> Result<String> {
+    std::fs::create_dir_all(&o.out)?;
+
+    // Splits: the pool's held-out documents, and each reference's halves.
+    let split = o.out.join("split");
+    if !split.join(eval::SPLIT_TOKENIZER).exists() {
+        eprintln!("splitting held-out documents off {}", o.pool.display());
+        let (docs, _) = CorpusReader::read_all(&o.pool, CorpusConfig::default())?;
+        eval::write_split(&docs, "domain", if o.quick { 5 } else { 20 }, 0, 4096, &split)?;
+    }
+    let mut settings = Vec::new();
+    for (name, path) in &o.references {
+        let dir = o.out.join(format!("ref-{name}"));
+        if !dir.join(eval::REFERENCE_EVAL).exists() {
+            let (docs, _) = CorpusReader::read_all(path, CorpusConfig::default()).with_context(|| path.display().to_string())?;
+            let (t, e) = eval::write_reference_split(&docs, 0, &dir)?;
+            eprintln!("{name}: {t} target and {e} evaluation documents -> {}", dir.display());
+        }
+        for &budget in &o.budgets {
+            let specs: Vec<String> = match &o.selectors {
+                Some(s) => s.clone(),
+                None if o.quick || budget == FULL_GRID_BUDGET => FULL_SELECTORS.iter().map(|s| s.to_string()).collect(),
+                None => SMALL_SELECTORS.iter().map(|s| s.to_string()).collect(),
+            };
+            settings.push(Setting {
+                reference: name.clone(),
+                budget,
+                dir: o.out.join(format!("{name}-{}", budget_label(budget))),
+                target: dir.join(eval::REFERENCE_TARGET),
+                eval: dir.join(eval::REFERENCE_EVAL),
+                selectors: specs.iter().map(|s| Selector::parse(s)).collect::<Result<_>>()?,
+            });
+        }
+    }
+
+    // Selections, one after another (they share the cache; scoring uses every core).
+    let mut jobs = Vec::new();
+    for s in &settings {
+        for sel in &s.selectors {
+            for seed in 0..o.seeds {
+                let name = sel.run_name(seed);
+                if s.dir.join(format!("{name}.json")).exists() {
+                    continue;
+                }
+                let cfg = sel.config(&o.config, seed)?;
+                let run_dir = s.dir.join("runs").join(&name);
+                if !run_dir.join("manifest.json").exists() {
+                    eprintln!("select {}/{name}", s.dir.file_name().unwrap_or_default().to_string_lossy());
+                    let run = SelectRun {
+                        input: split.join(eval::SPLIT_POOL),
+                        reference: s.target.clone(),
+                        budget: Budget::Tokens(s.budget),
+                        out: run_dir.clone(),
+                        cache: o.cache.clone(),
+                        resume: true,
+                        config: cfg.clone(),
+                    };
+                    let started = std::time::Instant::now();
+                    select::run(&run, &Log::new(), &AtomicBool::new(false), None)?;
+                    std::fs::write(run_dir.join("select-seconds"), format!("{}", started.elapsed().as_secs_f64()))?;
+                }
+                let out = s.dir.join("evals").join(format!("{name}.json"));
+                if !out.exists() {
+                    let steps = if o.quick { 20 } else { eval::eval_params_for_budget(s.budget).steps };
+                    jobs.push(EvalJob {
+                        selection: run_dir.join("selected.jsonl"),
+                        reference: s.eval.clone(),
+                        seed,
+                        steps,
+                        k: cfg.cluster.k,
+                        out,
+                    });
+                }
+            }
+        }
+    }
+
+    // Evaluations.
+    if o.select_only {
+        let lines: Vec<String> = jobs.iter().map(|j| eval_command(&o.quad, &split, j, o.quick).join(" ")).collect();
+        eprintln!("select-only: {} evaluation(s) to run", jobs.len());
+        return Ok(lines.join("\n") + "\n");
+    }
+    run_evals(&o.quad, &split, &jobs, o.jobs, o.quick)?;
+
+    // Rows, tables, plots.
+    let mut summary = String::new();
+    for s in &settings {
+        let rows = collect_rows(s, o.seeds, &o.config)?;
+        let md = table(s, &rows, &o)?;
+        quad_select::atomic::write_string_atomic(&s.dir.join("table.md"), &md)?;
+        write_csv(&s.dir.join("rows.csv"), &rows)?;
+        frontier_plot(s, &rows)?;
+        if o.readme {
+            // Markers `OUTNAME-REFERENCE-BUDGET`, e.g. frontier-wiki-400k.
+            let out_name = o.out.file_name().unwrap_or_default().to_string_lossy();
+            let name = format!("{out_name}-{}-{}", s.reference, budget_label(s.budget));
+            let png = format!("results/{out_name}/{}/frontier.png", s.dir.file_name().unwrap_or_default().to_string_lossy());
+            update_readme(&name, &format!("{md}\n![frontier]({png})\n"))?;
+        }
+        summary.push_str(&format!("## {} at {} tokens\n\n{md}\n", s.reference, s.budget));
+    }
+    Ok(summary)
+}
+
+/// `quad eval run` for one job (the binary built beside this example).
+fn eval_command(quad: &Path, split: &Path, j: &EvalJob, quick: bool) -> Vec<String> {
+    let mut c = vec![
+        quad.display().to_string(),
+        "eval".into(),
+        "run".into(),
+        "--selection".into(),
+        j.selection.display().to_string(),
+        "--reference".into(),
+        j.reference.display().to_string(),
+        "--split".into(),
+        split.display().to_string(),
+        "--seed".into(),
+        j.seed.to_string(),
+        "--steps".into(),
+        j.steps.to_string(),
+        "--k".into(),
+        j.k.to_string(),
+        "--out".into(),
+        j.out.display().to_string(),
+    ];
+    if quick {
+        c.push("--quick".into());
+    }
+    c
+}
+
+/// target/release/quad (or QUAD_BIN), next to target/release/examples/frontier.
+fn quad_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("QUAD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent().and_then(Path::parent).map(|p| p.join("quad")).unwrap_or_else(|| PathBuf::from("quad"))
+}
+
+/// Runs the evaluations `parallel` at a time, each as a `quad eval run` process with
+/// cores / parallel threads.
+fn run_evals(quad: &Path, split: &Path, jobs: &[EvalJob], parallel: usize, quick: bool) -> Result<()> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = (cores / parallel).max(1);
+    let mut queue = jobs.iter();
+    let mut running: Vec<(std::process::Child, &EvalJob, std::time::Instant)> = Vec::new();
+    let total = jobs.len();
+    let mut done = 0;
+    loop {
+        while running.len() < parallel {
+            let Some(j) = queue.next() else { break };
+            std::fs::create_dir_all(j.out.parent().expect("evals/"))?;
+            let cmd = eval_command(quad, split, j, quick);
+            let child = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting {}", cmd[0]))?;
+            running.push((child, j, std::time::Instant::now()));
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(status) = running[i].0.try_wait()? {
+                let (_, j, started) = running.remove(i);
+                if !status.success() {
+                    bail!("evaluation of {} failed ({status})", j.selection.display());
+                }
+                done += 1;
+                eprintln!("eval {done}/{total}: {} ({:.0} s)", j.out.display(), started.elapsed().as_secs_f64());
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The finished rows of a setting (each saved as `RUN.json` once its evaluation is there).
+fn collect_rows(s: &Setting, seeds: u64, base: &SelectConfig) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for sel in &s.selectors {
+        for seed in 0..seeds {
+            let name = sel.run_name(seed);
+            let path = s.dir.join(format!("{name}.json"));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                rows.push(serde_json::from_str(&text)?);
+                continue;
+            }
+            let run_dir = s.dir.join("runs").join(&name);
+            let ev: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(s.dir.join("evals").join(format!("{name}.json")))
+                    .with_context(|| format!("evaluation of {name} in {}", s.dir.display()))?,
+            )?;
+            let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("manifest.json"))?)?;
+            let (_, recs) = read_records(&run_dir.join("selected.jsonl"))?;
+            let k = sel.config(base, seed)?.cluster.k;
+            let row = Row {
+                selector: sel.name.clone(),
+                value: sel.mix,
+                seed,
+                eval: serde_json::from_value(ev["eval"].clone())?,
+                selection: eval::selection_stats(&recs, k, "domain"),
+                scored_fraction: manifest["documents"]["scored_fraction"].as_f64().unwrap_or(0.0),
+                select_seconds: std::fs::read_to_string(run_dir.join("select-seconds")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0.0),
+            };
+            quad_select::atomic::write_string_atomic(&path, &serde_json::to_string_pretty(&row)?)?;
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}
+
+/// Mean ± SD of a selector's rows.
+struct Stat {
+    reference: (f64, f64),
+    heldout: (f64, f64),
+    entropy: f64,
+    scored: f64,
+    seeds: usize,
+}
+
+fn stats(rows: &[Row]) -> BTreeMap<String, Stat> {
+    let mut by: BTreeMap<String, Vec<&Row>> = BTreeMap::new();
+    for r in rows {
+        by.entry(r.selector.clone()).or_default().push(r);
+    }
+    by.into_iter()
+        .map(|(name, rs)| {
+            let f = |g: &dyn Fn(&Row) -> f64| mean_std(&rs.iter().map(|r| g(r)).collect::<Vec<_>>());
+            let st = Stat {
+                reference: f(&|r| r.eval.reference_loss),
+                heldout: f(&|r| r.eval.heldout_mean),
+                entropy: f(&|r| r.selection.cluster_entropy).0,
+                scored: f(&|r| r.scored_fraction).0,
+                seeds: rs.len(),
+            };
+            (name, st)
+        })
+        .collect()
+}
+
+/// The mixture frontier's reference loss at held-out loss `x`, linear between neighbouring
+/// mixture points (in order of their top-k fraction), with the larger SD of the two neighbours.
+/// Beyond the frontier's ends it is flat (the end point's loss): a selector more general than
+/// `random` must beat `random`'s loss, one less general than `topk` must beat `topk`'s.
+pub fn frontier_at(points: &[(f64, (f64, f64), (f64, f64))], x: f64) -> Option<(f64, f64)> {
+    let mut p: Vec<_> = points.to_vec();
+    p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (first, last) = (p.first()?, p.last()?);
+    let mut best: Option<(f64, f64)> = None;
+    for w in p.windows(2) {
+        let ((x0, y0s), (x1, y1s)) = ((w[0].1 .0, w[0].2), (w[1].1 .0, w[1].2));
+        let (lo, hi) = (x0.min(x1), x0.max(x1));
+        if x >= lo && x <= hi && hi > lo {
+            let t = (x - x0) / (x1 - x0);
+            let y = y0s.0 + t * (y1s.0 - y0s.0);
+            let sd = y0s.1.max(y1s.1);
+            if best.is_none_or(|b| y < b.0) {
+                best = Some((y, sd));
+            }
+        }
+    }
+    if best.is_some() {
+        return best;
+    }
+    // Outside every segment: the nearer end in held-out loss.
+    let ends = [first, last];
+    let near = ends.iter().min_by(|a, b| (a.1 .0 - x).abs().total_cmp(&(b.1 .0 - x).abs()))?;
+    Some(near.2)
+}
+
+fn table(s: &Setting, rows: &[Row], o: &Opts) -> Result<String> {
+    let st = stats(rows);
+    let steps = if o.quick { 20 } else { eval::eval_params_for_budget(s.budget).steps };
+    let mut md = format!(
+        "Reference `{}` (selector sees the target half, losses on the evaluation half), budget {} tokens, pool `{}`, \
+         {} seed(s); evaluation model trained {steps} steps × 8 × 256 tokens.\n\n\
+         | selector | evaluation-reference loss | held-out loss (mean of domains) | cluster entropy | scored fraction | seeds |\n|---|---|---|---|---|---|\n",
+        s.reference,
+        s.budget,
+        o.pool.file_name().unwrap_or_default().to_string_lossy(),
+        o.seeds,
+    );
+    for sel in &s.selectors {
+        let Some(x) = st.get(&sel.name) else { continue };
+        md.push_str(&format!(
+            "| {} | {:.4} ± {:.4} | {:.4} ± {:.4} | {:.3} | {:.3} | {} |\n",
+            sel.name, x.reference.0, x.reference.1, x.heldout.0, x.heldout.1, x.entropy, x.scored, x.seeds
+        ));
+    }
+    // Verdicts for every non-mixture selector that scores (the ucb rows).
+    let mix: Vec<(f64, (f64, f64), (f64, f64))> =
+        s.selectors.iter().filter_map(|sel| Some((sel.mix?, st.get(&sel.name)?.heldout, st.get(&sel.name)?.reference))).collect();
+    md.push('\n');
+    for sel in s.selectors.iter().filter(|sel| sel.name.starts_with("ucb")) {
+        let Some(q) = st.get(&sel.name) else { continue };
+        if let Some(r) = st.get("random") {
+            let sd = q.reference.1.max(r.reference.1);
+            let gap = r.reference.0 - q.reference.0;
+            md.push_str(&format!("- {} (a) quality: {gap:.4} below random ({}): **{}**\n", sel.name, in_sd(gap, sd), verdict(gap, sd, 3.0)));
+        }
+        if let Some((fy, fsd)) = frontier_at(&mix, q.heldout.0) {
+            let sd = fsd.max(q.reference.1);
+            let gap = fy - q.reference.0;
+            md.push_str(&format!(
+                "- {} (b) beyond the frontier: at held-out {:.4} the mixtures give {fy:.4}, {} {:.4}, {gap:.4} below ({}): **{}**\n",
+                sel.name,
+                q.heldout.0,
+                sel.name,
+                q.reference.0,
+                in_sd(gap, sd),
+                verdict(gap, sd, 1.0)
+            ));
+        }
+        md.push_str(&format!(
+            "- {} (c) cost: scored {:.1}% of the pool: **{}**\n",
+            sel.name,
+            100.0 * q.scored,
+            if q.scored <= 0.05 { "PASS" } else { "FAIL" }
+        ));
+    }
+    Ok(md)
+}
+
+/// A gap in units of the larger seed-to-seed SD (none with one seed).
+fn in_sd(gap: f64, sd: f64) -> String {
+    if sd > 0.0 {
+        format!("{:.1} SD, SD {sd:.4}", gap / sd)
+    } else {
+        "no SD with one seed".into()
+    }
+}
+
+/// PASS when `gap` is at least `need` SDs; no verdict without an SD.
+fn verdict(gap: f64, sd: f64, need: f64) -> &'static str {
+    if sd == 0.0 {
+        "n/a"
+    } else if gap >= need * sd {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+fn frontier_plot(s: &Setting, rows: &[Row]) -> Result<()> {
+    let st = stats(rows);
+    let points: Vec<plot::FrontierPoint> = s
+        .selectors
+        .iter()
+        .filter_map(|sel| {
+            let x = st.get(&sel.name)?;
+            Some(plot::FrontierPoint { label: sel.name.clone(), x: x.heldout, y: x.reference, mix: sel.mix })
+        })
+        .collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    plot::frontier(
+        &s.dir.join("frontier.png"),
+        &format!("{} reference, {} tokens", s.reference, budget_label(s.budget)),
+        "held-out loss (mean of domains)",
+        "evaluation-reference loss",
+        &points,
+    )
+}
