@@ -8,8 +8,9 @@
 //! seed) the selection is made with `quad select` and evaluated with `quad eval`'s fixed model,
 //! trained for `eval::EVAL_PASSES` passes over the budget (the same compute for every selector at
 //! a budget). Selectors: `random`, `uniform`, `topk`, `mix-P` (a fraction P of the budget from
-//! `topk`, the rest at random), `ucb` (the tool's defaults) and `ucb:KEY=V,...` (the defaults with
-//! bandit keys changed, for sweeps; values in TOML syntax, e.g. `ucb:coverage=4.0`).
+//! `topk`, the rest at random), `ucb` (the tool's defaults) and `ucb:KEY=V+KEY=V...` (the
+//! defaults with bandit keys changed, for sweeps; values in TOML syntax, e.g.
+//! `ucb:gamma=0.0+chunk=32+explore_first=false`).
 //!
 //! ```sh
 //! # The grid of the issue (2 references × 3 budgets), 3 seeds, evaluations 2 at a time.
@@ -177,14 +178,20 @@ impl Selector {
             _ => Policy::Ucb,
         };
         if let Some(keys) = self.name.strip_prefix("ucb:") {
-            // Bandit keys as TOML, e.g. ucb:gamma=1,chunk=16.
-            let mut table = toml::Table::try_from(&c.bandit)?;
-            for kv in keys.split(',') {
+            // Keys as TOML: bandit keys by name (ucb:gamma=1.0+chunk=16), others by section
+            // (ucb:cluster.k=64).
+            let mut table = toml::Table::try_from(&c)?;
+            for kv in keys.split('+') {
                 let (k, v) = kv.split_once('=').with_context(|| format!("{kv}: expected KEY=VALUE"))?;
                 let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {v}"))?["v"].clone();
-                table.insert(k.to_string(), value);
+                let (section, key) = k.split_once('.').unwrap_or(("bandit", k));
+                table
+                    .get_mut(section)
+                    .and_then(toml::Value::as_table_mut)
+                    .with_context(|| format!("{kv}: no section {section}"))?
+                    .insert(key.to_string(), value);
             }
-            c.bandit = table.try_into().with_context(|| format!("selector {}", self.name))?;
+            c = table.try_into().with_context(|| format!("selector {}", self.name))?;
         }
         Ok(c)
     }
@@ -218,14 +225,21 @@ struct Setting {
     selectors: Vec<Selector>,
 }
 
-/// An evaluation still to run.
+/// An evaluation still to run: one trained model, measured on each (reference, output) pair.
 struct EvalJob {
     selection: PathBuf,
-    reference: PathBuf,
+    targets: Vec<(PathBuf, PathBuf)>,
     seed: u64,
     steps: usize,
     k: usize,
-    out: PathBuf,
+    /// (selector, budget, seed) of a selection that does not depend on the reference.
+    shared: Option<(String, usize, u64)>,
+}
+
+/// The ids of a selection, in order.
+fn selection_ids(path: &Path) -> Result<Vec<String>> {
+    let (docs, _) = CorpusReader::read_all(path, CorpusConfig::default()).with_context(|| path.display().to_string())?;
+    Ok(docs.into_iter().map(|d| d.id).collect())
 }
 
 fn main() -> Result<()> {
@@ -299,13 +313,23 @@ pub fn run(o: &Opts) -> Result<String> {
                 let out = s.dir.join("evals").join(format!("{name}.json"));
                 if !out.exists() {
                     let steps = if o.quick { 20 } else { eval::eval_params_for_budget(s.budget).steps };
+                    let selection = run_dir.join("selected.jsonl");
+                    // `random` and `uniform` never see the reference: the same selection for every
+                    // reference, so one trained model is measured on each reference's half.
+                    let shared = matches!(cfg.bandit.policy, Policy::Random | Policy::Uniform).then(|| (sel.name.clone(), s.budget, seed));
+                    if let Some(j) = jobs.iter_mut().find(|j: &&mut EvalJob| shared.is_some() && j.shared == shared) {
+                        if selection_ids(&j.selection)? == selection_ids(&selection)? {
+                            j.targets.push((s.eval.clone(), out));
+                            continue;
+                        }
+                    }
                     jobs.push(EvalJob {
-                        selection: run_dir.join("selected.jsonl"),
-                        reference: s.eval.clone(),
+                        selection,
+                        targets: vec![(s.eval.clone(), out)],
                         seed,
                         steps,
                         k: cfg.cluster.k,
-                        out,
+                        shared,
                     });
                 }
             }
@@ -348,8 +372,6 @@ fn eval_command(quad: &Path, split: &Path, j: &EvalJob, quick: bool) -> Vec<Stri
         "run".into(),
         "--selection".into(),
         j.selection.display().to_string(),
-        "--reference".into(),
-        j.reference.display().to_string(),
         "--split".into(),
         split.display().to_string(),
         "--seed".into(),
@@ -358,9 +380,10 @@ fn eval_command(quad: &Path, split: &Path, j: &EvalJob, quick: bool) -> Vec<Stri
         j.steps.to_string(),
         "--k".into(),
         j.k.to_string(),
-        "--out".into(),
-        j.out.display().to_string(),
     ];
+    for (reference, out) in &j.targets {
+        c.extend(["--reference".into(), reference.display().to_string(), "--out".into(), out.display().to_string()]);
+    }
     if quick {
         c.push("--quick".into());
     }
@@ -388,7 +411,9 @@ fn run_evals(quad: &Path, split: &Path, jobs: &[EvalJob], parallel: usize, quick
     loop {
         while running.len() < parallel {
             let Some(j) = queue.next() else { break };
-            std::fs::create_dir_all(j.out.parent().expect("evals/"))?;
+            for (_, out) in &j.targets {
+                std::fs::create_dir_all(out.parent().expect("evals/"))?;
+            }
             let cmd = eval_command(quad, split, j, quick);
             let child = std::process::Command::new(&cmd[0])
                 .args(&cmd[1..])
@@ -411,7 +436,8 @@ fn run_evals(quad: &Path, split: &Path, jobs: &[EvalJob], parallel: usize, quick
                     bail!("evaluation of {} failed ({status})", j.selection.display());
                 }
                 done += 1;
-                eprintln!("eval {done}/{total}: {} ({:.0} s)", j.out.display(), started.elapsed().as_secs_f64());
+                let outs: Vec<String> = j.targets.iter().map(|t| t.1.display().to_string()).collect();
+                eprintln!("eval {done}/{total}: {} ({:.0} s)", outs.join(" + "), started.elapsed().as_secs_f64());
             } else {
                 i += 1;
             }

@@ -7,11 +7,30 @@
 //!
 //! One round: choose the B arms with the highest CS (arms never chosen go first, in seeded random
 //! order; ties are broken by the seeded RNG); from each, score b not-yet-seen members (sampled
-//! without replacement); reward `r_i = mean(scores) − γ`; share it with every **neighbour** j with
-//! centroid distance `d(i, j) < τ` (i itself, d = 0): `R_j += r_i · (1 − d(i,j)/τ)`, `T_j += 1`,
-//! `N += 1`; and if `r_i > 0` take a chunk of m documents from i (its scored members, best first,
-//! then unscored ones in seeded random order). Stop when the budget is met — the last chunk is cut
-//! at the document that reaches it — or when no arm is left.
+//! without replacement); reward `r_i = mean(scores) − γ` (− 0 when γ is fitted, below); share it
+//! with every **neighbour** j with centroid distance `d(i, j) < τ` (i itself, d = 0):
+//! `R_j += r_i · (1 − d(i,j)/τ)`, `T_j += 1`, `N += 1`; and if the arm's **estimate** `e_i` — the
+//! mean standardised score of every member it has had scored — beats γ, take a chunk of m
+//! documents from it (its scored members, best first, then unscored ones in seeded random order).
+//! Stop when the budget is met — the last chunk is cut at the document that reaches it — or when
+//! no arm is left.
+//!
+//! **The default rule** (`explore_first`, γ and m left unset), which makes the budget decide how
+//! selective to be instead of a hand-set threshold:
+//!
+//! 1. *Exploration pass.* Until every arm has been sampled once, nothing is taken (with a fixed γ
+//!    and no pass, a small budget is spent on the first clusters tried).
+//! 2. *Fitted γ.* Every round, arms are ranked by `e_i`; γ is the estimate of the first arm after
+//!    those whose untaken members hold `coverage` (ρ) × the budget still to be selected, midway to
+//!    the next estimate, so exactly those arms beat it ([`Bandit::fitted_gamma`]). It tightens as
+//!    the selection fills.
+//! 3. *Confidence margins.* With n members of arm i scored, `α / √n` is an α-wide margin on `e_i`
+//!    (z-scores have unit spread over the pool). After the pass, an arm is sampled again only if
+//!    `e_i + α/√n > γ` (it may beat γ), and one with `e_i − α/√n > γ` (it surely does) is taken
+//!    from without new scores. Scoring goes where the decision is uncertain, and stops once
+//!    `calibration + 2 · k · b` documents are scored (refinement costs at most what exploration
+//!    cost); after that arms are taken from on their estimates as they stand.
+//! 4. *Chunks* of one cluster's even share of the budget, m = ⌈budget in documents / k⌉ ([`even_share`]).
 //!
 //! Scores are standardised before they become rewards: a seeded calibration sample of the pool is
 //! scored first, and every score s becomes `(s − median) / std` of that sample, so γ and α are in
@@ -19,8 +38,9 @@
 //! model's gradient scale. With `calibration = 0` raw scores are used.
 //!
 //! An arm is exhausted when it has no untaken document; it is *spent* when every untaken member has
-//! been scored and their mean reward is ≤ 0 (nothing new to learn, nothing worth taking). Neither
-//! is chosen again. When only such arms remain the run stops and says so.
+//! been scored and its estimate does not beat γ (nothing new to learn, nothing worth taking).
+//! Neither is chosen again. When only such arms (or, after the pass, arms that cannot beat γ)
+//! remain, the run stops and says so; the fitted γ always admits an arm while any is left.
 //!
 //! Other policies share the interface: `thompson` (Gaussian posterior on each arm's mean reward),
 //! `epsilon-greedy`, `greedy` (α = 0), `uniform` (round-robin over clusters, no scoring), `random`
@@ -717,8 +737,28 @@ impl Bandit {
     }
 
     /// Chooses up to B available arms by the policy's index; never-chosen arms first.
-    fn choose(&self, rng: &mut Xoshiro256PlusPlus) -> Vec<(usize, f64)> {
-        let avail: Vec<usize> = (0..self.problem.k()).filter(|&i| self.state.arms[i].available()).collect();
+    /// The confidence margin on arm c's estimate: `α / √n` with n members scored (z-scores have
+    /// unit spread over the pool), while the scoring allowance lasts; 0 after it, when decisions
+    /// are made on the estimates as they stand.
+    fn margin(&self, c: usize) -> f64 {
+        let non_empty = self.orders.iter().filter(|o| !o.is_empty()).count();
+        let allowance = self.params.calibration + 2 * non_empty * self.params.samples_per_arm;
+        if self.state.documents_scored < allowance {
+            self.alpha() / (self.state.arms[c].scored.max(1) as f64).sqrt()
+        } else {
+            0.0
+        }
+    }
+
+    /// With `gate = Some(γ)` only arms that may beat γ are candidates: never sampled, or with
+    /// `estimate + margin > γ` ([`Self::margin`]).
+    fn choose(&self, rng: &mut Xoshiro256PlusPlus, gate: Option<f64>) -> Vec<(usize, f64)> {
+        let may_beat = |i: usize| match (gate, self.estimate(i)) {
+            (Some(g), Some(e)) => e + self.margin(i) > g,
+            _ => true,
+        };
+        let avail: Vec<usize> =
+            (0..self.problem.k()).filter(|&i| self.state.arms[i].available() && may_beat(i)).collect();
         // Thompson's posterior spread: the spread of the rewards seen so far (1 until there are two).
         let rewards: Vec<f64> = self.state.arms.iter().filter_map(|a| a.last_reward).collect();
         let spread = if rewards.len() >= 2 {
@@ -768,20 +808,41 @@ impl Bandit {
         // The exploration pass: until every available arm has been sampled once, nothing is taken.
         let exploring =
             self.params.explore_first && self.state.arms.iter().any(|a| a.available() && a.times_chosen == 0);
-        let chosen = self.choose(&mut rng);
+        // After the exploration pass, scoring is spent only on arms that may beat γ.
+        let gate = (self.params.explore_first && !exploring).then(|| self.gamma());
+        let chosen = self.choose(&mut rng, gate);
         if chosen.is_empty() {
             return Ok(None);
         }
-        // Score every chosen arm's sample in one call.
+        // An arm whose estimate beats γ even less its margin is taken from without new scores:
+        // more of them would not change the decision.
+        let confident = |b: &Self, c: usize| gate.is_some_and(|g| b.estimate(c).is_some_and(|e| e - b.margin(c) > g));
+        let sure: Vec<bool> = chosen.iter().map(|&(c, _)| confident(self, c)).collect();
+        // Score every other chosen arm's sample in one call.
         let samples: Vec<Vec<usize>> = chosen
             .iter()
-            .map(|&(c, _)| self.unseen(c).take(self.params.samples_per_arm).collect())
+            .zip(&sure)
+            .map(|(&(c, _), &sure)| if sure { Vec::new() } else { self.unseen(c).take(self.params.samples_per_arm).collect() })
             .collect();
         let all: Vec<usize> = samples.iter().flatten().copied().collect();
         self.score(&all, scorer)?;
         let mut picks = Vec::with_capacity(chosen.len());
-        for ((c, index), sample) in chosen.into_iter().zip(samples) {
+        for (((c, index), sample), sure) in chosen.into_iter().zip(samples).zip(sure) {
             self.state.arms[c].times_chosen += 1;
+            if sure {
+                let accepted = self.take_chunk(c, None);
+                picks.push(ArmPick {
+                    arm: c,
+                    index,
+                    reward: None,
+                    scored: 0,
+                    accepted,
+                });
+                if self.budget_met() {
+                    break;
+                }
+                continue;
+            }
             // No unseen member left: the arm's untaken scored members stand in (no new cost).
             let observed: Vec<f64> = if sample.is_empty() {
                 self.orders[c]
@@ -865,7 +926,9 @@ impl Bandit {
         for (i, &(_, m)) in arms.iter().enumerate() {
             held += m as f64;
             if held >= want {
-                return arms.get(i + 1).map_or(f64::NEG_INFINITY, |a| a.0);
+                // Midway to the next lower estimate (arms tied with the last one needed are in).
+                let last = arms[i].0;
+                return arms[i + 1..].iter().find(|a| a.0 < last).map_or(f64::NEG_INFINITY, |a| (last + a.0) / 2.0);
             }
         }
         f64::NEG_INFINITY

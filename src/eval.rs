@@ -215,6 +215,10 @@ pub struct EvalResult {
     pub seconds: f64,
 }
 
+/// Windows an evaluation set is measured on at most: 1,024 × 257 tokens, enough for the whole
+/// evaluation half of the wiki reference (≈ 580 windows) and every domain's held-out documents.
+pub const EVAL_MAX_WINDOWS: usize = 1024;
+
 /// Evaluation windows of a document set: each document's tokens (plus the end-of-text token) cut
 /// into consecutive windows of `context + 1`, at most `max_windows` in all.
 fn windows(docs: &[Vec<u32>], eos: u32, context: usize, max_windows: usize) -> Vec<Vec<u32>> {
@@ -232,6 +236,21 @@ pub fn evaluate(
     params: &ProxyParams,
     seed: u64,
 ) -> Result<EvalResult, ModelError> {
+    let mut all = evaluate_many(selection, tokenizer, &[reference], heldout, params, seed)?;
+    Ok(all.remove(0))
+}
+
+/// [`evaluate`] with one trained model measured on several reference sets: one result per
+/// reference, in order (the held-out losses are shared). The model is the same whichever
+/// reference it is measured on, so a selection that does not depend on the reference is trained once.
+pub fn evaluate_many(
+    selection: &[String],
+    tokenizer: &Tokenizer,
+    references: &[&[String]],
+    heldout: &[(String, String)],
+    params: &ProxyParams,
+    seed: u64,
+) -> Result<Vec<EvalResult>, ModelError> {
     let started = Instant::now();
     let params = ProxyParams { seed, ..params.clone() };
     params.validate()?;
@@ -250,11 +269,11 @@ pub fn evaluate(
     optimise(&model, &train, &params, &mut rng, |_, _, _| Ok(true))?;
 
     let loss_of = |texts: Vec<String>| -> Result<f64, ModelError> {
-        let w = windows(&tokenize(tokenizer, &texts)?, eos, params.context, 256);
+        let w = windows(&tokenize(tokenizer, &texts)?, eos, params.context, EVAL_MAX_WINDOWS);
         let refs: Vec<&[u32]> = w.iter().map(Vec::as_slice).collect();
         Ok(eval_loss(&model, &refs, params.context)?)
     };
-    let reference_loss = loss_of(reference.to_vec())?;
+    let reference_losses = references.iter().map(|r| loss_of(r.to_vec())).collect::<Result<Vec<f64>, _>>()?;
     let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (d, t) in heldout {
         by_domain.entry(d.clone()).or_default().push(t.clone());
@@ -264,15 +283,19 @@ pub fn evaluate(
         heldout_loss.insert(d, loss_of(texts)?);
     }
     let heldout_mean = heldout_loss.values().sum::<f64>() / heldout_loss.len().max(1) as f64;
-    Ok(EvalResult {
-        reference_loss,
-        heldout_loss,
-        heldout_mean,
-        selection_tokens: train.len(),
-        tokens_trained: params.steps * params.batch_size * params.context,
-        parameters: model.num_parameters(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(reference_losses
+        .into_iter()
+        .map(|reference_loss| EvalResult {
+            reference_loss,
+            heldout_loss: heldout_loss.clone(),
+            heldout_mean,
+            selection_tokens: train.len(),
+            tokens_trained: params.steps * params.batch_size * params.context,
+            parameters: model.num_parameters(),
+            seconds,
+        })
+        .collect())
 }
 
 /// Diversity and quality of a selection, from its `selected.jsonl` records.

@@ -77,6 +77,12 @@ fn quick_frontier_runs_end_to_end() {
             assert_eq!(&m[..head], &topk[..head], "{p}: its first documents are topk's best");
         }
     }
+    // random and uniform do not see the reference: one trained model serves both references.
+    for sel in ["random", "uniform"] {
+        let ev: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(opts.out.join("abstracts-40k/evals").join(format!("{sel}-s0.json"))).unwrap()).unwrap();
+        assert!(ev["path"].as_str().unwrap().contains("wiki-40k"), "{sel}: evaluated apart: {ev}");
+    }
     // A rerun reuses every finished run and writes the same tables.
     let again = frontier::run(&opts).unwrap();
     assert_eq!(again, md);

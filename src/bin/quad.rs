@@ -453,9 +453,10 @@ enum EvalCommand {
         /// selected.jsonl (or any corpus) to train on.
         #[arg(long)]
         selection: PathBuf,
-        /// Reference corpus.
-        #[arg(long)]
-        reference: PathBuf,
+        /// Reference corpus; may be repeated (one `--out` each): the model is trained once and
+        /// measured on each.
+        #[arg(long, required = true)]
+        reference: Vec<PathBuf>,
         /// Folder written by `quad eval split`.
         #[arg(long)]
         split: PathBuf,
@@ -475,9 +476,9 @@ enum EvalCommand {
         /// A tiny evaluation model (1 block, width 64, context 64, 20 steps), for CI-sized runs.
         #[arg(long)]
         quick: bool,
-        /// Output JSON file.
-        #[arg(long)]
-        out: PathBuf,
+        /// Output JSON file, one per `--reference`.
+        #[arg(long, required = true)]
+        out: Vec<PathBuf>,
     },
 }
 
@@ -518,8 +519,14 @@ fn eval_cmd(cmd: EvalCommand) -> Result<()> {
                     .with_context(|| format!("reading {}", p.display()))?
                     .0)
             };
+            if reference.len() != out.len() {
+                anyhow::bail!("{} --reference for {} --out: give one output per reference", reference.len(), out.len());
+            }
             let sel = read(&selection)?;
-            let refs: Vec<String> = read(&reference)?.into_iter().map(|d| d.text).collect();
+            let refs: Vec<Vec<String>> = reference
+                .iter()
+                .map(|r| Ok(read(r)?.into_iter().map(|d| d.text).collect()))
+                .collect::<Result<_>>()?;
             let heldout: Vec<(String, String)> = read(&split.join(eval::SPLIT_HELDOUT))?
                 .into_iter()
                 .map(|d| (d.field(&label_field).unwrap_or_else(|| "(none)".into()), d.text))
@@ -532,7 +539,8 @@ fn eval_cmd(cmd: EvalCommand) -> Result<()> {
                 params.steps = s;
             }
             let texts: Vec<String> = sel.iter().map(|d| d.text.clone()).collect();
-            let result = eval::evaluate(&texts, &tokenizer, &refs, &heldout, &params, seed)?;
+            let ref_slices: Vec<&[String]> = refs.iter().map(Vec::as_slice).collect();
+            let results = eval::evaluate_many(&texts, &tokenizer, &ref_slices, &heldout, &params, seed)?;
             let k = match k {
                 Some(k) => k,
                 None => {
@@ -548,17 +556,20 @@ fn eval_cmd(cmd: EvalCommand) -> Result<()> {
                 .map(|d| serde_json::from_str(&d.record))
                 .collect::<Result<_, _>>()?;
             let stats = eval::selection_stats(&records, k, &label_field);
-            println!(
-                "reference loss {:.4}, held-out mean {:.4} ({} domains), cluster entropy {:.3}, {} clusters, {:.0} s",
-                result.reference_loss,
-                result.heldout_mean,
-                result.heldout_loss.len(),
-                stats.cluster_entropy,
-                stats.clusters_touched,
-                result.seconds
-            );
-            let json = serde_json::json!({"eval": result, "selection": stats, "seed": seed, "path": selection});
-            quad_select::atomic::write_string_atomic(&out, &serde_json::to_string_pretty(&json)?)?;
+            for ((result, out), reference) in results.iter().zip(&out).zip(&reference) {
+                println!(
+                    "{}: reference loss {:.4}, held-out mean {:.4} ({} domains), cluster entropy {:.3}, {} clusters, {:.0} s",
+                    reference.display(),
+                    result.reference_loss,
+                    result.heldout_mean,
+                    result.heldout_loss.len(),
+                    stats.cluster_entropy,
+                    stats.clusters_touched,
+                    result.seconds
+                );
+                let json = serde_json::json!({"eval": result, "selection": stats, "seed": seed, "path": selection});
+                quad_select::atomic::write_string_atomic(out, &serde_json::to_string_pretty(&json)?)?;
+            }
             Ok(())
         }
     }
