@@ -187,6 +187,9 @@ pub struct BanditParams {
     pub explore_first: bool,
     /// ρ of the fitted γ: the clusters that qualify hold ρ × the budget still to be selected.
     pub coverage: f64,
+    /// T of the tilted allocation: after the exploration pass, each arm is given a share of the
+    /// budget ∝ its size × exp(estimate / T) instead of the γ threshold (None: the threshold).
+    pub temperature: Option<f64>,
     /// ε of `epsilon-greedy`.
     pub epsilon: f64,
     /// Documents scored up front to standardise scores (0: use raw scores).
@@ -208,6 +211,7 @@ impl Default for BanditParams {
             chunk: None,
             explore_first: true,
             coverage: 2.0,
+            temperature: None,
             epsilon: 0.1,
             calibration: 64,
             mix: 0.5,
@@ -225,6 +229,9 @@ impl BanditParams {
         }
         if self.gamma.is_some_and(|g| !g.is_finite()) {
             return bad("gamma must be finite");
+        }
+        if self.temperature.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+            return bad("temperature must be a finite number > 0");
         }
         if !(self.coverage >= 1.0 && self.coverage.is_finite()) {
             return bad("coverage must be a finite number ≥ 1");
@@ -621,6 +628,11 @@ impl Bandit {
 
     /// Takes up to m documents from arm c: scored members best first, then unscored in order.
     fn take_chunk(&mut self, c: usize, reward: Option<f64>) -> usize {
+        self.take_up_to(c, reward, self.chunk)
+    }
+
+    /// Takes up to `limit` documents from arm c, in [`Self::take_chunk`]'s order.
+    fn take_up_to(&mut self, c: usize, reward: Option<f64>, limit: usize) -> usize {
         let mut scored: Vec<(usize, f64)> = self.orders[c]
             .iter()
             .filter(|&&d| !self.state.taken[d])
@@ -630,7 +642,7 @@ impl Bandit {
         let rest: Vec<usize> = self.unseen(c).collect();
         let mut n = 0;
         for d in scored.into_iter().map(|(d, _)| d).chain(rest) {
-            if n == self.chunk || !self.take(d, reward) {
+            if n == limit || !self.take(d, reward) {
                 break;
             }
             n += 1;
@@ -757,8 +769,13 @@ impl Bandit {
             (Some(g), Some(e)) => e + self.margin(i) > g,
             _ => true,
         };
+        self.choose_among(rng, may_beat)
+    }
+
+    /// Chooses up to B available arms among those `eligible`, by the policy's index.
+    fn choose_among(&self, rng: &mut Xoshiro256PlusPlus, eligible: impl Fn(usize) -> bool) -> Vec<(usize, f64)> {
         let avail: Vec<usize> =
-            (0..self.problem.k()).filter(|&i| self.state.arms[i].available() && may_beat(i)).collect();
+            (0..self.problem.k()).filter(|&i| self.state.arms[i].available() && eligible(i)).collect();
         // Thompson's posterior spread: the spread of the rewards seen so far (1 until there are two).
         let rewards: Vec<f64> = self.state.arms.iter().filter_map(|a| a.last_reward).collect();
         let spread = if rewards.len() >= 2 {
@@ -808,6 +825,9 @@ impl Bandit {
         // The exploration pass: until every available arm has been sampled once, nothing is taken.
         let exploring =
             self.params.explore_first && self.state.arms.iter().any(|a| a.available() && a.times_chosen == 0);
+        if self.params.temperature.is_some() && !exploring && self.state.arms.iter().any(|a| a.times_chosen > 0) {
+            return self.round_tilted(scorer, &mut rng);
+        }
         // After the exploration pass, scoring is spent only on arms that may beat γ.
         let gate = (self.params.explore_first && !exploring).then(|| self.gamma());
         let chosen = self.choose(&mut rng, gate);
@@ -877,6 +897,106 @@ impl Bandit {
                 arm: c,
                 index,
                 reward: Some(reward),
+                scored: sample.len(),
+                accepted,
+            });
+            if self.budget_met() {
+                break;
+            }
+        }
+        Ok(Some(picks))
+    }
+
+    /// Each arm's share of the whole budget, in documents, under the tilted allocation:
+    /// `q_c ∝ n_c · exp(e_c / T)` (n_c members, estimate e_c, 0 before the first score), capped at
+    /// n_c with the excess shared out again (water-filling). The exponential tilt of the pool's own
+    /// distribution is the allocation with the highest mean score at a given divergence from the
+    /// pool (the Gibbs variational principle); T sets the trade.
+    pub fn quotas(&self) -> Vec<f64> {
+        let t = self.params.temperature.unwrap_or(1.0);
+        let k = self.problem.k();
+        let n: Vec<f64> = self.orders.iter().map(|o| o.len() as f64).collect();
+        let docs = match self.problem.budget {
+            Budget::Documents(d) => d as f64,
+            Budget::Tokens(tok) => {
+                tok as f64 * self.problem.tokens.len() as f64 / self.problem.tokens.iter().sum::<usize>().max(1) as f64
+            }
+        };
+        let w: Vec<f64> = (0..k).map(|c| n[c] * (self.estimate(c).unwrap_or(0.0) / t).exp()).collect();
+        let mut q = vec![0.0; k];
+        let mut capped = vec![false; k];
+        let mut left = docs;
+        loop {
+            let total: f64 = (0..k).filter(|&c| !capped[c]).map(|c| w[c]).sum();
+            if total <= 0.0 {
+                break;
+            }
+            let mut changed = false;
+            for c in 0..k {
+                if !capped[c] && left * w[c] / total >= n[c] {
+                    capped[c] = true;
+                    q[c] = n[c];
+                    left -= n[c];
+                    changed = true;
+                }
+            }
+            if !changed {
+                for c in (0..k).filter(|&c| !capped[c]) {
+                    q[c] = left * w[c] / total;
+                }
+                break;
+            }
+        }
+        q
+    }
+
+    /// A round of the tilted allocation: B arms with room left in their quota, by Cluster Score;
+    /// each is sampled while the scoring allowance lasts, then given up to m documents of its quota.
+    fn round_tilted<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Result<Option<Vec<ArmPick>>, BanditError> {
+        let quotas = self.quotas();
+        let room = |b: &Self, c: usize| quotas[c].ceil() as usize > b.state.arms[c].taken;
+        let mut chosen = self.choose_among(rng, |c| room(self, c));
+        if chosen.is_empty() {
+            // Quotas met in documents but not the token budget: the best estimate takes the rest.
+            let best = (0..self.problem.k())
+                .filter(|&c| self.state.arms[c].available())
+                .max_by(|&a, &b| self.estimate(a).unwrap_or(0.0).total_cmp(&self.estimate(b).unwrap_or(0.0)));
+            match best {
+                Some(c) => chosen.push((c, self.cluster_score(c))),
+                None => return Ok(None),
+            }
+        }
+        let refine = chosen.iter().any(|&(c, _)| self.margin(c) > 0.0);
+        let samples: Vec<Vec<usize>> = chosen
+            .iter()
+            .map(|&(c, _)| if refine { self.unseen(c).take(self.params.samples_per_arm).collect() } else { Vec::new() })
+            .collect();
+        let all: Vec<usize> = samples.iter().flatten().copied().collect();
+        self.score(&all, scorer)?;
+        let mut picks = Vec::with_capacity(chosen.len());
+        for ((c, index), sample) in chosen.into_iter().zip(samples) {
+            self.state.arms[c].times_chosen += 1;
+            let reward = if sample.is_empty() {
+                None
+            } else {
+                let mean = sample.iter().filter_map(|&d| self.state.scores[d]).map(|s| self.z(s)).sum::<f64>() / sample.len() as f64;
+                self.state.arms[c].last_reward = Some(mean);
+                self.share(c, mean);
+                Some(mean)
+            };
+            let want = (quotas[c].ceil() as usize).saturating_sub(self.state.arms[c].taken).clamp(1, self.chunk);
+            let accepted = self.take_up_to(c, reward, want);
+            if accepted == 0 {
+                self.state.arms[c].exhausted = true;
+            }
+            picks.push(ArmPick {
+                arm: c,
+                index,
+                reward,
                 scored: sample.len(),
                 accepted,
             });

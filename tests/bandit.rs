@@ -75,6 +75,7 @@ proptest! {
         seed in 0u64..1000,
         fixed_gamma in any::<bool>(),
         explore_first in any::<bool>(),
+        temperature in prop::option::of(0.2f64..3.0),
     ) {
         let budget = if by_tokens { Budget::Tokens(limit) } else { Budget::Documents(limit) };
         let prob = problem(&sizes, budget, seed);
@@ -82,7 +83,7 @@ proptest! {
         let mut scorer = planted(means, prob.cluster.clone(), 0.5);
         let params = BanditParams {
             policy, alpha, gamma: fixed_gamma.then_some(gamma), tau, arms_per_round: b_arms, samples_per_arm: b_samples,
-            chunk: Some(chunk), explore_first, calibration: 0, seed, ..Default::default()
+            chunk: Some(chunk), explore_first, temperature, calibration: 0, seed, ..Default::default()
         };
         let n = prob.tokens.len();
         let tokens = prob.tokens.clone();
@@ -419,4 +420,38 @@ fn the_default_meets_the_budget_from_the_best_arms() {
     let from_best = st.selected.iter().filter(|s| best.contains(&s.cluster)).count();
     assert!(from_best * 10 >= 240 * 9, "{from_best} of 240 from the best half");
     assert!(st.documents_scored < 960 / 2, "scored {} of 960", st.documents_scored);
+}
+
+#[test]
+fn tilted_quotas_follow_size_times_exp_estimate() {
+    let (prob, means) = ranked_arms(10, 40, Budget::Documents(120));
+    let mut scorer = planted(means, prob.cluster.clone(), 0.3);
+    let params = BanditParams { temperature: Some(1.0), calibration: 0, ..Default::default() };
+    let mut bandit = Bandit::new(params, prob).unwrap();
+    // After the exploration pass (3 rounds of 4 arms), every arm has an estimate.
+    for _ in 0..3 {
+        bandit.step(&mut scorer).unwrap();
+    }
+    let st = bandit.state();
+    let q = bandit.quotas();
+    assert!((q.iter().sum::<f64>() - 120.0).abs() < 1e-9, "{q:?}");
+    let est: Vec<f64> = st.arms.iter().map(|a| a.score_sum / a.scored as f64).collect();
+    // Uncapped arms: q_c ∝ 40 · exp(e_c), checked pairwise against the direct formula.
+    for a in 0..10 {
+        assert!(q[a] <= 40.0 + 1e-9);
+        for b in 0..10 {
+            if q[a] < 40.0 && q[b] < 40.0 {
+                assert!(((q[a] / q[b]).ln() - (est[a] - est[b])).abs() < 1e-9, "arms {a}, {b}");
+            }
+        }
+    }
+    // The run meets the budget, spread over the arms (quotas are rounded up, so the last arms
+    // in Cluster Score order may find the budget met), more from the better arms.
+    bandit.run(&mut scorer, |_, _| true).unwrap();
+    let st = bandit.state();
+    assert_eq!(st.docs_selected, 120);
+    let served = (0..10).filter(|&c| q[c] >= 1.0 && st.arms[c].taken >= 1).count();
+    let entitled = (0..10).filter(|&c| q[c] >= 1.0).count();
+    assert!(served + 2 >= entitled, "{served} of {entitled} arms with a quota got documents");
+    assert!(st.arms[0].taken > st.arms[9].taken);
 }
