@@ -15,8 +15,19 @@
 //! Stop when the budget is met — the last chunk is cut at the document that reaches it — or when
 //! no arm is left.
 //!
-//! **The default rule** (`explore_first`, γ and m left unset), which makes the budget decide how
-//! selective to be instead of a hand-set threshold:
+//! **The default rule: the tilted allocation** (`allocation = "tilted"`). After the exploration
+//! pass (every arm sampled once, nothing taken), each arm c is given a quota of the budget
+//! `q_c ∝ n_c · exp(e_c / T)` — its size times the exponential of its estimate in units of the
+//! pool's score spread, T = 1, capped at its size and water-filled ([`Bandit::quotas`]). Rounds
+//! choose B arms with quota left by Cluster Score, sample them while the scoring allowance
+//! `calibration + 2 · k · b` lasts (the quotas follow the refined estimates), and take up to m
+//! documents of each quota. Among all allocations with a given divergence from the pool, the
+//! exponential tilt has the highest expected score (the Gibbs variational principle): every
+//! region of the pool keeps a share, good ones a larger one. It replaced the threshold rule below
+//! after the sweep in experiments/README.md ("The rule").
+//!
+//! **The threshold allocation** (`allocation = "threshold"`; `--gamma` selects it), which makes the
+//! budget decide how selective to be instead of a hand-set threshold when γ is left unset:
 //!
 //! 1. *Exploration pass.* Until every arm has been sampled once, nothing is taken (with a fixed γ
 //!    and no pass, a small budget is spent on the first clusters tried).
@@ -147,6 +158,16 @@ impl FromStr for Policy {
     }
 }
 
+/// How the bandit allots the budget to arms once every arm has been sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocation {
+    /// Each arm's quota ∝ its size × exp(estimate / T) (the default).
+    Tilted,
+    /// Chunks from arms whose estimate beats γ (given, or fitted to the budget with `coverage`).
+    Threshold,
+}
+
 /// What the selection must add up to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,9 +208,10 @@ pub struct BanditParams {
     pub explore_first: bool,
     /// ρ of the fitted γ: the clusters that qualify hold ρ × the budget still to be selected.
     pub coverage: f64,
-    /// T of the tilted allocation: after the exploration pass, each arm is given a share of the
-    /// budget ∝ its size × exp(estimate / T) instead of the γ threshold (None: the threshold).
-    pub temperature: Option<f64>,
+    /// How chunks are allotted after the exploration pass (see the module docs).
+    pub allocation: Allocation,
+    /// T of the tilted allocation, in standardised score units.
+    pub temperature: f64,
     /// ε of `epsilon-greedy`.
     pub epsilon: f64,
     /// Documents scored up front to standardise scores (0: use raw scores).
@@ -211,7 +233,8 @@ impl Default for BanditParams {
             chunk: None,
             explore_first: true,
             coverage: 2.0,
-            temperature: None,
+            allocation: Allocation::Tilted,
+            temperature: 1.0,
             epsilon: 0.1,
             calibration: 64,
             mix: 0.5,
@@ -227,10 +250,13 @@ impl BanditParams {
         if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
             return bad("alpha must be a finite number ≥ 0");
         }
+        if self.gamma.is_some() && self.allocation == Allocation::Tilted {
+            return bad("gamma applies to allocation = \"threshold\"; the tilted allocation has no threshold");
+        }
         if self.gamma.is_some_and(|g| !g.is_finite()) {
             return bad("gamma must be finite");
         }
-        if self.temperature.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad("temperature must be a finite number > 0");
         }
         if !(self.coverage >= 1.0 && self.coverage.is_finite()) {
@@ -825,7 +851,7 @@ impl Bandit {
         // The exploration pass: until every available arm has been sampled once, nothing is taken.
         let exploring =
             self.params.explore_first && self.state.arms.iter().any(|a| a.available() && a.times_chosen == 0);
-        if self.params.temperature.is_some() && !exploring && self.state.arms.iter().any(|a| a.times_chosen > 0) {
+        if self.params.allocation == Allocation::Tilted && !exploring && self.state.arms.iter().any(|a| a.times_chosen > 0) {
             return self.round_tilted(scorer, &mut rng);
         }
         // After the exploration pass, scoring is spent only on arms that may beat γ.
@@ -913,7 +939,7 @@ impl Bandit {
     /// distribution is the allocation with the highest mean score at a given divergence from the
     /// pool (the Gibbs variational principle); T sets the trade.
     pub fn quotas(&self) -> Vec<f64> {
-        let t = self.params.temperature.unwrap_or(1.0);
+        let t = self.params.temperature;
         let k = self.problem.k();
         let n: Vec<f64> = self.orders.iter().map(|o| o.len() as f64).collect();
         let docs = match self.problem.budget {

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use proptest::prelude::*;
-use quad_select::bandit::{neighbour_weight, Bandit, BanditParams, Budget, Policy, Problem, StopReason};
+use quad_select::bandit::{neighbour_weight, Allocation, Bandit, BanditParams, Budget, Policy, Problem, StopReason};
 
 /// A synthetic pool: `sizes[c]` documents in cluster c, token counts 1..=40, distances from a
 /// seeded hash in [0, 0.6].
@@ -82,8 +82,10 @@ proptest! {
         let means: Vec<f64> = (0..sizes.len()).map(|c| (c as f64 * 0.37).sin()).collect();
         let mut scorer = planted(means, prob.cluster.clone(), 0.5);
         let params = BanditParams {
-            policy, alpha, gamma: fixed_gamma.then_some(gamma), tau, arms_per_round: b_arms, samples_per_arm: b_samples,
-            chunk: Some(chunk), explore_first, temperature, calibration: 0, seed, ..Default::default()
+            policy, alpha, gamma: (fixed_gamma && temperature.is_none()).then_some(gamma), tau, arms_per_round: b_arms, samples_per_arm: b_samples,
+            chunk: Some(chunk), explore_first, calibration: 0, seed,
+            allocation: if temperature.is_some() { Allocation::Tilted } else { Allocation::Threshold },
+            temperature: temperature.unwrap_or(1.0), ..Default::default()
         };
         let n = prob.tokens.len();
         let tokens = prob.tokens.clone();
@@ -169,7 +171,7 @@ proptest! {
         let means: Vec<f64> = (0..sizes.len()).map(|c| (c as f64 * 1.3).sin()).collect();
         let picks = |policy: Policy, alpha: f64| {
             let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.5);
-            let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: Some(-2.0), explore_first: false, ..Default::default() };
+            let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: Some(-2.0), explore_first: false, allocation: Allocation::Threshold, ..Default::default() };
             let mut bandit = Bandit::new(params, prob.clone()).unwrap();
             let mut out = Vec::new();
             loop {
@@ -211,6 +213,7 @@ fn ucb_finds_the_planted_best_arms() {
         samples_per_arm: 4,
         chunk: Some(8),
         gamma: Some(0.0),
+        allocation: Allocation::Threshold,
         calibration: 0,
         alpha: 1.0,
         ..Default::default()
@@ -262,6 +265,7 @@ fn high_gamma_stops_and_says_so() {
     let mut scorer = planted(vec![0.0, 0.1, -0.1], prob.cluster.clone(), 0.2);
     let params = BanditParams {
         gamma: Some(5.0),
+        allocation: Allocation::Threshold,
         calibration: 0,
         ..Default::default()
     };
@@ -358,6 +362,7 @@ fn the_default_explores_every_arm_before_taking_anything() {
     let (prob, means) = ranked_arms(12, 50, Budget::Documents(150));
     let mut scorer = planted(means, prob.cluster.clone(), 0.5);
     let mut bandit = Bandit::new(BanditParams { calibration: 16, ..Default::default() }, prob).unwrap();
+    // (the pass is the same for either allocation)
     while let Some(log) = bandit.step(&mut scorer).unwrap() {
         let st = bandit.state();
         if st.arms.iter().any(|a| a.times_chosen == 0) {
@@ -376,7 +381,7 @@ fn the_fitted_gamma_admits_just_enough_arms() {
         let tokens = prob.tokens.clone();
         let cluster = prob.cluster.clone();
         let mut scorer = planted(means, prob.cluster.clone(), 0.3);
-        let params = BanditParams { coverage, calibration: 0, ..Default::default() };
+        let params = BanditParams { coverage, calibration: 0, allocation: Allocation::Threshold, ..Default::default() };
         let mut bandit = Bandit::new(params, prob).unwrap();
         for _ in 0..6 {
             bandit.step(&mut scorer).unwrap();
@@ -404,14 +409,15 @@ fn the_fitted_gamma_admits_just_enough_arms() {
 }
 
 #[test]
-fn the_default_meets_the_budget_from_the_best_arms() {
+fn the_fitted_threshold_meets_the_budget_from_the_best_arms() {
     // Half the pool's arms would fill the budget twice over (coverage 2 of a budget of a quarter
     // of the pool); the selection comes from them, and the budget is met even though a fixed
     // γ above every arm's mean would stop short.
     let (prob, means) = ranked_arms(16, 60, Budget::Documents(240));
     let best: HashSet<usize> = (0..8).collect();
     let mut scorer = planted(means, prob.cluster.clone(), 0.5);
-    let mut bandit = Bandit::new(BanditParams { calibration: 32, ..Default::default() }, prob).unwrap();
+    let params = BanditParams { calibration: 32, allocation: Allocation::Threshold, ..Default::default() };
+    let mut bandit = Bandit::new(params, prob).unwrap();
     assert_eq!(bandit.chunk(), 15, "even share: 240 documents over 16 arms");
     bandit.run(&mut scorer, |_, _| true).unwrap();
     let st = bandit.state();
@@ -426,7 +432,7 @@ fn the_default_meets_the_budget_from_the_best_arms() {
 fn tilted_quotas_follow_size_times_exp_estimate() {
     let (prob, means) = ranked_arms(10, 40, Budget::Documents(120));
     let mut scorer = planted(means, prob.cluster.clone(), 0.3);
-    let params = BanditParams { temperature: Some(1.0), calibration: 0, ..Default::default() };
+    let params = BanditParams { calibration: 0, ..Default::default() };
     let mut bandit = Bandit::new(params, prob).unwrap();
     // After the exploration pass (3 rounds of 4 arms), every arm has an estimate.
     for _ in 0..3 {

@@ -237,7 +237,8 @@ struct SelectArgs {
     /// α: exploration weight of the Cluster Score.
     #[arg(long)]
     alpha: Option<f64>,
-    /// γ: reward threshold (standardised score units); default: fitted to the budget every round.
+    /// γ: reward threshold (standardised score units); selects the threshold allocation
+    /// (default: the tilted allocation, README "The bandit").
     #[arg(long)]
     gamma: Option<f64>,
     /// τ: neighbour radius (centroid cosine distance).
@@ -276,7 +277,9 @@ impl SelectArgs {
         set!(self.policy, c.bandit.policy);
         set!(self.alpha, c.bandit.alpha);
         if self.gamma.is_some() {
+            // A threshold is only meaningful for the threshold allocation.
             c.bandit.gamma = self.gamma;
+            c.bandit.allocation = quad_select::bandit::Allocation::Threshold;
         }
         set!(self.tau, c.bandit.tau);
         set!(self.arms_per_round, c.bandit.arms_per_round);
