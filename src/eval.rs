@@ -147,8 +147,14 @@ pub const REFERENCE_EVAL: &str = "eval.jsonl";
 /// `dir/eval.jsonl`. Returns (target, evaluation) sizes.
 pub fn write_reference_split(docs: &[Document], seed: u64, dir: &std::path::Path) -> Result<(usize, usize), ModelError> {
     let (target, eval) = split_reference(docs, seed);
+    write_parts(docs, dir, [(REFERENCE_TARGET, &target), (REFERENCE_EVAL, &eval)])?;
+    Ok((target.len(), eval.len()))
+}
+
+/// Writes each part (file name, document indices) as `dir/NAME`, the original records one a line.
+fn write_parts(docs: &[Document], dir: &std::path::Path, parts: [(&str, &Vec<usize>); 2]) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    for (name, idx) in [(REFERENCE_TARGET, &target), (REFERENCE_EVAL, &eval)] {
+    for (name, idx) in parts {
         let path = dir.join(name);
         crate::atomic::write_atomic(&path, |w| {
             for &i in idx.iter() {
@@ -158,7 +164,7 @@ pub fn write_reference_split(docs: &[Document], seed: u64, dir: &std::path::Path
         })
         .map_err(|e| ModelError::io(&path, e))?;
     }
-    Ok((target.len(), eval.len()))
+    Ok(())
 }
 
 /// Files of a split: the selectable pool, the held-out documents and the evaluation tokenizer.
@@ -179,17 +185,7 @@ pub fn write_split(
 ) -> Result<(usize, usize), ModelError> {
     let labels: Vec<Option<String>> = docs.iter().map(|d| d.field(label_field)).collect();
     let (pool, held) = split_heldout(docs, &labels, per_domain, seed);
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    for (name, idx) in [(SPLIT_POOL, &pool), (SPLIT_HELDOUT, &held)] {
-        let path = dir.join(name);
-        crate::atomic::write_atomic(&path, |w| {
-            for &i in idx.iter() {
-                writeln!(w, "{}", docs[i].record)?;
-            }
-            Ok(())
-        })
-        .map_err(|e| ModelError::io(&path, e))?;
-    }
+    write_parts(docs, dir, [(SPLIT_POOL, &pool), (SPLIT_HELDOUT, &held)])?;
     let texts: Vec<String> = pool.iter().map(|&i| docs[i].text.clone()).collect();
     let tok = crate::model::train::train_bpe(&texts, vocab_size)?;
     let json = tok.to_string(true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
