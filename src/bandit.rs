@@ -312,12 +312,8 @@ impl Problem {
 
     /// A fingerprint for checkpoints: sizes, clusters, tokens, budget.
     fn fingerprint(&self) -> String {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |x: u64| {
-            for b in x.to_le_bytes() {
-                h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
-            }
-        };
+        let mut fnv = crate::hash::Fnv1a::new();
+        let mut eat = |x: u64| fnv = fnv.bytes(&x.to_le_bytes());
         for (&c, &t) in self.cluster.iter().zip(&self.tokens) {
             eat(c as u64);
             eat(t as u64);
@@ -327,7 +323,7 @@ impl Problem {
                 eat(d.to_bits());
             }
         }
-        format!("{}-{}-{:?}-{h:016x}", self.cluster.len(), self.k(), self.budget)
+        format!("{}-{}-{:?}-{:016x}", self.cluster.len(), self.k(), self.budget, fnv.finish())
     }
 }
 
@@ -381,7 +377,8 @@ pub struct Selected {
 /// One arm's part in a round.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArmPick {
-    pub arm: usize,
+    /// The cluster; none for a pick over the whole pool (`random`, `topk`, `mix`).
+    pub arm: Option<usize>,
     /// Its Cluster Score (or the policy's index) when chosen.
     pub index: f64,
     pub reward: Option<f64>,
@@ -878,7 +875,7 @@ impl Bandit {
             if sure {
                 let accepted = self.take_chunk(c, None);
                 picks.push(ArmPick {
-                    arm: c,
+                    arm: Some(c),
                     index,
                     reward: None,
                     scored: 0,
@@ -920,7 +917,7 @@ impl Bandit {
                 self.state.arms[c].spent = true;
             }
             picks.push(ArmPick {
-                arm: c,
+                arm: Some(c),
                 index,
                 reward: Some(reward),
                 scored: sample.len(),
@@ -1020,7 +1017,7 @@ impl Bandit {
                 self.state.arms[c].exhausted = true;
             }
             picks.push(ArmPick {
-                arm: c,
+                arm: Some(c),
                 index,
                 reward,
                 scored: sample.len(),
@@ -1109,7 +1106,7 @@ impl Bandit {
             self.state.arms[c].times_chosen += 1;
             let accepted = self.take_chunk(c, None);
             picks.push(ArmPick {
-                arm: c,
+                arm: Some(c),
                 index: 0.0,
                 reward: None,
                 scored: 0,
@@ -1130,7 +1127,7 @@ impl Bandit {
             accepted += 1;
         }
         vec![ArmPick {
-            arm: usize::MAX,
+            arm: None,
             index: 0.0,
             reward: None,
             scored: 0,
@@ -1157,7 +1154,7 @@ impl Bandit {
             accepted += 1;
         }
         Ok(vec![ArmPick {
-            arm: usize::MAX,
+            arm: None,
             index: 0.0,
             reward: None,
             scored: todo.len(),

@@ -42,12 +42,8 @@ pub enum ClusterError {
     ZeroRow { id: String, row: usize },
     #[error("k-means failed: {0}")]
     KMeans(String),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_io::PathIoError),
 }
 
 /// k-means settings, validated by [`KMeansParams::check`] (linfa style).
@@ -242,7 +238,7 @@ impl Clustering {
         extra: serde_json::Value,
     ) -> Result<(), ClusterError> {
         use ndarray_npy::WriteNpyExt;
-        let io = |path: PathBuf| move |e| ClusterError::Io { path, source: e };
+        let io = |path: PathBuf| move |e| ClusterError::Io(crate::path_io::PathIoError::new(path, e));
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
         let assignments = dir.join("assignments.jsonl");
         write_atomic(&assignments, |w| {

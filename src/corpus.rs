@@ -23,12 +23,8 @@ use serde_json::Value;
 /// Errors of the corpus stage.
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_io::PathIoError),
     #[error("{path}: not a supported corpus file (expected .jsonl, .jsonl.gz, .jsonl.zst or .parquet)")]
     UnsupportedFile { path: PathBuf },
     #[error("{path}: no corpus files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) in this folder")]
@@ -204,10 +200,7 @@ const FIRST_SKIPS_KEPT: usize = 5;
 /// The corpus files named by `path`: the file itself, or the supported files of a folder (sorted,
 /// not recursive).
 pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>, CorpusError> {
-    let io = |source| CorpusError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| CorpusError::Io(crate::path_io::PathIoError::new(path, source));
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_file() {
         if FileKind::of(path).is_none() {
@@ -262,10 +255,7 @@ impl FileKind {
 type RawRecords = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), CorpusError>>>;
 
 fn open_records(path: &Path) -> Result<RawRecords, CorpusError> {
-    let io = |source| CorpusError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| CorpusError::Io(crate::path_io::PathIoError::new(path, source));
     let kind = FileKind::of(path).ok_or_else(|| CorpusError::UnsupportedFile {
         path: path.to_path_buf(),
     })?;
@@ -317,10 +307,7 @@ impl Iterator for LineRecords {
             }
             Err(source) => {
                 self.done = true;
-                Some(Err(CorpusError::Io {
-                    path: self.path.clone(),
-                    source,
-                }))
+                Some(Err(CorpusError::Io(crate::path_io::PathIoError::new(&self.path, source))))
             }
         }
     }

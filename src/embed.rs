@@ -11,6 +11,7 @@
 //! [`embed_documents`] runs an embedder over a document stream chunk by chunk, so memory holds one
 //! chunk of texts plus the growing embeddings matrix, never the corpus.
 
+use crate::hash::fnv1a;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -39,12 +40,8 @@ pub enum EmbedError {
     Model(#[from] candle_core::Error),
     #[error(transparent)]
     Corpus(#[from] CorpusError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_io::PathIoError),
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
 }
@@ -131,17 +128,6 @@ impl Default for HashingEmbedder {
     }
 }
 
-/// 64-bit FNV-1a over the concatenation of `parts` (stable across runs and platforms).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
-}
 
 impl Embedder for HashingEmbedder {
     fn dim(&self) -> usize {
@@ -207,10 +193,7 @@ impl BertEmbedder {
     pub fn load(dir: &Path, options: BertOptions) -> Result<Self, EmbedError> {
         let weights_path = weights::safetensors_file(dir)?;
         let config_path = dir.join("config.json");
-        let config_text = std::fs::read_to_string(&config_path).map_err(|e| EmbedError::Io {
-            path: config_path.clone(),
-            source: e,
-        })?;
+        let config_text = std::fs::read_to_string(&config_path).map_err(crate::path_io::at(&config_path))?;
         let config: BertConfig =
             serde_json::from_str(&config_text).map_err(|e| EmbedError::Config {
                 path: config_path.clone(),
@@ -309,10 +292,7 @@ fn read_sentence_bert_max_len(dir: &Path) -> Result<Option<usize>, EmbedError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| EmbedError::Io {
-        path: path.clone(),
-        source: e,
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(crate::path_io::at(&path))?;
     let cfg: SentenceBertConfig = serde_json::from_str(&text).map_err(|e| EmbedError::Config {
         path,
         message: e.to_string(),
@@ -378,7 +358,7 @@ impl Embeddings {
     /// order) and `embeddings.json` (embedder, shape) into `dir`, each atomically.
     pub fn save(&self, dir: &Path) -> Result<(), EmbedError> {
         use ndarray_npy::WriteNpyExt;
-        let io = |path: PathBuf| move |e| EmbedError::Io { path, source: e };
+        let io = |path: PathBuf| move |e| EmbedError::Io(crate::path_io::PathIoError::new(path, e));
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
         let npy = dir.join(Self::MATRIX_FILE);
         write_atomic(&npy, |w| {
@@ -422,25 +402,16 @@ impl Embeddings {
                 path.to_path_buf(),
             )
         };
-        let file = std::fs::File::open(&npy).map_err(|e| EmbedError::Io {
-            path: npy.clone(),
-            source: e,
-        })?;
+        let file = std::fs::File::open(&npy).map_err(crate::path_io::at(&npy))?;
         let matrix = Array2::<f32>::read_npy(BufReader::new(file)).map_err(|e| EmbedError::Format {
             path: npy.clone(),
             message: format!("not a 2-D f32 .npy matrix: {e}"),
         })?;
         let ids_path = dir.join(Self::IDS_FILE);
-        let file = std::fs::File::open(&ids_path).map_err(|e| EmbedError::Io {
-            path: ids_path.clone(),
-            source: e,
-        })?;
+        let file = std::fs::File::open(&ids_path).map_err(crate::path_io::at(&ids_path))?;
         let mut ids = Vec::with_capacity(matrix.nrows());
         for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|e| EmbedError::Io {
-                path: ids_path.clone(),
-                source: e,
-            })?;
+            let line = line.map_err(crate::path_io::at(&ids_path))?;
             let id: String = serde_json::from_str(&line).map_err(|e| EmbedError::Format {
                 path: ids_path.clone(),
                 message: format!("line {}: not a JSON string: {e}", n + 1),

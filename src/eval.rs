@@ -65,8 +65,7 @@ pub fn eval_params_for_budget(budget_tokens: usize) -> ProxyParams {
 
 /// Seeded 64-bit FNV-1a of an id: the order in which splits hold documents out.
 fn id_hash(seed: u64, id: &str) -> u64 {
-    id.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    crate::hash::Fnv1a::seeded(seed).bytes(id.as_bytes()).finish()
 }
 
 /// Splits documents into (selectable pool, held-out) indices: for every value of the label

@@ -73,7 +73,7 @@ pub fn write_outputs(
     write_atomic(&rounds, |w| {
         writeln!(w, "round,arms,cluster_scores,rewards,scored,accepted,docs_selected,tokens_selected")?;
         for r in &state.rounds {
-            let arms = join(r.picks.iter().map(|p| if p.arm == usize::MAX { "-".to_string() } else { p.arm.to_string() }));
+            let arms = join(r.picks.iter().map(|p| p.arm.map_or("-".to_string(), |a| a.to_string())));
             let cs = join(r.picks.iter().map(|p| format!("{:.6}", p.index)));
             let rewards = join(r.picks.iter().map(|p| p.reward.map_or("-".to_string(), |x| format!("{x:.6}"))));
             writeln!(

@@ -17,7 +17,7 @@ use candle_core::{DType, Device};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use crate::hash::key_of;
 
 use crate::bandit::{Bandit, BanditError, BanditParams, BanditState, Budget, Problem, RoundLog, StopReason};
 use crate::cluster::{self, Clustering, KMeansParams};
@@ -42,12 +42,8 @@ pub enum SelectError {
     Influence(#[from] crate::influence::InfluenceError),
     #[error(transparent)]
     Bandit(#[from] BanditError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_io::PathIoError),
     #[error("{0}")]
     Config(String),
     #[error("interrupted before the selection started; finished stages are cached, rerun to continue")]
@@ -64,10 +60,7 @@ fn stop_if_interrupted(interrupt: &AtomicBool) -> Result<(), SelectError> {
 
 /// Maps an I/O error on `path` to [`SelectError::Io`].
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SelectError + '_ {
-    move |source| SelectError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SelectError::Io(crate::path_io::PathIoError::new(path, source))
 }
 
 /// Embedding stage settings.
@@ -274,22 +267,9 @@ pub struct SelectSummary {
     pub interrupted: bool,
 }
 
-/// sha256 hex of a string.
-fn key_of(parts: &serde_json::Value) -> String {
-    let mut h = Sha256::new();
-    h.update(parts.to_string().as_bytes());
-    format!("{:x}", h.finalize())[..16].to_string()
-}
-
 /// sha256 of a corpus path's files, in order (name and bytes).
 pub fn corpus_sha256(path: &Path) -> Result<String, SelectError> {
-    let mut h = Sha256::new();
-    for f in crate::corpus::corpus_files(path)? {
-        let mut file = std::fs::File::open(&f).map_err(io(&f))?;
-        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-        std::io::copy(&mut file, &mut h).map_err(io(&f))?;
-    }
-    Ok(format!("{:x}", h.finalize()))
+    Ok(crate::hash::sha256_files(&crate::corpus::corpus_files(path)?)?)
 }
 
 /// The checkpoint file: the run's key and the bandit state.

@@ -98,7 +98,7 @@ proptest! {
                 None => break,
                 Some(log) => {
                     for p in &log.picks {
-                        prop_assert!(!unavailable.contains(&p.arm), "exhausted arm {} chosen", p.arm);
+                        prop_assert!(p.arm.is_none_or(|a| !unavailable.contains(&a)), "exhausted arm {:?} chosen", p.arm);
                     }
                 }
             }
@@ -179,7 +179,7 @@ proptest! {
                 let Some(log) = bandit.step(&mut scorer).unwrap() else { break };
                 // Once every arm has been tried, the chosen arms have the best mean rewards.
                 if before.arms.iter().all(|a| a.times_chosen > 0 || a.exhausted || a.spent) {
-                    let chosen: HashSet<usize> = log.picks.iter().map(|p| p.arm).collect();
+                    let chosen: HashSet<usize> = log.picks.iter().filter_map(|p| p.arm).collect();
                     let worst_chosen = chosen.iter().map(|&i| before.arms[i].mean_reward()).fold(f64::INFINITY, f64::min);
                     for (i, a) in before.arms.iter().enumerate() {
                         if !chosen.contains(&i) && !a.exhausted && !a.spent {
@@ -187,7 +187,7 @@ proptest! {
                         }
                     }
                 }
-                out.push(log.picks.iter().map(|p| p.arm).collect::<Vec<_>>());
+                out.push(log.picks.iter().filter_map(|p| p.arm).collect::<Vec<_>>());
             }
             out
         };
@@ -229,7 +229,7 @@ fn ucb_finds_the_planted_best_arms() {
     by_choice.sort_by_key(|&i| std::cmp::Reverse(st.arms[i].times_chosen));
     let top: HashSet<usize> = by_choice[..4].iter().copied().collect();
     assert_eq!(top, best, "most-chosen arms {by_choice:?}");
-    let late: Vec<usize> = st.rounds[20..].iter().flat_map(|r| r.picks.iter().map(|p| p.arm)).collect();
+    let late: Vec<usize> = st.rounds[20..].iter().flat_map(|r| r.picks.iter().filter_map(|p| p.arm)).collect();
     let good = late.iter().filter(|a| best.contains(a)).count();
     assert!(good * 10 >= late.len() * 7, "{good} of {} late picks on the best arms", late.len());
     let from_best = st.selected.iter().filter(|s| best.contains(&s.cluster)).count();

@@ -38,16 +38,12 @@ fn empirical() -> String {
 /// sha256 of a model's weight file (the `.gguf`, or `model.safetensors` of a folder), or of any
 /// other file given directly.
 pub fn model_fingerprint(model_path: &Path) -> Result<String, InfluenceError> {
-    use sha2::{Digest, Sha256};
     let file = if model_path.is_dir() {
         model_path.join("model.safetensors")
     } else {
         model_path.to_path_buf()
     };
-    let mut f = std::fs::File::open(&file).map_err(|e| InfluenceError::Input(format!("{}: {e}", file.display())))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|e| InfluenceError::Input(format!("{}: {e}", file.display())))?;
-    Ok(format!("{:x}", h.finalize()))
+    crate::hash::sha256_file(&file).map_err(|e| InfluenceError::Input(e.to_string()))
 }
 
 fn t2(a: &Array2<f64>) -> candle_core::Result<Tensor> {

@@ -308,7 +308,7 @@ fn sample_targets(logits: &Tensor, batch: &LossBatch, docs: &[Vec<u32>], seed: u
     let mut targets: Vec<u32> = batch.targets.to_vec1()?;
     for (doc, rows) in docs.iter().zip(&batch.doc_rows) {
         // FNV-1a over the tokens: the same document always gets the same labels.
-        let h = doc.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64).wrapping_mul(0x100_0000_01b3));
+        let h = doc.iter().fold(crate::hash::Fnv1a::new(), |h, &t| h.word(t as u64)).finish();
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed ^ h);
         for &k in rows {
             let p = &probs[k as usize * v..(k as usize + 1) * v];

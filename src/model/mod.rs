@@ -46,20 +46,13 @@ pub enum ModelError {
     Format(String),
     #[error("tensor op: {0}")]
     Candle(#[from] candle_core::Error),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::path_io::PathIoError),
 }
 
 impl ModelError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        ModelError::Io(crate::path_io::PathIoError::new(path, source))
     }
 }
 

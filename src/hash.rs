@@ -1,0 +1,108 @@
+//! The hashes the crate uses, each defined once: 64-bit FNV-1a (stable across runs and
+//! platforms, for seeded orders and hashed features) and sha256 (for file fingerprints and cache
+//! keys).
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::path_io::{at, PathIoError};
+
+/// 64-bit FNV-1a: `h ← (h ⊕ x) · 0x100000001b3` from `h₀ = 0xcbf29ce484222325`.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl Fnv1a {
+    pub const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    pub const PRIME: u64 = 0x100_0000_01b3;
+
+    pub fn new() -> Self {
+        Self(Self::OFFSET)
+    }
+
+    /// Starts from `OFFSET ⊕ seed`: a family of hashes, one per seed.
+    pub fn seeded(seed: u64) -> Self {
+        Self(Self::OFFSET ^ seed)
+    }
+
+    /// Feeds bytes one at a time (the standard FNV-1a).
+    pub fn bytes(mut self, bytes: &[u8]) -> Self {
+        for &b in bytes {
+            self = self.word(b as u64);
+        }
+        self
+    }
+
+    /// Feeds one whole word in a single step (xor, then multiply): cheaper than its bytes, and
+    /// what the token hash of sampled labels has always used.
+    pub fn word(self, x: u64) -> Self {
+        Self((self.0 ^ x).wrapping_mul(Self::PRIME))
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// FNV-1a of the concatenation of `parts`.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    parts.iter().fold(Fnv1a::new(), |h, p| h.bytes(p)).finish()
+}
+
+/// Lower-case hex sha256 of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// Lower-case hex sha256 of a file's bytes.
+pub fn sha256_file(path: &Path) -> Result<String, PathIoError> {
+    let mut f = std::fs::File::open(path).map_err(at(path))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(at(path))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// sha256 over several files in order, each as its name then its bytes (a corpus folder).
+pub fn sha256_files(files: &[std::path::PathBuf]) -> Result<String, PathIoError> {
+    let mut h = Sha256::new();
+    for f in files {
+        let mut file = std::fs::File::open(f).map_err(at(f))?;
+        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
+        std::io::copy(&mut file, &mut h).map_err(at(f))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// A cache key: the first 16 hex digits of the sha256 of a JSON value's text.
+pub fn key_of(parts: &serde_json::Value) -> String {
+    sha256_hex(parts.to_string().as_bytes())[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_matches_published_vectors() {
+        // From the FNV reference test suite (64-bit FNV-1a).
+        assert_eq!(fnv1a(&[b""]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(&[b"a"]), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(&[b"foobar"]), 0x8594_4171_f739_67e8);
+        assert_eq!(fnv1a(&[b"foo", b"bar"]), fnv1a(&[b"foobar"]));
+    }
+
+    #[test]
+    fn sha256_of_a_file_matches_the_known_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(sha256_hex(b"abc"), sha256_file(&p).unwrap());
+    }
+}
