@@ -36,14 +36,13 @@ mod plot;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context, Result};
-use harness::{mean_std, read_records, update_readme, write_csv, Log, Row};
+use harness::{mean_std, read_records, scored_fraction, select_into, update_readme, write_csv, Row};
 use quad_select::bandit::{Budget, Policy};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::eval;
-use quad_select::select::{self, SelectConfig, SelectRun};
+use quad_select::select::SelectConfig;
 
 /// Selectors at the middle budget and at the others (the grid).
 const FULL_SELECTORS: [&str; 7] = ["random", "uniform", "topk", "mix-0.25", "mix-0.5", "mix-0.75", "ucb"];
@@ -297,17 +296,9 @@ pub fn run(o: &Opts) -> Result<String> {
                 let run_dir = s.dir.join("runs").join(&name);
                 if !run_dir.join("manifest.json").exists() {
                     eprintln!("select {}/{name}", s.dir.file_name().unwrap_or_default().to_string_lossy());
-                    let run = SelectRun {
-                        input: split.join(eval::SPLIT_POOL),
-                        reference: s.target.clone(),
-                        budget: Budget::Tokens(s.budget),
-                        out: run_dir.clone(),
-                        cache: o.cache.clone(),
-                        resume: true,
-                        config: cfg.clone(),
-                    };
                     let started = std::time::Instant::now();
-                    select::run(&run, &Log::new(), &AtomicBool::new(false), None)?;
+                    let pool = split.join(eval::SPLIT_POOL);
+                    select_into(cfg.clone(), &pool, &s.target, Budget::Tokens(s.budget), &o.cache, &run_dir)?;
                     std::fs::write(run_dir.join("select-seconds"), format!("{}", started.elapsed().as_secs_f64()))?;
                 }
                 let out = s.dir.join("evals").join(format!("{name}.json"));
@@ -461,7 +452,6 @@ fn collect_rows(s: &Setting, seeds: u64, base: &SelectConfig) -> Result<Vec<Row>
                 &std::fs::read_to_string(s.dir.join("evals").join(format!("{name}.json")))
                     .with_context(|| format!("evaluation of {name} in {}", s.dir.display()))?,
             )?;
-            let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("manifest.json"))?)?;
             let (_, recs) = read_records(&run_dir.join("selected.jsonl"))?;
             let k = sel.config(base, seed)?.cluster.k;
             let row = Row {
@@ -470,7 +460,7 @@ fn collect_rows(s: &Setting, seeds: u64, base: &SelectConfig) -> Result<Vec<Row>
                 seed,
                 eval: serde_json::from_value(ev["eval"].clone())?,
                 selection: eval::selection_stats(&recs, k, "domain"),
-                scored_fraction: manifest["documents"]["scored_fraction"].as_f64().unwrap_or(0.0),
+                scored_fraction: scored_fraction(&run_dir)?,
                 select_seconds: std::fs::read_to_string(run_dir.join("select-seconds")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0.0),
             };
             quad_select::atomic::write_string_atomic(&path, &serde_json::to_string_pretty(&row)?)?;

@@ -2,15 +2,15 @@
 //! What the experiment drivers share: the held-out split and evaluation sets, one select + eval
 //! run as a row (resumable: a finished row is read back instead of rerun), statistics.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
 use quad_select::bandit::Budget;
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::eval::{self, EvalResult, SelectionStats};
 use quad_select::model::train::ProxyParams;
-use quad_select::select::{self, SelectConfig, SelectRun};
+use quad_select::select::{Event, ManifestSummary, Observer, SelectConfig, Selection, Selector};
 
 /// One evaluated selection.
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
@@ -28,34 +28,52 @@ pub struct Row {
 
 /// Stage names, progress in tenths and round lines on stderr (for long unattended runs).
 pub struct Log {
-    last: std::sync::atomic::AtomicU64,
+    last: Option<u64>,
 }
 
 impl Log {
     pub fn new() -> Self {
-        Self {
-            last: std::sync::atomic::AtomicU64::new(u64::MAX),
-        }
+        Self { last: None }
     }
 }
 
-impl select::Progress for Log {
-    fn stage(&self, name: &str, cached: bool) {
-        self.last.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
-        eprintln!("  {name}{}", if cached { ": cached" } else { " ..." });
-    }
-    fn advance(&self, done: u64, total: u64) {
-        let tenth = if total > 0 { done * 10 / total } else { 0 };
-        if self.last.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
-            eprintln!("    {done}/{total}");
+impl Observer for Log {
+    fn event(&mut self, event: Event<'_>) -> ControlFlow<()> {
+        match event {
+            Event::Stage { name, cached } => {
+                self.last = None;
+                eprintln!("  {name}{}", if cached { ": cached" } else { " ..." });
+            }
+            Event::Progress { done, total } => {
+                let tenth = if total > 0 { done * 10 / total } else { 0 };
+                if self.last.replace(tenth) != Some(tenth) {
+                    eprintln!("    {done}/{total}");
+                }
+            }
+            Event::Round { log, best_index, .. } => eprintln!(
+                "  round {}: {} tokens, scored {}, accepted {}, best CS {best_index:.3}",
+                log.round, log.tokens_selected, log.scored, log.accepted
+            ),
+            Event::Note(line) => eprintln!("  {line}"),
+            Event::StageDone { .. } => {}
         }
+        ControlFlow::Continue(())
     }
-    fn round(&self, log: &quad_select::bandit::RoundLog, _: Budget, best: f64) {
-        eprintln!("  round {}: {} tokens, scored {}, accepted {}, best CS {best:.3}", log.round, log.tokens_selected, log.scored, log.accepted);
-    }
-    fn note(&self, line: &str) {
-        eprintln!("  {line}");
-    }
+}
+
+/// Selects from `pool` for `reference` with `cfg` through the library API, resuming from
+/// `out/checkpoint.json`, and writes the output folder `out`.
+pub fn select_into(cfg: SelectConfig, pool: &Path, reference: &Path, budget: Budget, cache: &Path, out: &Path) -> Result<Selection> {
+    std::fs::create_dir_all(out)?;
+    let selector = Selector::new(cfg.check()?).cache(cache).checkpoint(out.join("checkpoint.json"), true);
+    let selection = selector.select(pool, reference, budget, &mut Log::new())?;
+    selection.write(out)?;
+    Ok(selection)
+}
+
+/// The scored fraction recorded in a finished run's `manifest.json`.
+pub fn scored_fraction(run_dir: &Path) -> Result<f64> {
+    Ok(ManifestSummary::read(&run_dir.join("manifest.json"))?.documents.scored_fraction)
 }
 
 /// Evaluation sets and settings, fixed for every selection compared.
@@ -132,21 +150,13 @@ impl Setup {
         }
         let k = cfg.cluster.k;
         let selector = cfg.bandit.policy.to_string();
-        let run = SelectRun {
-            input: self.split.join(eval::SPLIT_POOL),
-            reference: self.reference.clone(),
-            budget: Budget::Tokens(self.budget),
-            out: rows_dir.join("runs").join(name),
-            cache: self.cache.clone(),
-            resume: true,
-            config: cfg,
-        };
+        let out = rows_dir.join("runs").join(name);
         eprintln!("select {name}");
         let started = std::time::Instant::now();
-        select::run(&run, &Log::new(), &AtomicBool::new(false), None)?;
+        let selection =
+            select_into(cfg, &self.split.join(eval::SPLIT_POOL), &self.reference, Budget::Tokens(self.budget), &self.cache, &out)?;
         let select_seconds = started.elapsed().as_secs_f64();
-        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.out.join("manifest.json"))?)?;
-        let (texts, recs) = read_records(&run.out.join("selected.jsonl"))?;
+        let (texts, recs) = read_records(&out.join("selected.jsonl"))?;
         let Some(ev) = self.evaluation(rows_dir, name, &texts, seed)? else { return Ok(None) };
         let row = Row {
             selector,
@@ -154,7 +164,7 @@ impl Setup {
             seed,
             selection: eval::selection_stats(&recs, k, "domain"),
             eval: ev,
-            scored_fraction: manifest["documents"]["scored_fraction"].as_f64().unwrap_or(0.0),
+            scored_fraction: selection.scored_fraction(),
             select_seconds,
         };
         std::fs::create_dir_all(rows_dir)?;

@@ -243,9 +243,32 @@ impl Default for BanditParams {
     }
 }
 
+/// Bandit parameters that passed [`BanditParams::check`]: what [`Bandit::new`] takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidBanditParams(BanditParams);
+
+impl std::ops::Deref for ValidBanditParams {
+    type Target = BanditParams;
+    fn deref(&self) -> &BanditParams {
+        &self.0
+    }
+}
+
+impl ValidBanditParams {
+    /// The parameters as given (for manifests and checkpoints).
+    pub fn params(&self) -> &BanditParams {
+        &self.0
+    }
+}
+
 impl BanditParams {
-    /// Checks the parameters.
-    pub fn check(&self) -> Result<(), BanditError> {
+    /// Checks the parameters once; the bandit takes only the checked type.
+    pub fn check(self) -> Result<ValidBanditParams, BanditError> {
+        self.problems()?;
+        Ok(ValidBanditParams(self))
+    }
+
+    fn problems(&self) -> Result<(), BanditError> {
         let bad = |m: &str| Err(BanditError::Params(m.into()));
         if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
             return bad("alpha must be a finite number ≥ 0");
@@ -460,8 +483,8 @@ pub fn even_share(problem: &Problem) -> usize {
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl Bandit {
-    pub fn new(params: BanditParams, problem: Problem) -> Result<Self, BanditError> {
-        params.check()?;
+    pub fn new(params: ValidBanditParams, problem: Problem) -> Result<Self, BanditError> {
+        let params = params.0;
         problem.check()?;
         let n = problem.tokens.len();
         let k = problem.k();
@@ -486,8 +509,8 @@ impl Bandit {
     }
 
     /// Continues from a checkpoint; refuses one made with other parameters or another pool.
-    pub fn resume(params: BanditParams, problem: Problem, state: BanditState) -> Result<Self, BanditError> {
-        params.check()?;
+    pub fn resume(params: ValidBanditParams, problem: Problem, state: BanditState) -> Result<Self, BanditError> {
+        let params = params.0;
         problem.check()?;
         if state.params != params {
             return Err(BanditError::Checkpoint("it was made with other bandit parameters".into()));

@@ -61,8 +61,6 @@ pub struct KMeansParams {
     pub seed: u64,
     /// Batch size for mini-batch k-means; `None` runs full-batch Lloyd.
     pub mini_batch: Option<usize>,
-    /// Neighbour radius τ in cosine distance between centroids.
-    pub tau: f32,
 }
 
 impl Default for KMeansParams {
@@ -74,7 +72,6 @@ impl Default for KMeansParams {
             tol: 1e-4,
             seed: 0,
             mini_batch: None,
-            tau: 0.2,
         }
     }
 }
@@ -100,9 +97,6 @@ impl KMeansParams {
         }
         if self.mini_batch == Some(0) {
             return bad("mini-batch size must be at least 1");
-        }
-        if !(self.tau >= 0.0 && self.tau.is_finite()) {
-            return bad("tau must be a finite number ≥ 0");
         }
         Ok(ValidKMeansParams(self))
     }
@@ -163,10 +157,6 @@ pub struct Clustering {
     /// k × k cosine distances between centroids, `1 − cos(c_i, c_j)`.
     #[serde(skip)]
     pub centroid_distances: Array2<f32>,
-    /// Neighbour radius τ used for [`Clustering::neighbours`].
-    pub tau: f32,
-    /// For each cluster, the other clusters within τ, nearest first, with their distance.
-    pub neighbours: Vec<Vec<(usize, f32)>>,
 }
 
 impl Clustering {
@@ -210,7 +200,6 @@ impl Clustering {
             sizes[c] += 1;
         }
         let centroid_distances = cosine_distances(centroids.view());
-        let neighbours = neighbours_within(&centroid_distances, params.tau);
         Ok(Self {
             assignment,
             distance: sq.iter().map(|d| d.max(0.0).sqrt()).collect(),
@@ -219,13 +208,16 @@ impl Clustering {
             inertia,
             n_iter,
             centroid_distances,
-            tau: params.tau,
-            neighbours,
         })
     }
 
     pub fn k(&self) -> usize {
         self.sizes.len()
+    }
+
+    /// For each cluster, the other clusters within τ (the bandit's neighbour radius), nearest first.
+    pub fn neighbours(&self, tau: f64) -> Vec<Vec<(usize, f32)>> {
+        neighbours_within(&self.centroid_distances, tau)
     }
 
     /// Writes `assignments.jsonl` (id, cluster, distance), `clusters.json` (sizes, inertia,
@@ -235,6 +227,7 @@ impl Clustering {
         dir: &Path,
         ids: &[String],
         params: &KMeansParams,
+        tau: f64,
         extra: serde_json::Value,
     ) -> Result<(), ClusterError> {
         use ndarray_npy::WriteNpyExt;
@@ -254,7 +247,7 @@ impl Clustering {
         .map_err(io(assignments.clone()))?;
 
         let neighbours: Vec<Vec<serde_json::Value>> = self
-            .neighbours
+            .neighbours(tau)
             .iter()
             .map(|ns| {
                 ns.iter()
@@ -275,7 +268,7 @@ impl Clustering {
             "inertia": self.inertia,
             "n_iter": self.n_iter,
             "sizes": self.sizes,
-            "tau": self.tau,
+            "tau": tau,
             "neighbours": neighbours,
             "centroid_cosine_distances": distances,
             "extra": extra,
@@ -455,7 +448,7 @@ pub fn cosine_distances(centroids: ArrayView2<f32>) -> Array2<f32> {
 }
 
 /// For each cluster i, the clusters j ≠ i with `D_ij < τ`, nearest first.
-pub fn neighbours_within(distances: &Array2<f32>, tau: f32) -> Vec<Vec<(usize, f32)>> {
+pub fn neighbours_within(distances: &Array2<f32>, tau: f64) -> Vec<Vec<(usize, f32)>> {
     distances
         .rows()
         .into_iter()
@@ -464,7 +457,7 @@ pub fn neighbours_within(distances: &Array2<f32>, tau: f32) -> Vec<Vec<(usize, f
             let mut ns: Vec<(usize, f32)> = row
                 .iter()
                 .enumerate()
-                .filter(|&(j, &d)| j != i && d < tau)
+                .filter(|&(j, &d)| j != i && (d as f64) < tau)
                 .map(|(j, &d)| (j, d))
                 .collect();
             ns.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Errors of the corpus stage.
@@ -29,6 +29,8 @@ pub enum CorpusError {
     UnsupportedFile { path: PathBuf },
     #[error("{path}: no corpus files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) in this folder")]
     EmptyFolder { path: PathBuf },
+    #[error("document {id:?} is not in {path}")]
+    MissingId { id: String, path: PathBuf },
     #[error("{path}: Parquet error: {message}")]
     Parquet { path: PathBuf, message: String },
     #[error("{location}: {reason} (--strict stops at the first bad record)")]
@@ -39,7 +41,7 @@ pub enum CorpusError {
 }
 
 /// Why a record was skipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
     /// The line is not valid UTF-8.
@@ -89,7 +91,7 @@ impl fmt::Display for SkipReason {
 }
 
 /// Where a record came from: file and 1-based line (JSONL) or row (Parquet).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
     pub file: PathBuf,
     pub line: u64,
@@ -147,7 +149,7 @@ impl Default for CorpusConfig {
 }
 
 /// What reading a corpus did: files read, documents kept, records skipped by reason.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReadReport {
     pub files: Vec<PathBuf>,
     pub documents: u64,
@@ -554,4 +556,24 @@ mod tests {
             Err(CorpusError::EmptyFolder { .. })
         ));
     }
+}
+
+/// The value of `field` for each of `ids`, in that order, read from the corpus at `path` (labels
+/// for embeddings computed earlier). An id missing from the corpus is an error: the embeddings
+/// belong to another corpus.
+pub fn labels_by_id(path: &Path, config: CorpusConfig, field: &str, ids: &[String]) -> Result<Vec<String>, CorpusError> {
+    let mut by_id = std::collections::HashMap::new();
+    for doc in CorpusReader::open(path, config)? {
+        let doc = doc?;
+        let label = doc.field(field).unwrap_or_default();
+        by_id.insert(doc.id, label);
+    }
+    ids.iter()
+        .map(|id| {
+            by_id.get(id).cloned().ok_or_else(|| CorpusError::MissingId {
+                id: id.clone(),
+                path: path.to_path_buf(),
+            })
+        })
+        .collect()
 }

@@ -7,6 +7,7 @@
 //! selector can pick them.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
@@ -307,6 +308,19 @@ pub struct SelectionStats {
     pub mean_score: Option<f64>,
     /// Selected documents that were scored.
     pub scored: usize,
+}
+
+/// Writes one evaluation's JSON (`{"eval", "selection", "seed", "path"}`) atomically.
+pub fn write_result(
+    out: &Path,
+    result: &EvalResult,
+    stats: &SelectionStats,
+    seed: u64,
+    selection: &Path,
+) -> Result<(), crate::path_io::PathIoError> {
+    let json = serde_json::json!({"eval": result, "selection": stats, "seed": seed, "path": selection});
+    crate::atomic::write_string_atomic(out, &serde_json::to_string_pretty(&json).expect("plain data"))
+        .map_err(crate::path_io::at(out))
 }
 
 /// Statistics of selected records (`quad.cluster`, `quad.score`, and `label_field`).

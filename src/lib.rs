@@ -14,7 +14,6 @@ pub mod hash;
 pub mod influence;
 pub mod model;
 pub mod path_io;
-pub mod report;
 pub mod select;
 pub mod weights;
 

@@ -89,7 +89,7 @@ proptest! {
         };
         let n = prob.tokens.len();
         let tokens = prob.tokens.clone();
-        let mut bandit = Bandit::new(params, prob).unwrap();
+        let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
         let mut rounds = 0;
         loop {
             let unavailable: HashSet<usize> = bandit.state().arms.iter().enumerate()
@@ -155,7 +155,7 @@ proptest! {
             let means: Vec<f64> = (0..sizes.len()).map(|c| (c as f64).cos()).collect();
             let mut scorer = planted(means, prob.cluster.clone(), 0.8);
             let params = BanditParams { policy, seed, calibration: 8, ..Default::default() };
-            let mut bandit = Bandit::new(params, prob).unwrap();
+            let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
             bandit.run(&mut scorer, |_, _| true).unwrap();
             bandit.into_state()
         };
@@ -172,7 +172,7 @@ proptest! {
         let picks = |policy: Policy, alpha: f64| {
             let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.5);
             let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: Some(-2.0), explore_first: false, allocation: Allocation::Threshold, ..Default::default() };
-            let mut bandit = Bandit::new(params, prob.clone()).unwrap();
+            let mut bandit = Bandit::new(params.check().unwrap(), prob.clone()).unwrap();
             let mut out = Vec::new();
             loop {
                 let before = bandit.state().clone();
@@ -218,7 +218,7 @@ fn ucb_finds_the_planted_best_arms() {
         alpha: 1.0,
         ..Default::default()
     };
-    let mut bandit = Bandit::new(params, prob).unwrap();
+    let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     // Within 30 rounds (5 to try every arm once, then 25 more) the four most-chosen arms are the
     // planted best, most picks of the last 10 rounds go to them, and the selection comes from them.
     for _ in 0..30 {
@@ -249,7 +249,7 @@ fn uniform_spreads_evenly_and_scores_nothing() {
         arms_per_round: 3,
         ..Default::default()
     };
-    let mut bandit = Bandit::new(params, prob).unwrap();
+    let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     bandit.run(&mut scorer, |_, _| true).unwrap();
     let st = bandit.state();
     assert_eq!(st.docs_selected, 500);
@@ -269,7 +269,7 @@ fn high_gamma_stops_and_says_so() {
         calibration: 0,
         ..Default::default()
     };
-    let mut bandit = Bandit::new(params, prob).unwrap();
+    let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     bandit.run(&mut scorer, |_, _| true).unwrap();
     let st = bandit.state();
     assert_eq!(st.stop, Some(StopReason::NoArmAboveGamma));
@@ -287,10 +287,10 @@ fn resumed_state_continues_identically() {
         chunk: Some(6),
         ..Default::default()
     };
-    let mut whole = Bandit::new(params.clone(), make()).unwrap();
+    let mut whole = Bandit::new(params.clone().check().unwrap(), make()).unwrap();
     whole.run(&mut planted(means.clone(), make().cluster, 1.0), |_, _| true).unwrap();
 
-    let mut first = Bandit::new(params.clone(), make()).unwrap();
+    let mut first = Bandit::new(params.clone().check().unwrap(), make()).unwrap();
     let mut n = 0;
     first
         .run(&mut planted(means.clone(), make().cluster, 1.0), |_, _| {
@@ -301,14 +301,14 @@ fn resumed_state_continues_identically() {
     let saved = serde_json::to_string(first.state()).unwrap();
     assert_eq!(first.state().stop, Some(StopReason::Interrupted));
     let state = serde_json::from_str(&saved).unwrap();
-    let mut resumed = Bandit::resume(params.clone(), make(), state).unwrap();
+    let mut resumed = Bandit::resume(params.clone().check().unwrap(), make(), state).unwrap();
     resumed.run(&mut planted(means, make().cluster, 1.0), |_, _| true).unwrap();
     assert!(resumed.state() == whole.state(), "the resumed run differs from the uninterrupted one");
 
     // A checkpoint from other parameters is refused.
     let other = BanditParams { alpha: 2.0, ..params };
     let state = serde_json::from_str(&saved).unwrap();
-    assert!(Bandit::resume(other, make(), state).is_err());
+    assert!(Bandit::resume(other.check().unwrap(), make(), state).is_err());
 }
 
 proptest! {
@@ -330,7 +330,7 @@ proptest! {
         let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.4);
         let scores = scorer(&(0..n).collect::<Vec<_>>()).unwrap();
         let params = BanditParams { policy: Policy::Mix, mix, seed, calibration: 0, ..Default::default() };
-        let mut bandit = Bandit::new(params, prob).unwrap();
+        let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
         bandit.run(&mut scorer, |_, _| true).unwrap();
         let st = bandit.state();
         let docs: Vec<usize> = st.selected.iter().map(|s| s.doc).collect();
@@ -361,7 +361,7 @@ fn ranked_arms(k: usize, size: usize, budget: Budget) -> (Problem, Vec<f64>) {
 fn the_default_explores_every_arm_before_taking_anything() {
     let (prob, means) = ranked_arms(12, 50, Budget::Documents(150));
     let mut scorer = planted(means, prob.cluster.clone(), 0.5);
-    let mut bandit = Bandit::new(BanditParams { calibration: 16, ..Default::default() }, prob).unwrap();
+    let mut bandit = Bandit::new(BanditParams { calibration: 16, ..Default::default() }.check().unwrap(), prob).unwrap();
     // (the pass is the same for either allocation)
     while let Some(log) = bandit.step(&mut scorer).unwrap() {
         let st = bandit.state();
@@ -382,7 +382,7 @@ fn the_fitted_gamma_admits_just_enough_arms() {
         let cluster = prob.cluster.clone();
         let mut scorer = planted(means, prob.cluster.clone(), 0.3);
         let params = BanditParams { coverage, calibration: 0, allocation: Allocation::Threshold, ..Default::default() };
-        let mut bandit = Bandit::new(params, prob).unwrap();
+        let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
         for _ in 0..6 {
             bandit.step(&mut scorer).unwrap();
         }
@@ -417,7 +417,7 @@ fn the_fitted_threshold_meets_the_budget_from_the_best_arms() {
     let best: HashSet<usize> = (0..8).collect();
     let mut scorer = planted(means, prob.cluster.clone(), 0.5);
     let params = BanditParams { calibration: 32, allocation: Allocation::Threshold, ..Default::default() };
-    let mut bandit = Bandit::new(params, prob).unwrap();
+    let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     assert_eq!(bandit.chunk(), 15, "even share: 240 documents over 16 arms");
     bandit.run(&mut scorer, |_, _| true).unwrap();
     let st = bandit.state();
@@ -433,7 +433,7 @@ fn tilted_quotas_follow_size_times_exp_estimate() {
     let (prob, means) = ranked_arms(10, 40, Budget::Documents(120));
     let mut scorer = planted(means, prob.cluster.clone(), 0.3);
     let params = BanditParams { calibration: 0, ..Default::default() };
-    let mut bandit = Bandit::new(params, prob).unwrap();
+    let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     // After the exploration pass (3 rounds of 4 arms), every arm has an estimate.
     for _ in 0..3 {
         bandit.step(&mut scorer).unwrap();

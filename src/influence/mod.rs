@@ -6,11 +6,14 @@
 //!   reference iHVP and candidate scores;
 //! - [`project`]: the optional seeded Rademacher projection applied to both sides;
 //! - [`store`]: saving and loading fitted factors;
+//! - [`stage`]: fitting factors and the reference iHVP as the commands run them (fitting and
+//!   scoring options apart);
 //! - [`validate`]: the comparison against the exact damped Fisher on a tiny model.
 
 pub mod factors;
 pub mod kfac;
 pub mod project;
+pub mod stage;
 pub mod store;
 pub mod validate;
 
@@ -19,6 +22,10 @@ pub use project::Projection;
 pub use kfac::{BlockRange, EkfacSums, FactorSums, KfacError, KroneckerFactors, Strategy};
 
 use crate::corpus::Document;
+
+/// The default damping, relative to each block's mean eigenvalue (`quad select`'s
+/// `influence.damping_rel`, `quad influence --damping-rel`, and the factors header).
+pub const DEFAULT_DAMPING_REL: f64 = 0.1;
 use crate::model::LoadedModel;
 
 /// Influence score and loss of every document (`None` for documents with fewer than two tokens),
@@ -38,9 +45,7 @@ pub fn score_documents(
         .iter()
         .map(|d| {
             let mut ids = loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
-            if let Some(m) = max_tokens {
-                crate::model::capture::truncate_predicted(&mut ids, m.max(1));
-            }
+            crate::model::capture::truncate_predicted(&mut ids, max_tokens);
             Ok(ids)
         })
         .collect::<Result<Vec<_>, InfluenceError>>()?;
@@ -58,4 +63,37 @@ pub fn score_documents(
         }
     }
     Ok(out)
+}
+
+/// Writes one `{"id", "score", "loss"}` line per document (score and loss null, with a reason,
+/// for documents too short to score), atomically.
+pub fn write_scores(path: &std::path::Path, docs: &[Document], scored: &[Option<(f64, f64)>]) -> Result<(), crate::path_io::PathIoError> {
+    crate::atomic::write_atomic(path, |w| {
+        for (doc, s) in docs.iter().zip(scored) {
+            let line = match s {
+                Some((score, loss)) => serde_json::json!({"id": doc.id, "score": score, "loss": loss}),
+                None => serde_json::json!({"id": doc.id, "score": null, "loss": null, "skipped": "fewer than two tokens"}),
+            };
+            serde_json::to_writer(&mut *w, &line)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+    .map_err(crate::path_io::at(path))
+}
+
+/// Mean score per value of a record field over the scored documents: (value, mean, documents),
+/// highest mean first.
+pub fn mean_by_label(docs: &[Document], scored: &[Option<(f64, f64)>], field: &str) -> Vec<(String, f64, usize)> {
+    let mut by: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for (doc, s) in docs.iter().zip(scored) {
+        if let Some((score, _)) = s {
+            let e = by.entry(doc.field(field).unwrap_or_default()).or_default();
+            e.0 += score;
+            e.1 += 1;
+        }
+    }
+    let mut rows: Vec<_> = by.into_iter().map(|(k, (s, n))| (k, s / n as f64, n)).collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    rows
 }

@@ -92,6 +92,19 @@ pub fn save(factors: &Factors, header: &FactorsHeader, dir: &Path) -> Result<(),
     Ok(())
 }
 
+/// [`load`], refusing factors fitted on another model than `model_path`.
+pub fn load_for_model(dir: &Path, model_path: &Path) -> Result<(Factors, FactorsHeader), InfluenceError> {
+    let (factors, header) = load(dir)?;
+    if header.model_sha256 != model_fingerprint(model_path)? {
+        return Err(InfluenceError::Input(format!(
+            "the factors in {} were fitted on another model ({}); refit them with `quad factors`",
+            dir.display(),
+            header.model
+        )));
+    }
+    Ok((factors, header))
+}
+
 /// Reads factors written by [`save`].
 pub fn load(dir: &Path) -> Result<(Factors, FactorsHeader), InfluenceError> {
     let hp = dir.join("factors.json");

@@ -182,10 +182,10 @@ pub struct DocCapture {
 }
 
 /// Keeps a document's first `max_tokens` predicted tokens, that is its first `max_tokens + 1`
-/// ids; `max_tokens = 0` keeps the whole document.
-pub fn truncate_predicted(ids: &mut Vec<u32>, max_tokens: usize) {
-    if max_tokens > 0 {
-        ids.truncate(max_tokens + 1);
+/// ids (at least one predicted token); none keeps the whole document.
+pub fn truncate_predicted(ids: &mut Vec<u32>, max_tokens: Option<usize>) {
+    if let Some(m) = max_tokens {
+        ids.truncate(m.max(1) + 1);
     }
 }
 

@@ -1,32 +1,230 @@
-//! The outputs of `quad select`, each written atomically: `selected.jsonl` (original records,
-//! unchanged, plus a `quad` object), `manifest.json` (parameters, input hashes, counts, timings),
-//! `rounds.csv` (one line per round) and `clusters.csv` (one line per cluster).
+//! What a selection run returns ([`Selection`], with a typed [`Manifest`]) and the output folder
+//! [`Selection::write`] makes of it, each file written atomically: `selected.jsonl` (original
+//! records, unchanged, plus a `quad` object), `manifest.json` (parameters, input hashes, counts,
+//! timings), `rounds.csv` (one line per round) and `clusters.csv` (one line per cluster).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use super::cache::StageTiming;
+use super::config::SelectConfig;
+use super::error::SelectError;
 use crate::atomic::write_atomic;
-use crate::bandit::{BanditState, Budget};
+use crate::bandit::{ArmState, BanditState, Budget, RoundLog, StopReason};
 use crate::corpus::{Document, ReadReport};
-use crate::select::{io, SelectConfig, SelectError, StageTiming};
+use crate::path_io::at;
 
-/// Inputs and their fingerprints, for the manifest.
-pub struct RunInputs<'a> {
-    pub pool: &'a Path,
-    pub pool_sha256: &'a str,
-    pub pool_report: &'a ReadReport,
-    pub reference: &'a Path,
-    pub reference_sha256: &'a str,
-    pub reference_report: &'a ReadReport,
-    pub model: &'a Path,
-    pub model_sha256: &'a str,
-    pub factors_key: &'a str,
+/// One selected document, with where it came from in the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectedDoc {
+    pub id: String,
+    /// The input record, byte for byte.
+    pub record: String,
+    /// Proxy-tokenizer tokens (the budget's unit).
+    pub tokens: usize,
+    pub cluster: usize,
+    /// The round that took it.
+    pub round: usize,
+    /// Its cluster's reward when taken (none for policies without rewards).
+    pub reward: Option<f64>,
+    /// Its own influence score, when it was scored.
+    pub score: Option<f64>,
+}
+
+/// One cluster at the end of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// Selectable documents in it.
+    pub size: usize,
+    pub taken_tokens: usize,
+    pub arm: ArmState,
+}
+
+/// A file the run read, and its fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub read: ReadReport,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Inputs {
+    pub pool: InputFile,
+    pub reference: InputFile,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorsRef {
+    pub key: String,
     /// sha256 of `factors.safetensors` (none for policies that do not score).
-    pub factors_sha256: Option<&'a str>,
-    /// Pool documents with fewer than two tokens (not selectable: nothing to score).
-    pub too_short: usize,
-    /// Cluster and token count of each selectable document (the bandit's indices).
-    pub cluster_of: &'a [usize],
-    pub tokens: &'a [usize],
+    pub sha256: Option<String>,
+}
+
+/// Document counts of the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentCounts {
+    pub read: usize,
+    pub selectable: usize,
+    pub too_short_to_score: usize,
+    pub scored: usize,
+    /// Scored documents / selectable documents.
+    pub scored_fraction: f64,
+    pub selected: usize,
+    pub tokens_selected: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub median: f64,
+    pub std: f64,
+}
+
+/// `manifest.json`: everything needed to tell what a selection is and how it was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: String,
+    pub budget: Budget,
+    pub parameters: SelectConfig,
+    pub inputs: Inputs,
+    pub model: ModelRef,
+    pub factors: FactorsRef,
+    pub documents: DocumentCounts,
+    pub rounds: usize,
+    pub stop: Option<StopReason>,
+    pub calibration: Option<Calibration>,
+    pub stages: Vec<StageTiming>,
+}
+
+impl Manifest {
+    /// Reads the `manifest.json` of an output folder.
+    pub fn read(path: &Path) -> Result<Self, SelectError> {
+        let text = std::fs::read_to_string(path).map_err(at(path))?;
+        serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The parts of a `manifest.json` that every version has written (the document counts and k),
+/// for tools that read old and new runs alike; [`Manifest::read`] wants the current version.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ManifestSummary {
+    pub documents: DocumentCounts,
+    pub parameters: ParametersSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ParametersSummary {
+    pub cluster: ClusterCount,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClusterCount {
+    pub k: usize,
+}
+
+impl ManifestSummary {
+    pub fn read(path: &Path) -> Result<Self, SelectError> {
+        let text = std::fs::read_to_string(path).map_err(at(path))?;
+        serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The result of a selection run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// In the order taken.
+    pub documents: Vec<SelectedDoc>,
+    pub rounds: Vec<RoundLog>,
+    pub clusters: Vec<ClusterSummary>,
+    pub manifest: Manifest,
+}
+
+impl Selection {
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.documents.iter().map(|d| d.id.as_str())
+    }
+
+    /// Documents scored / selectable documents: the cost of the run in proxy passes.
+    pub fn scored_fraction(&self) -> f64 {
+        self.manifest.documents.scored_fraction
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.manifest.documents.tokens_selected
+    }
+
+    /// Writes `selected.jsonl`, `rounds.csv`, `clusters.csv` and `manifest.json` into `out`.
+    pub fn write(&self, out: &Path) -> Result<(), SelectError> {
+        std::fs::create_dir_all(out).map_err(at(out))?;
+        let selected = out.join("selected.jsonl");
+        write_atomic(&selected, |w| {
+            for d in &self.documents {
+                writeln!(w, "{}", annotate(&d.record, &quad_object(d)))?;
+            }
+            Ok(())
+        })
+        .map_err(at(&selected))?;
+        let rounds = out.join("rounds.csv");
+        write_atomic(&rounds, |w| {
+            writeln!(w, "round,arms,cluster_scores,rewards,scored,accepted,docs_selected,tokens_selected")?;
+            for r in &self.rounds {
+                let arms = join(r.picks.iter().map(|p| p.arm.map_or("-".to_string(), |a| a.to_string())));
+                let cs = join(r.picks.iter().map(|p| format!("{:.6}", p.index)));
+                let rewards = join(r.picks.iter().map(|p| p.reward.map_or("-".to_string(), |x| format!("{x:.6}"))));
+                writeln!(
+                    w,
+                    "{},{arms},{cs},{rewards},{},{},{},{}",
+                    r.round, r.scored, r.accepted, r.docs_selected, r.tokens_selected
+                )?;
+            }
+            Ok(())
+        })
+        .map_err(at(&rounds))?;
+        let clusters = out.join("clusters.csv");
+        write_atomic(&clusters, |w| {
+            writeln!(w, "cluster,size,times_chosen,reward_sum,updates,mean_reward,scored,taken,taken_tokens,exhausted,spent")?;
+            for (i, c) in self.clusters.iter().enumerate() {
+                let a = &c.arm;
+                writeln!(
+                    w,
+                    "{i},{},{},{:.6},{},{:.6},{},{},{},{},{}",
+                    c.size,
+                    a.times_chosen,
+                    a.reward_sum,
+                    a.updates,
+                    a.mean_reward(),
+                    a.scored,
+                    a.taken,
+                    c.taken_tokens,
+                    a.exhausted,
+                    a.spent
+                )?;
+            }
+            Ok(())
+        })
+        .map_err(at(&clusters))?;
+        let path = out.join("manifest.json");
+        let json = serde_json::to_string_pretty(&self.manifest).expect("plain data");
+        crate::atomic::write_string_atomic(&path, &json).map_err(at(&path))?;
+        Ok(())
+    }
+}
+
+/// The `quad` object added to a selected record.
+fn quad_object(d: &SelectedDoc) -> serde_json::Value {
+    serde_json::json!({
+        "cluster": d.cluster,
+        "round": d.round,
+        "reward": d.reward,
+        "score": d.score,
+    })
 }
 
 /// The record with `"quad": {...}` added before its closing brace; the rest is byte-for-byte the
@@ -42,110 +240,108 @@ fn join<T: ToString>(xs: impl Iterator<Item = T>) -> String {
     xs.map(|x| x.to_string()).collect::<Vec<_>>().join(" ")
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn write_outputs(
-    out: &Path,
+/// Inputs and their fingerprints, for the manifest.
+pub(super) struct RunInputs<'a> {
+    pub pool: &'a Path,
+    pub pool_sha256: &'a str,
+    pub pool_report: &'a ReadReport,
+    pub reference: &'a Path,
+    pub reference_sha256: &'a str,
+    pub reference_report: &'a ReadReport,
+    pub model: &'a Path,
+    pub model_sha256: &'a str,
+    pub factors_key: &'a str,
+    pub factors_sha256: Option<&'a str>,
+    /// Pool documents with fewer than two tokens (not selectable: nothing to score).
+    pub too_short: usize,
+    /// Cluster and token count of each selectable document (the bandit's indices).
+    pub cluster_of: &'a [usize],
+    pub tokens: &'a [usize],
+}
+
+/// The [`Selection`] of a finished bandit run.
+pub(super) fn assemble(
     config: &SelectConfig,
     budget: Budget,
     docs: &[Document],
     eligible: &[usize],
-    state: &BanditState,
+    state: BanditState,
     inputs: &RunInputs,
-    timings: &[StageTiming],
-) -> Result<(), SelectError> {
-    let selected = out.join("selected.jsonl");
-    write_atomic(&selected, |w| {
-        for s in &state.selected {
+    timings: Vec<StageTiming>,
+) -> Selection {
+    let documents = state
+        .selected
+        .iter()
+        .map(|s| {
             let doc = &docs[eligible[s.doc]];
-            let quad = serde_json::json!({
-                "cluster": s.cluster,
-                "round": s.round,
-                "reward": s.reward,
-                "score": s.score,
-            });
-            writeln!(w, "{}", annotate(&doc.record, &quad))?;
-        }
-        Ok(())
-    })
-    .map_err(io(&selected))?;
-
-    let rounds = out.join("rounds.csv");
-    write_atomic(&rounds, |w| {
-        writeln!(w, "round,arms,cluster_scores,rewards,scored,accepted,docs_selected,tokens_selected")?;
-        for r in &state.rounds {
-            let arms = join(r.picks.iter().map(|p| p.arm.map_or("-".to_string(), |a| a.to_string())));
-            let cs = join(r.picks.iter().map(|p| format!("{:.6}", p.index)));
-            let rewards = join(r.picks.iter().map(|p| p.reward.map_or("-".to_string(), |x| format!("{x:.6}"))));
-            writeln!(
-                w,
-                "{},{arms},{cs},{rewards},{},{},{},{}",
-                r.round, r.scored, r.accepted, r.docs_selected, r.tokens_selected
-            )?;
-        }
-        Ok(())
-    })
-    .map_err(io(&rounds))?;
-
-    let k = state.arms.len();
-    let (mut sizes, mut taken_tokens) = (vec![0usize; k], vec![0usize; k]);
+            SelectedDoc {
+                id: doc.id.clone(),
+                record: doc.record.clone(),
+                tokens: inputs.tokens[s.doc],
+                cluster: s.cluster,
+                round: s.round,
+                reward: s.reward,
+                score: s.score,
+            }
+        })
+        .collect();
+    let mut clusters: Vec<ClusterSummary> = state
+        .arms
+        .iter()
+        .map(|a| ClusterSummary {
+            size: 0,
+            taken_tokens: 0,
+            arm: a.clone(),
+        })
+        .collect();
     for &c in inputs.cluster_of {
-        sizes[c] += 1;
+        clusters[c].size += 1;
     }
     for s in &state.selected {
-        taken_tokens[s.cluster] += inputs.tokens[s.doc];
+        clusters[s.cluster].taken_tokens += inputs.tokens[s.doc];
     }
-    let clusters = out.join("clusters.csv");
-    write_atomic(&clusters, |w| {
-        writeln!(w, "cluster,size,times_chosen,reward_sum,updates,mean_reward,scored,taken,taken_tokens,exhausted,spent")?;
-        for (i, a) in state.arms.iter().enumerate() {
-            writeln!(
-                w,
-                "{i},{},{},{:.6},{},{:.6},{},{},{},{},{}",
-                sizes[i],
-                a.times_chosen,
-                a.reward_sum,
-                a.updates,
-                a.mean_reward(),
-                a.scored,
-                a.taken,
-                taken_tokens[i],
-                a.exhausted,
-                a.spent
-            )?;
-        }
-        Ok(())
-    })
-    .map_err(io(&clusters))?;
-
     let n = eligible.len();
-    let manifest = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "budget": budget,
-        "parameters": config,
-        "inputs": {
-            "pool": {"path": inputs.pool, "sha256": inputs.pool_sha256, "read": inputs.pool_report},
-            "reference": {"path": inputs.reference, "sha256": inputs.reference_sha256, "read": inputs.reference_report},
+    let file = |path: &Path, sha: &str, read: &ReadReport| InputFile {
+        path: path.to_path_buf(),
+        sha256: sha.to_string(),
+        read: read.clone(),
+    };
+    let manifest = Manifest {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        budget,
+        parameters: config.clone(),
+        inputs: Inputs {
+            pool: file(inputs.pool, inputs.pool_sha256, inputs.pool_report),
+            reference: file(inputs.reference, inputs.reference_sha256, inputs.reference_report),
         },
-        "model": {"path": inputs.model, "sha256": inputs.model_sha256},
-        "factors": {"key": inputs.factors_key, "sha256": inputs.factors_sha256},
-        "documents": {
-            "read": docs.len(),
-            "selectable": n,
-            "too_short_to_score": inputs.too_short,
-            "scored": state.documents_scored,
-            "scored_fraction": state.documents_scored as f64 / n.max(1) as f64,
-            "selected": state.docs_selected,
-            "tokens_selected": state.tokens_selected,
+        model: ModelRef {
+            path: inputs.model.to_path_buf(),
+            sha256: inputs.model_sha256.to_string(),
         },
-        "rounds": state.round,
-        "stop": state.stop,
-        "calibration": state.calibration.map(|(m, s)| serde_json::json!({"median": m, "std": s})),
-        "stages": timings,
-    });
-    let path = out.join("manifest.json");
-    crate::atomic::write_string_atomic(&path, &serde_json::to_string_pretty(&manifest).expect("plain data"))
-        .map_err(io(&path))?;
-    Ok(())
+        factors: FactorsRef {
+            key: inputs.factors_key.to_string(),
+            sha256: inputs.factors_sha256.map(str::to_string),
+        },
+        documents: DocumentCounts {
+            read: docs.len(),
+            selectable: n,
+            too_short_to_score: inputs.too_short,
+            scored: state.documents_scored,
+            scored_fraction: state.documents_scored as f64 / n.max(1) as f64,
+            selected: state.docs_selected,
+            tokens_selected: state.tokens_selected,
+        },
+        rounds: state.round,
+        stop: state.stop.clone(),
+        calibration: state.calibration.map(|(median, std)| Calibration { median, std }),
+        stages: timings,
+    };
+    Selection {
+        documents,
+        rounds: state.rounds,
+        clusters,
+        manifest,
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,539 @@
+//! The command line's flags (clap): parsed and checked here, then turned into library types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use quad_select::cluster::KMeansParams;
+use quad_select::corpus::{CorpusConfig, CorpusReader};
+use quad_select::embed::HashingEmbedder;
+use quad_select::influence::stage::Fisher;
+use quad_select::influence::{self, Strategy};
+use quad_select::model::train::ProxyParams;
+use quad_select::model::LayerSelection;
+use quad_select::select::SelectConfig;
+
+#[derive(Parser)]
+#[command(name = "quad", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Select documents from a pool: embed, cluster, train (or load) the proxy, fit factors, and
+    /// run the bandit until the budget is met. Writes selected.jsonl, manifest.json, rounds.csv and
+    /// clusters.csv; caches every stage's artifacts; checkpoints after every round.
+    Select(Box<SelectArgs>),
+    /// Evaluate selections: split off held-out documents once, then train a fixed small LM on a
+    /// selection and report reference and per-domain held-out losses.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Embed every document of a corpus; writes embeddings.npy, ids.jsonl and embeddings.json.
+    Embed {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[command(flatten)]
+        embedder: EmbedderArgs,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Cluster a corpus with k-means; writes assignments.jsonl, clusters.json and centroids.npy.
+    Cluster {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[command(flatten)]
+        embedder: EmbedderArgs,
+        /// Reuse embeddings written by `quad embed` (its folder or its embeddings.npy) instead of
+        /// embedding the corpus again.
+        #[arg(long, conflicts_with = "model")]
+        embeddings: Option<PathBuf>,
+        #[command(flatten)]
+        kmeans: KMeansArgs,
+        /// Compare clusters with this field of the records: prints NMI, ARI and purity.
+        #[arg(long)]
+        label_field: Option<String>,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// The in-house proxy language model.
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+    /// Fit K-FAC / EK-FAC factors of a model on a seeded sample of the pool (the training
+    /// distribution); writes factors.safetensors and factors.json.
+    Factors {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// Model: a Hugging Face style folder or a .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Layers to factor: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
+        #[arg(long, default_value = "both")]
+        layers: LayerSelection,
+        /// Factor each attention projection as one block instead of per head (ablation).
+        #[arg(long)]
+        no_per_head: bool,
+        /// Documents sampled from the pool to fit the factors.
+        #[arg(long, default_value_t = 256)]
+        fit_docs: usize,
+        /// Tokens of each fitting document used, its first ones (0: the whole document).
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Tokens per window when chunking documents.
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        /// Seed of the fitting sample (and of the sampled labels).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Curvature to approximate: the true Fisher (GGN) or the empirical Fisher.
+        #[arg(long, value_enum, default_value_t = FisherArg::True)]
+        fisher: FisherArg,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score every document of a corpus by its influence on a reference set; writes one
+    /// {"id", "score", "loss"} line per document.
+    Influence {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// The model the factors were fitted on.
+        #[arg(long)]
+        model: PathBuf,
+        /// Folder written by `quad factors`.
+        #[arg(long)]
+        factors: PathBuf,
+        /// Reference corpus (text the model should get better at).
+        #[arg(long)]
+        reference: PathBuf,
+        /// identity (gradient dot product), kfac or ekfac.
+        #[arg(long, default_value = "ekfac")]
+        strategy: Strategy,
+        /// Damping relative to each block's mean eigenvalue.
+        #[arg(long, default_value_t = 0.1, conflicts_with = "damping")]
+        damping_rel: f64,
+        /// Absolute damping instead.
+        #[arg(long)]
+        damping: Option<f64>,
+        /// Print the mean score per value of this record field.
+        #[arg(long)]
+        label_field: Option<String>,
+        /// Score through a seeded Rademacher projection of both sides to at most DIM×DIM per
+        /// layer (TRAK-style, unbiased; for memory). Off by default.
+        #[arg(long, value_name = "DIM")]
+        project: Option<usize>,
+        /// Seed of the projection.
+        #[arg(long, default_value_t = 0)]
+        project_seed: u64,
+        /// Take candidate and reference gradients on each document's first N predicted tokens
+        /// (default: whole documents).
+        #[arg(long, value_name = "N")]
+        max_tokens: Option<usize>,
+        /// Output JSONL file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Compare identity / K-FAC / EK-FAC with the exact damped Fisher on a tiny model.
+    Validate {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// Reference corpus.
+        #[arg(long)]
+        reference: PathBuf,
+        /// A tiny model (a few thousand weights in its linear layers); without it, one is trained.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Damping: this × tr(F_b)/n_b per block.
+        #[arg(long, default_value_t = 0.1)]
+        damping_rel: f64,
+        /// Curvature the factors approximate (and the exact solve uses).
+        #[arg(long, value_enum, default_value_t = FisherArg::True)]
+        fisher: FisherArg,
+        /// Layers to target: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
+        #[arg(long, default_value = "both")]
+        layers: LayerSelection,
+        /// Tokens per fitting example, candidate and reference document.
+        #[arg(long, default_value_t = influence::validate::VALIDATION_TOKENS)]
+        tokens: usize,
+        /// Folder for the trained tiny model and the report.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Which curvature K-FAC / EK-FAC approximate.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FisherArg {
+    /// True Fisher (= GGN for cross-entropy): fitting losses against labels sampled from the model.
+    True,
+    /// Empirical Fisher: fitting losses against the documents' own next tokens.
+    Empirical,
+}
+
+impl From<FisherArg> for Fisher {
+    fn from(f: FisherArg) -> Fisher {
+        match f {
+            FisherArg::True => Fisher::True,
+            FisherArg::Empirical => Fisher::Empirical,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SelectArgs {
+    /// Pool to select from (JSONL, .gz, .zst, Parquet, or a folder of them).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Reference corpus (text the model should get better at).
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// Budget in proxy-tokenizer tokens (the last document taken is the one that reaches it).
+    #[arg(long, conflicts_with = "budget_docs", required_unless_present = "budget_docs")]
+    pub budget_tokens: Option<usize>,
+    /// Budget in documents (met exactly).
+    #[arg(long)]
+    pub budget_docs: Option<usize>,
+    /// TOML file with any of the settings (see README); flags below override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Cache folder for embeddings, clusters, proxy, factors and scores (shared between runs).
+    #[arg(long, default_value = ".quad-cache")]
+    pub cache: PathBuf,
+    /// Continue from OUT/checkpoint.json (after a crash, kill or Ctrl-C).
+    #[arg(long)]
+    pub resume: bool,
+    /// Proxy model (folder or .gguf); without it the default proxy is trained on the pool.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Sentence-embedding model folder; without it the hashing embedder is used.
+    #[arg(long)]
+    pub embed_model: Option<PathBuf>,
+    /// Field holding the text.
+    #[arg(long)]
+    pub text_field: Option<String>,
+    /// Field holding the id.
+    #[arg(long)]
+    pub id_field: Option<String>,
+    /// Number of clusters.
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// ucb, thompson, epsilon-greedy, greedy, uniform, random or topk.
+    #[arg(long)]
+    pub policy: Option<quad_select::bandit::Policy>,
+    /// α: exploration weight of the Cluster Score.
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// γ: reward threshold (standardised score units); selects the threshold allocation
+    /// (default: the tilted allocation, README "The bandit").
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// τ: neighbour radius (centroid cosine distance).
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// B: clusters per round.
+    #[arg(long)]
+    pub arms_per_round: Option<usize>,
+    /// b: documents scored per chosen cluster.
+    #[arg(long)]
+    pub samples_per_arm: Option<usize>,
+    /// m: documents taken from a cluster whose estimate beats γ; default: ⌈budget in documents / k⌉.
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// Seed of the bandit.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SelectArgs {
+    /// The TOML file's settings with the flags applied on top.
+    pub fn config(&self) -> Result<SelectConfig> {
+        let mut c = match &self.config {
+            Some(p) => SelectConfig::from_toml_file(p)?,
+            None => SelectConfig::default(),
+        };
+        macro_rules! set {
+            ($flag:expr, $field:expr) => {
+                if let Some(v) = $flag.clone() {
+                    $field = v;
+                }
+            };
+        }
+        set!(self.text_field, c.text_field);
+        set!(self.id_field, c.id_field);
+        set!(self.k, c.cluster.k);
+        set!(self.policy, c.bandit.policy);
+        set!(self.alpha, c.bandit.alpha);
+        if self.gamma.is_some() {
+            // A threshold is only meaningful for the threshold allocation.
+            c.bandit.gamma = self.gamma;
+            c.bandit.allocation = quad_select::bandit::Allocation::Threshold;
+        }
+        set!(self.tau, c.bandit.tau);
+        set!(self.arms_per_round, c.bandit.arms_per_round);
+        set!(self.samples_per_arm, c.bandit.samples_per_arm);
+        if self.chunk.is_some() {
+            c.bandit.chunk = self.chunk;
+        }
+        set!(self.seed, c.bandit.seed);
+        if self.model.is_some() {
+            c.proxy.model = self.model.clone();
+        }
+        if self.embed_model.is_some() {
+            c.embed.model = self.embed_model.clone();
+        }
+        Ok(c)
+    }
+}
+
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Split held-out documents off a pool (per label value, deterministic) and train the
+    /// evaluation tokenizer; writes DIR/pool.jsonl (for selectors), DIR/heldout.jsonl and
+    /// DIR/tokenizer.json.
+    Split {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        /// Field whose values are the domains.
+        #[arg(long, default_value = "domain")]
+        label_field: String,
+        /// Held-out documents per domain.
+        #[arg(long, default_value_t = 20)]
+        heldout_per_domain: usize,
+        /// BPE vocabulary of the evaluation tokenizer.
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train the evaluation model on a selection and measure its losses; writes a JSON result.
+    Run {
+        /// selected.jsonl (or any corpus) to train on.
+        #[arg(long)]
+        selection: PathBuf,
+        /// Reference corpus; may be repeated (one `--out` each): the model is trained once and
+        /// measured on each.
+        #[arg(long, required = true)]
+        reference: Vec<PathBuf>,
+        /// Folder written by `quad eval split`.
+        #[arg(long)]
+        split: PathBuf,
+        /// Field whose values are the domains.
+        #[arg(long, default_value = "domain")]
+        label_field: String,
+        /// Clusters of the selection's run (for the normalised entropy); default: from the
+        /// manifest.json beside the selection.
+        #[arg(long)]
+        k: Option<usize>,
+        /// Seed of the evaluation model's weights and batches.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Training steps (default 300: 614,400 tokens).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// A tiny evaluation model (1 block, width 64, context 64, 20 steps), for CI-sized runs.
+        #[arg(long)]
+        quick: bool,
+        /// Output JSON file, one per `--reference`.
+        #[arg(long, required = true)]
+        out: Vec<PathBuf>,
+    },
+}
+
+
+#[derive(Subcommand)]
+pub enum ProxyCommand {
+    /// Train a small Llama-style proxy from scratch on a seeded sample of the pool; writes
+    /// config.json, model.safetensors, tokenizer.json and train_log.csv.
+    Train {
+        #[command(flatten)]
+        corpus: CorpusArgs,
+        #[command(flatten)]
+        proxy: ProxyArgs,
+        /// Output folder (a Hugging Face style model folder).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct ProxyArgs {
+    /// Transformer blocks.
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    /// Model width (hidden size).
+    #[arg(long, default_value_t = 256)]
+    pub width: usize,
+    /// Attention heads.
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Context length in tokens.
+    #[arg(long, default_value_t = 256)]
+    pub context: usize,
+    /// Vocabulary size of the byte-level BPE trained on the sample.
+    #[arg(long, default_value_t = 4096)]
+    pub vocab_size: usize,
+    /// Use this tokenizer.json instead of training a BPE.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Optimisation steps.
+    #[arg(long, default_value_t = 400)]
+    pub steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Linear warm-up steps (then cosine decay to lr/10).
+    #[arg(long, default_value_t = 30)]
+    pub warmup: usize,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Seed for the sample, the initial weights and the batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Documents sampled from the pool at most.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_docs: usize,
+    /// Validate every this many steps.
+    #[arg(long, default_value_t = 25)]
+    pub eval_every: usize,
+    /// Stop after this many minutes even if steps remain.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+}
+
+impl ProxyArgs {
+    pub fn params(&self) -> ProxyParams {
+        ProxyParams {
+            layers: self.layers,
+            width: self.width,
+            heads: self.heads,
+            context: self.context,
+            vocab_size: self.vocab_size,
+            tokenizer: self.tokenizer.clone(),
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup: self.warmup,
+            weight_decay: self.weight_decay,
+            clip: self.clip,
+            seed: self.seed,
+            max_docs: self.max_docs,
+            eval_every: self.eval_every,
+            time_limit: self.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct KMeansArgs {
+    /// Number of clusters.
+    #[arg(long)]
+    pub k: usize,
+    /// k-means++ initialisations; the lowest inertia wins.
+    #[arg(long, default_value_t = 3)]
+    pub n_init: usize,
+    /// Maximum Lloyd iterations per initialisation (epochs with --mini-batch).
+    #[arg(long, default_value_t = 300)]
+    pub max_iter: usize,
+    /// Relative tolerance on the centroid shift (as scikit-learn's KMeans).
+    #[arg(long, default_value_t = 1e-4)]
+    pub tol: f64,
+    /// Random seed for initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use mini-batch k-means with this batch size (for large pools).
+    #[arg(long)]
+    pub mini_batch: Option<usize>,
+    /// Neighbour radius τ: clusters whose centroids are closer than this cosine distance are
+    /// neighbours (the bandit shares rewards between them).
+    #[arg(long, default_value_t = 0.2)]
+    pub tau: f64,
+}
+
+impl KMeansArgs {
+    pub fn params(&self) -> KMeansParams {
+        KMeansParams {
+            k: self.k,
+            n_init: self.n_init,
+            max_iter: self.max_iter,
+            tol: self.tol,
+            seed: self.seed,
+            mini_batch: self.mini_batch,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct CorpusArgs {
+    /// Corpus: a .jsonl, .jsonl.gz, .jsonl.zst or .parquet file, or a folder of them.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Field holding the document text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Field holding the document id (default when absent: file:line).
+    #[arg(long, default_value = "id")]
+    pub id_field: String,
+    /// Stop at the first bad record instead of skipping and counting it.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl CorpusArgs {
+    pub fn config(&self) -> CorpusConfig {
+        CorpusConfig {
+            text_field: self.text_field.clone(),
+            id_field: self.id_field.clone(),
+            strict: self.strict,
+        }
+    }
+
+    pub fn open(&self) -> Result<CorpusReader> {
+        CorpusReader::open(&self.input, self.config())
+            .with_context(|| format!("opening corpus {}", self.input.display()))
+    }
+
+    /// The same settings for another corpus (a reference set).
+    pub fn with_input(&self, input: &std::path::Path) -> CorpusArgs {
+        CorpusArgs {
+            input: input.to_path_buf(),
+            ..self.clone()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EmbedderArgs {
+    /// Sentence-embedding model folder (config.json, model.safetensors, tokenizer.json), e.g.
+    /// all-MiniLM-L6-v2. Without it, the hashing embedder is used.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Texts per forward pass of the model.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Override the model's maximum sequence length (tokens, [CLS] and [SEP] included).
+    #[arg(long)]
+    pub max_seq_length: Option<usize>,
+    /// Dimension of the hashing embedder.
+    #[arg(long, default_value_t = HashingEmbedder::DEFAULT_DIM)]
+    pub hashing_dim: usize,
+}
+

@@ -1,0 +1,103 @@
+//! `quad eval split` and `quad eval run`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use quad_select::corpus::{CorpusConfig, CorpusReader, Document};
+use quad_select::eval;
+use quad_select::select::ManifestSummary;
+
+use crate::args::EvalCommand;
+
+pub fn run(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::Split {
+            corpus,
+            label_field,
+            heldout_per_domain,
+            vocab_size,
+            seed,
+            out,
+        } => {
+            let mut reader = corpus.open()?;
+            let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>()?;
+            eprintln!("{}", reader.report());
+            let (pool, held) = eval::write_split(&docs, &label_field, heldout_per_domain, seed, vocab_size, &out)?;
+            println!(
+                "held out {held} documents ({heldout_per_domain} per '{label_field}' value), {pool} left for selection -> {}",
+                out.display()
+            );
+            Ok(())
+        }
+        EvalCommand::Run {
+            selection,
+            reference,
+            split,
+            label_field,
+            k,
+            seed,
+            steps,
+            quick,
+            out,
+        } => {
+            if reference.len() != out.len() {
+                bail!("{} --reference for {} --out: give one output per reference", reference.len(), out.len());
+            }
+            let sel = read(&selection)?;
+            let refs: Vec<Vec<String>> = reference
+                .iter()
+                .map(|r| Ok(read(r)?.into_iter().map(|d| d.text).collect()))
+                .collect::<Result<_>>()?;
+            let heldout: Vec<(String, String)> = read(&split.join(eval::SPLIT_HELDOUT))?
+                .into_iter()
+                .map(|d| (d.field(&label_field).unwrap_or_else(|| "(none)".into()), d.text))
+                .collect();
+            let tok_path = split.join(eval::SPLIT_TOKENIZER);
+            let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+            let mut params = if quick { eval::eval_params_quick() } else { eval::eval_params() };
+            if let Some(s) = steps {
+                params.steps = s;
+            }
+            let texts: Vec<String> = sel.iter().map(|d| d.text.clone()).collect();
+            let ref_slices: Vec<&[String]> = refs.iter().map(Vec::as_slice).collect();
+            let results = eval::evaluate_many(&texts, &tokenizer, &ref_slices, &heldout, &params, seed)?;
+            let k = match k {
+                Some(k) => k,
+                None => {
+                    let m = selection.with_file_name("manifest.json");
+                    ManifestSummary::read(&m)
+                        .with_context(|| format!("give --k when the selection has no manifest ({})", m.display()))?
+                        .parameters
+                        .cluster
+                        .k
+                }
+            };
+            let records: Vec<serde_json::Value> = sel
+                .iter()
+                .map(|d| serde_json::from_str(&d.record))
+                .collect::<Result<_, _>>()?;
+            let stats = eval::selection_stats(&records, k, &label_field);
+            for ((result, out), reference) in results.iter().zip(&out).zip(&reference) {
+                println!(
+                    "{}: reference loss {:.4}, held-out mean {:.4} ({} domains), cluster entropy {:.3}, {} clusters, {:.0} s",
+                    reference.display(),
+                    result.reference_loss,
+                    result.heldout_mean,
+                    result.heldout_loss.len(),
+                    stats.cluster_entropy,
+                    stats.clusters_touched,
+                    result.seconds
+                );
+                eval::write_result(out, result, &stats, seed, &selection)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read(p: &Path) -> Result<Vec<Document>> {
+    Ok(CorpusReader::read_all(p, CorpusConfig::default())
+        .with_context(|| format!("reading {}", p.display()))?
+        .0)
+}

@@ -1,0 +1,59 @@
+//! `quad select`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use quad_select::bandit::{Budget, StopReason};
+use quad_select::select::{SelectError, Selector};
+
+use crate::args::SelectArgs;
+use crate::progress::{stop_on_ctrl_c, CliObserver};
+
+pub fn run(args: &SelectArgs) -> Result<()> {
+    let config = args.config()?.check()?;
+    let budget = match (args.budget_tokens, args.budget_docs) {
+        (Some(t), _) => Budget::Tokens(t),
+        (None, Some(d)) => Budget::Documents(d),
+        (None, None) => bail!("give --budget-tokens or --budget-docs"),
+    };
+    std::fs::create_dir_all(&args.out).map_err(quad_select::path_io::at(&args.out))?;
+    let selector = Selector::new(config)
+        .cache(&args.cache)
+        .checkpoint(args.out.join("checkpoint.json"), args.resume);
+    stop_on_ctrl_c();
+    let mut observer = CliObserver::new();
+    let started = Instant::now();
+    let result = selector.select(&args.input, &args.reference, budget, &mut observer);
+    observer.finish();
+    let selection = match result {
+        Err(SelectError::Interrupted {
+            after_round: Some(round),
+            docs,
+            tokens,
+        }) => {
+            println!("stopped after round {round}: {docs} documents, {tokens} tokens so far; continue with --resume");
+            return Ok(());
+        }
+        other => other?,
+    };
+    selection.write(&args.out)?;
+    let m = &selection.manifest;
+    let why = match &m.stop {
+        Some(StopReason::BudgetMet) => "budget met".to_string(),
+        Some(StopReason::PoolExhausted) => "pool exhausted before the budget".to_string(),
+        Some(StopReason::NoArmAboveGamma) => {
+            "stopped short of the budget: no cluster's mean score beats gamma (lower --gamma)".to_string()
+        }
+        other => format!("{other:?}"),
+    };
+    println!(
+        "selected {} documents, {} tokens in {} rounds ({why}); scored {} documents; {:.1} s -> {}",
+        m.documents.selected,
+        m.documents.tokens_selected,
+        m.rounds,
+        m.documents.scored,
+        started.elapsed().as_secs_f64(),
+        args.out.join("selected.jsonl").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! `quad`: the command line. Flags are parsed in [`args`], each command in [`commands`] builds
+//! library types and prints, and [`progress`] draws bars; no stage logic lives here.
+
+mod args;
+mod commands;
+mod progress;
+
+use anyhow::Result;
+use clap::Parser;
+
+use args::{Cli, Command, ProxyCommand};
+use commands::model::{FactorsCmd, InfluenceCmd};
+use quad_select::influence::stage::FactorArguments;
+
+fn main() {
+    quad_select::tune_allocator();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Select(args) => commands::select::run(&args),
+        Command::Eval(cmd) => commands::eval::run(cmd),
+        Command::Embed { corpus, embedder, out } => commands::embed::embed(&corpus, &embedder, &out),
+        Command::Cluster {
+            corpus,
+            embedder,
+            embeddings,
+            kmeans,
+            label_field,
+            out,
+        } => commands::embed::cluster(&corpus, &embedder, embeddings, &kmeans, label_field, &out),
+        Command::Proxy(ProxyCommand::Train { corpus, proxy, out }) => commands::model::proxy_train(&corpus, &proxy, &out),
+        Command::Factors {
+            corpus,
+            model,
+            layers,
+            no_per_head,
+            fit_docs,
+            max_tokens,
+            context,
+            seed,
+            fisher,
+            out,
+        } => commands::model::factors(FactorsCmd {
+            corpus,
+            model,
+            args: FactorArguments {
+                layers,
+                per_head: !no_per_head,
+                context,
+                batch: 4,
+                fisher: fisher.into(),
+                seed,
+                fit_docs,
+                max_tokens: (max_tokens > 0).then_some(max_tokens),
+            },
+            out,
+        }),
+        Command::Influence {
+            corpus,
+            model,
+            factors,
+            reference,
+            strategy,
+            damping_rel,
+            damping,
+            label_field,
+            project,
+            project_seed,
+            max_tokens,
+            out,
+        } => commands::model::influence(InfluenceCmd {
+            corpus,
+            model,
+            factors,
+            reference,
+            strategy,
+            damping: commands::model::damping(damping_rel, damping),
+            label_field,
+            project: commands::model::projection(project, project_seed)?,
+            max_tokens,
+            out,
+        }),
+        Command::Validate {
+            corpus,
+            reference,
+            model,
+            damping_rel,
+            fisher,
+            layers,
+            tokens,
+            out,
+        } => commands::model::validate(&corpus, &reference, model, damping_rel, fisher, &layers, tokens, &out),
+    }
+}

@@ -1,0 +1,205 @@
+//! The cache of a selection run: one [`StageCache::stage`] for every stage's artifact (make the
+//! key, load it if cached, otherwise compute and save, time it, tell the observer, let it stop
+//! the run), the influence [`ScoreCache`], and the bandit [`Checkpoint`].
+//!
+//! Layout (`cache/`): `embed-KEY/`, `cluster-KEY.json`, `proxy-KEY/`, `factors-KEY/`,
+//! `refgrad-KEY.safetensors`, `scores-KEY.jsonl`. A key covers everything upstream: changing k
+//! re-clusters but reuses embeddings, proxy and factors.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::SelectError;
+use super::{Event, Observer};
+use crate::bandit::BanditState;
+use crate::path_io::at;
+
+/// Time and cache use of one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+    pub cached: bool,
+    pub key: String,
+}
+
+/// Where a stage keeps its artifact, and the file whose presence means it is complete.
+pub struct Artifact {
+    /// `cache/NAME-KEY` (a folder) or `cache/NAME-KEY.EXT` (a file).
+    pub path: PathBuf,
+    /// The file written last; present only when the artifact is whole.
+    pub marker: PathBuf,
+}
+
+/// Runs stages against a cache folder and records their timings.
+pub struct StageCache {
+    dir: PathBuf,
+    pub timings: Vec<StageTiming>,
+}
+
+impl StageCache {
+    pub fn open(dir: &Path) -> Result<Self, SelectError> {
+        std::fs::create_dir_all(dir).map_err(at(dir))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            timings: Vec::new(),
+        })
+    }
+
+    /// A folder artifact `NAME-KEY/`, complete when `marker` exists inside it.
+    pub fn folder(&self, name: &str, key: &str, marker: &str) -> Artifact {
+        let path = self.dir.join(format!("{name}-{key}"));
+        Artifact {
+            marker: path.join(marker),
+            path,
+        }
+    }
+
+    /// A file artifact `NAME-KEY.EXT`.
+    pub fn file(&self, name: &str, key: &str, ext: &str) -> Artifact {
+        let path = self.dir.join(format!("{name}-{key}.{ext}"));
+        Artifact {
+            marker: path.clone(),
+            path,
+        }
+    }
+
+    /// A scratch path beside the artifacts (for a folder written whole, then renamed).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// One stage: `load` the artifact when it is complete, otherwise `compute` it (which saves
+    /// it); then record the time and let the observer stop the run. `stage` names it in the
+    /// manifest's timings, `label` to the observer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stage<T>(
+        &mut self,
+        observer: &mut dyn Observer,
+        (stage, label): (&str, &str),
+        key: &str,
+        artifact: Option<&Artifact>,
+        load: impl FnOnce(&Path) -> Result<T, SelectError>,
+        compute: impl FnOnce(Option<&Path>, &mut dyn Observer) -> Result<T, SelectError>,
+    ) -> Result<T, SelectError> {
+        let cached = artifact.is_some_and(|a| a.marker.exists());
+        // Announcing a stage never stops it: stopping is honoured between stages.
+        let _ = observer.event(Event::Stage { name: label, cached });
+        let started = Instant::now();
+        let value = match artifact {
+            Some(a) if cached => load(&a.path)?,
+            _ => compute(artifact.map(|a| a.path.as_path()), observer)?,
+        };
+        self.record(stage, started, cached, key);
+        match observer.event(Event::StageDone { name: stage }) {
+            ControlFlow::Continue(()) => Ok(value),
+            ControlFlow::Break(()) => Err(SelectError::Interrupted {
+                after_round: None,
+                docs: 0,
+                tokens: 0,
+            }),
+        }
+    }
+
+    /// Records a stage run outside [`StageCache::stage`].
+    pub fn record(&mut self, stage: &str, started: Instant, cached: bool, key: &str) {
+        self.timings.push(StageTiming {
+            stage: stage.into(),
+            seconds: started.elapsed().as_secs_f64(),
+            cached,
+            key: key.into(),
+        });
+    }
+}
+
+/// Influence scores by document id, persisted as JSONL lines appended as they are computed, so
+/// a rerun with another α or γ scores only documents it has not seen.
+pub struct ScoreCache {
+    path: PathBuf,
+    scores: HashMap<String, f64>,
+    pending: Vec<(String, f64)>,
+}
+
+impl ScoreCache {
+    pub fn open(path: &Path) -> Result<Self, SelectError> {
+        let mut scores = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            // A line cut by a crash is ignored: its document is scored again.
+            for line in text.lines() {
+                if let Ok((id, s)) = serde_json::from_str::<(String, f64)>(line) {
+                    scores.insert(id, s);
+                }
+            }
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            scores,
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<f64> {
+        self.scores.get(id).copied()
+    }
+
+    pub fn put(&mut self, id: &str, s: f64) {
+        self.scores.insert(id.to_string(), s);
+        self.pending.push((id.to_string(), s));
+    }
+
+    pub fn flush(&mut self) -> Result<(), SelectError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(at(&self.path))?;
+        let mut buf = String::new();
+        for (id, s) in self.pending.drain(..) {
+            buf.push_str(&serde_json::to_string(&(id, s)).expect("plain data"));
+            buf.push('\n');
+        }
+        f.write_all(buf.as_bytes()).map_err(at(&self.path))?;
+        Ok(())
+    }
+}
+
+/// The checkpoint file: the run's key and the bandit state after the last finished round.
+#[derive(Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub run_key: String,
+    pub state: BanditState,
+}
+
+impl Checkpoint {
+    /// The state saved at `path` by a run with this key; an error if another run wrote it.
+    pub fn load(path: &Path, run_key: &str) -> Result<BanditState, SelectError> {
+        let text = std::fs::read_to_string(path).map_err(at(path))?;
+        let cp: Checkpoint =
+            serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", path.display())))?;
+        if cp.run_key != run_key {
+            return Err(SelectError::Config(format!(
+                "{} belongs to a run with other inputs or parameters; rerun without --resume to start over",
+                path.display()
+            )));
+        }
+        Ok(cp.state)
+    }
+
+    pub fn save(path: &Path, run_key: &str, state: &BanditState) -> Result<(), SelectError> {
+        let json = serde_json::to_string(&Checkpoint {
+            run_key: run_key.to_string(),
+            state: state.clone(),
+        })
+        .expect("plain data");
+        crate::atomic::write_string_atomic(path, &json).map_err(at(path))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,124 @@
+//! Selection: corpus → embed → cluster → proxy model → factors → reference iHVP → bandit, with
+//! every stage's artifact cached under a key that hashes its inputs and parameters
+//! ([`cache`]), a checkpoint after every round, and a [`Selection`] as the result, which
+//! [`Selection::write`] turns into the output folder ([`report`]).
+//!
+//! ```no_run
+//! use quad_select::bandit::Budget;
+//! use quad_select::select::{Quiet, SelectConfig, Selector};
+//!
+//! let config = SelectConfig::default().check()?;
+//! let selection = Selector::new(config)
+//!     .cache(".quad-cache")
+//!     .select("pool.jsonl".as_ref(), "reference.jsonl".as_ref(), Budget::Tokens(400_000), &mut Quiet)?;
+//! println!("{} documents, {:.1}% of the pool scored", selection.documents.len(), 100.0 * selection.scored_fraction());
+//! # Ok::<(), quad_select::select::SelectError>(())
+//! ```
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod report;
+mod stages;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+pub use cache::StageTiming;
+pub use config::{EmbedConfig, FactorsConfig, InfluenceConfig, LayerGroup, ProxyConfig, SelectConfig, ValidSelectConfig};
+pub use error::SelectError;
+pub use report::{ClusterSummary, Manifest, ManifestSummary, SelectedDoc, Selection};
+
+use crate::bandit::{Budget, RoundLog};
+
+/// What a run tells its [`Observer`].
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A stage starts (`cached`: its artifact is reused).
+    Stage { name: &'a str, cached: bool },
+    /// Work done within the current stage.
+    Progress { done: u64, total: u64 },
+    /// A free-form line (counts, skips, resuming).
+    Note(&'a str),
+    /// A stage finished. Returning `Break` stops the run here.
+    StageDone { name: &'a str },
+    /// A bandit round finished and was checkpointed. Returning `Break` stops the run here; the
+    /// checkpoint resumes it.
+    Round {
+        log: &'a RoundLog,
+        budget: Budget,
+        /// The largest Cluster Score (or policy index) among the round's picks.
+        best_index: f64,
+    },
+}
+
+/// Watches a run, and may stop it between stages and rounds (Ctrl-C, a deadline, a test).
+pub trait Observer {
+    fn event(&mut self, event: Event<'_>) -> ControlFlow<()>;
+}
+
+/// An observer that sees nothing and never stops the run.
+pub struct Quiet;
+
+impl Observer for Quiet {
+    fn event(&mut self, _: Event<'_>) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
+
+impl<F: FnMut(Event<'_>) -> ControlFlow<()>> Observer for F {
+    fn event(&mut self, event: Event<'_>) -> ControlFlow<()> {
+        self(event)
+    }
+}
+
+/// Selects from a pool: the library entry point of `quad select`.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    config: ValidSelectConfig,
+    cache: PathBuf,
+    checkpoint: Option<PathBuf>,
+    resume: bool,
+}
+
+impl Selector {
+    /// A selector with the cache in `.quad-cache` and no checkpoint.
+    pub fn new(config: ValidSelectConfig) -> Self {
+        Self {
+            config,
+            cache: PathBuf::from(".quad-cache"),
+            checkpoint: None,
+            resume: false,
+        }
+    }
+
+    /// The folder for embeddings, clusters, proxy, factors and scores (shared between runs).
+    pub fn cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache = dir.into();
+        self
+    }
+
+    /// Saves the bandit state to `path` after every round; with `resume`, a state found there
+    /// (from a run with the same inputs and parameters) is continued.
+    pub fn checkpoint(mut self, path: impl Into<PathBuf>, resume: bool) -> Self {
+        self.checkpoint = Some(path.into());
+        self.resume = resume;
+        self
+    }
+
+    pub fn config(&self) -> &ValidSelectConfig {
+        &self.config
+    }
+
+    /// Runs every stage (reusing cached ones) and the bandit until the budget is met, the pool
+    /// is exhausted, or the observer stops the run ([`SelectError::Interrupted`]).
+    pub fn select(
+        &self,
+        pool: &Path,
+        reference: &Path,
+        budget: Budget,
+        observer: &mut impl Observer,
+    ) -> Result<Selection, SelectError> {
+        stages::run(self, pool, reference, budget, observer)
+    }
+}

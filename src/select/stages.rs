@@ -1,0 +1,525 @@
+//! The pipeline behind [`super::Selector::select`], one function per stage.
+
+use std::cell::RefCell;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use serde_json::json;
+
+use super::cache::{Checkpoint, ScoreCache, StageCache};
+use super::report::{self, RunInputs, Selection};
+use super::{Event, Observer, SelectError, Selector, ValidSelectConfig};
+use crate::bandit::{Bandit, BanditState, Budget, Problem, StopReason};
+use crate::cluster::{self, Clustering};
+use crate::corpus::{CorpusReader, Document, ReadReport};
+use crate::embed::{BertOptions, Embeddings};
+use crate::hash::key_of;
+use crate::influence::{self, stage as infl, store, Factors, ReferenceIhvp};
+use crate::model::train::train_proxy;
+use crate::model::{self, LoadedModel};
+use crate::path_io::at;
+
+/// The pool and the reference as read.
+struct Inputs {
+    docs: Vec<Document>,
+    ref_docs: Vec<Document>,
+    pool_report: ReadReport,
+    ref_report: ReadReport,
+    pool_sha: String,
+    ref_sha: String,
+    corpus_key: String,
+}
+
+/// The clustering the bandit uses.
+struct Clusters {
+    assignment: Vec<usize>,
+    distances: Vec<Vec<f64>>,
+    key: String,
+}
+
+/// The proxy model and its fingerprint.
+struct Proxy {
+    loaded: LoadedModel,
+    path: PathBuf,
+    sha: String,
+}
+
+/// Token counts, and the documents long enough to score (the bandit's indices).
+struct Tokens {
+    ids: Vec<Vec<u32>>,
+    eligible: Vec<usize>,
+    too_short: usize,
+}
+
+/// The reference iHVP (for policies that score) and the keys of what it came from.
+struct Influence {
+    ihvp: Option<ReferenceIhvp>,
+    factors_key: String,
+    factors_sha: Option<String>,
+    score_key: String,
+}
+
+pub(super) fn run(
+    selector: &Selector,
+    pool: &Path,
+    reference: &Path,
+    budget: Budget,
+    observer: &mut dyn Observer,
+) -> Result<Selection, SelectError> {
+    let cfg = &selector.config;
+    let mut cache = StageCache::open(&selector.cache)?;
+    let inputs = read_inputs(cfg, pool, reference, &mut cache, observer)?;
+    let clusters = cluster_pool(cfg, &inputs, &mut cache, observer)?;
+    let proxy = load_proxy(cfg, &inputs, &mut cache, observer)?;
+    let tokens = tokenize(&proxy, &inputs.docs, &mut cache, observer)?;
+    let influence = reference_ihvp(cfg, &inputs, &proxy, &tokens, &mut cache, observer)?;
+    let started = Instant::now();
+    let run_key = key_of(&json!([
+        "run", clusters.key, proxy.sha, influence.score_key, cfg.raw.bandit, budget, tokens.too_short
+    ]));
+    let problem = Problem {
+        cluster: tokens.eligible.iter().map(|&i| clusters.assignment[i]).collect(),
+        tokens: tokens.eligible.iter().map(|&i| tokens.ids[i].len()).collect(),
+        distances: clusters.distances,
+        budget,
+    };
+    let (cluster_of, doc_tokens) = (problem.cluster.clone(), problem.tokens.clone());
+    let scorer = Scorer {
+        cfg,
+        proxy: &proxy,
+        docs: &inputs.docs,
+        eligible: &tokens.eligible,
+        ihvp: influence.ihvp.as_ref(),
+        scores: ScoreCache::open(&selector.cache.join(format!("scores-{}.jsonl", influence.score_key)))?,
+    };
+    let state = run_bandit(selector, problem, &run_key, scorer, observer)?;
+    cache.record("bandit", started, false, &run_key);
+    if state.stop == Some(StopReason::Interrupted) {
+        return Err(SelectError::Interrupted {
+            after_round: Some(state.round),
+            docs: state.docs_selected,
+            tokens: state.tokens_selected,
+        });
+    }
+    let started = Instant::now();
+    cache.record("report", started, false, "");
+    let run = RunInputs {
+        pool,
+        pool_sha256: &inputs.pool_sha,
+        pool_report: &inputs.pool_report,
+        reference,
+        reference_sha256: &inputs.ref_sha,
+        reference_report: &inputs.ref_report,
+        model: &proxy.path,
+        model_sha256: &proxy.sha,
+        factors_key: &influence.factors_key,
+        factors_sha256: influence.factors_sha.as_deref(),
+        too_short: tokens.too_short,
+        cluster_of: &cluster_of,
+        tokens: &doc_tokens,
+    };
+    Ok(report::assemble(&cfg.raw, budget, &inputs.docs, &tokens.eligible, state, &run, cache.timings))
+}
+
+fn read_inputs(
+    cfg: &ValidSelectConfig,
+    pool: &Path,
+    reference: &Path,
+    cache: &mut StageCache,
+    observer: &mut dyn Observer,
+) -> Result<Inputs, SelectError> {
+    let started = Instant::now();
+    let _ = observer.event(Event::Stage {
+        name: "read corpus",
+        cached: false,
+    });
+    let (docs, pool_report) = CorpusReader::read_all(pool, cfg.corpus.clone())?;
+    let (ref_docs, ref_report) = CorpusReader::read_all(reference, cfg.corpus.clone())?;
+    let _ = observer.event(Event::Note(&pool_report.to_string()));
+    let _ = observer.event(Event::Note(&ref_report.to_string()));
+    if docs.is_empty() {
+        return Err(SelectError::Config(format!("{}: no usable documents", pool.display())));
+    }
+    if ref_docs.is_empty() {
+        return Err(SelectError::Config(format!("{}: no usable reference documents", reference.display())));
+    }
+    if let Some(d) = docs.iter().find(|d| d.field("quad").is_some()) {
+        return Err(SelectError::Config(format!(
+            "{} ({}) already has a \"quad\" field, which selected.jsonl would overwrite",
+            d.id, d.location
+        )));
+    }
+    let pool_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(pool)?)?;
+    let ref_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(reference)?)?;
+    let corpus_key = key_of(&json!([pool_sha, cfg.raw.text_field, cfg.raw.id_field]));
+    cache.record("corpus", started, false, &corpus_key);
+    stop_between_stages(observer, "corpus")?;
+    Ok(Inputs {
+        docs,
+        ref_docs,
+        pool_report,
+        ref_report,
+        pool_sha,
+        ref_sha,
+        corpus_key,
+    })
+}
+
+fn stop_between_stages(observer: &mut dyn Observer, name: &str) -> Result<(), SelectError> {
+    match observer.event(Event::StageDone { name }) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(SelectError::Interrupted {
+            after_round: None,
+            docs: 0,
+            tokens: 0,
+        }),
+    }
+}
+
+/// Embeddings, then k-means over them.
+fn cluster_pool(
+    cfg: &ValidSelectConfig,
+    inputs: &Inputs,
+    cache: &mut StageCache,
+    observer: &mut dyn Observer,
+) -> Result<Clusters, SelectError> {
+    let raw = &cfg.raw;
+    let embedder_id = match &raw.embed.model {
+        Some(m) => json!(["bert", store::model_fingerprint(m)?]),
+        None => json!(["hashing", raw.embed.hashing_dim]),
+    };
+    let embed_key = key_of(&json!(["embed", inputs.corpus_key, embedder_id]));
+    let artifact = cache.folder("embed", &embed_key, Embeddings::MATRIX_FILE);
+    let docs = &inputs.docs;
+    let mut emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), |p| Ok(Embeddings::load(p)?), |p, obs| {
+        let embedder = crate::make_embedder(
+            raw.embed.model.as_deref(),
+            BertOptions {
+                batch_size: raw.embed.batch_size,
+                ..Default::default()
+            },
+            raw.embed.hashing_dim,
+        )?;
+        let (total, mut done) = (docs.len() as u64, 0u64);
+        let emb = crate::embed::embed_documents(docs.iter().cloned().map(Ok), embedder.as_ref(), 256, |_| {}, |n| {
+            done += n as u64;
+            let _ = obs.event(Event::Progress { done, total });
+        })?;
+        emb.save(p.expect("embeddings have a folder"))?;
+        Ok(emb)
+    })?;
+    if emb.ids.len() != docs.len() || emb.ids.iter().zip(docs).any(|(a, d)| *a != d.id) {
+        return Err(SelectError::Config(format!(
+            "cached embeddings in {} do not match the corpus; delete that folder",
+            artifact.path.display()
+        )));
+    }
+
+    let key = key_of(&json!(["cluster", embed_key, raw.cluster]));
+    let artifact = cache.file("cluster", &key, "json");
+    let load = |p: &Path| -> Result<(Vec<usize>, Vec<Vec<f64>>), SelectError> {
+        let text = std::fs::read_to_string(p).map_err(at(p))?;
+        serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", p.display())))
+    };
+    let (assignment, distances) = cache.stage(observer, ("cluster", "cluster"), &key, Some(&artifact), load, |p, obs| {
+        let valid = &cfg.kmeans;
+        if valid.k > docs.len() {
+            return Err(SelectError::Config(format!(
+                "k = {} clusters for {} documents: lower cluster.k",
+                valid.k,
+                docs.len()
+            )));
+        }
+        cluster::prepare_rows(&mut emb)?;
+        let fitted = Clustering::fit(valid, emb.matrix.view(), |ev| {
+            if let cluster::KMeansEvent::Iteration { iter, .. } = ev {
+                let _ = obs.event(Event::Progress {
+                    done: iter as u64,
+                    total: valid.max_iter as u64,
+                });
+            }
+        })?;
+        let d: Vec<Vec<f64>> = fitted
+            .centroid_distances
+            .rows()
+            .into_iter()
+            .map(|r| r.iter().map(|&x| x as f64).collect())
+            .collect();
+        let p = p.expect("clusters have a file");
+        let json = serde_json::to_string(&(&fitted.assignment, &d)).expect("plain data");
+        crate::atomic::write_string_atomic(p, &json).map_err(at(p))?;
+        Ok((fitted.assignment, d))
+    })?;
+    Ok(Clusters {
+        assignment,
+        distances,
+        key,
+    })
+}
+
+/// The given proxy, or the in-house one trained on the pool (cached).
+fn load_proxy(
+    cfg: &ValidSelectConfig,
+    inputs: &Inputs,
+    cache: &mut StageCache,
+    observer: &mut dyn Observer,
+) -> Result<Proxy, SelectError> {
+    let raw = &cfg.raw;
+    let started = Instant::now();
+    let (path, cached) = match &raw.proxy.model {
+        Some(m) => {
+            let _ = observer.event(Event::Stage {
+                name: "load model",
+                cached: true,
+            });
+            (m.clone(), true)
+        }
+        None => {
+            let key = key_of(&json!(["proxy", inputs.corpus_key, raw.proxy.train]));
+            let artifact = cache.folder("proxy", &key, "model.safetensors");
+            let cached = artifact.marker.exists();
+            let _ = observer.event(Event::Stage {
+                name: "train proxy",
+                cached,
+            });
+            if !cached {
+                // Trained into a scratch folder, renamed whole: a half-written proxy is never cached.
+                let tmp = cache.scratch(&format!(".proxy-{key}.tmp"));
+                let _ = std::fs::remove_dir_all(&tmp);
+                let texts: Vec<String> = inputs.docs.iter().map(|d| d.text.clone()).collect();
+                let steps = raw.proxy.train.steps as u64;
+                train_proxy(texts, &raw.proxy.train, &tmp, |ev| {
+                    if let model::train::TrainEvent::Step { step, .. } = ev {
+                        let _ = observer.event(Event::Progress {
+                            done: step as u64,
+                            total: steps,
+                        });
+                    }
+                })?;
+                std::fs::rename(&tmp, &artifact.path).map_err(at(&artifact.path))?;
+            }
+            (artifact.path, cached)
+        }
+    };
+    let loaded = model::load(&path, DType::F32, &Device::Cpu)?;
+    let sha = store::model_fingerprint(&path)?;
+    cache.record("proxy", started, cached, &sha[..16]);
+    stop_between_stages(observer, "proxy")?;
+    Ok(Proxy { loaded, path, sha })
+}
+
+/// Token counts (the budget's unit) and the documents too short to score.
+fn tokenize(
+    proxy: &Proxy,
+    docs: &[Document],
+    cache: &mut StageCache,
+    observer: &mut dyn Observer,
+) -> Result<Tokens, SelectError> {
+    let started = Instant::now();
+    let _ = observer.event(Event::Stage {
+        name: "tokenize",
+        cached: false,
+    });
+    let ids = encode_all(&proxy.loaded, docs)?;
+    let eligible: Vec<usize> = (0..docs.len()).filter(|&i| ids[i].len() >= 2).collect();
+    let too_short = docs.len() - eligible.len();
+    if too_short > 0 {
+        let line = format!("skipped {too_short} documents with fewer than two tokens (nothing to score)");
+        let _ = observer.event(Event::Note(&line));
+    }
+    cache.record("tokenize", started, false, "");
+    stop_between_stages(observer, "tokenize")?;
+    Ok(Tokens {
+        ids,
+        eligible,
+        too_short,
+    })
+}
+
+fn encode_all(loaded: &LoadedModel, docs: &[Document]) -> Result<Vec<Vec<u32>>, SelectError> {
+    let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+    let enc = loaded
+        .tokenizer
+        .encode_batch(texts, false)
+        .map_err(|e| SelectError::Model(model::ModelError::Tokenizer(e.to_string())))?;
+    Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+}
+
+/// Factors (fitted on a sample of the pool), then the reference gradient and its iHVP.
+fn reference_ihvp(
+    cfg: &ValidSelectConfig,
+    inputs: &Inputs,
+    proxy: &Proxy,
+    tokens: &Tokens,
+    cache: &mut StageCache,
+    observer: &mut dyn Observer,
+) -> Result<Influence, SelectError> {
+    let raw = &cfg.raw;
+    let factors_key = key_of(&json!(["factors", proxy.sha, inputs.corpus_key, raw.factors]));
+    let ref_key = key_of(&json!([
+        "refgrad",
+        proxy.sha,
+        inputs.ref_sha,
+        cfg.factors.layers,
+        raw.factors.context,
+        raw.influence.max_tokens
+    ]));
+    let score_key = key_of(&json!([
+        "scores",
+        ref_key,
+        factors_key,
+        raw.influence.strategy,
+        raw.influence.damping_rel,
+        raw.influence.max_tokens
+    ]));
+    let factors_artifact = cache.folder("factors", &factors_key, "factors.json");
+    let mut result = Influence {
+        ihvp: None,
+        factors_sha: None,
+        factors_key,
+        score_key,
+    };
+    if !raw.bandit.policy.scores() {
+        return Ok(result);
+    }
+    let mut factors: Option<Factors> = None;
+    if raw.influence.strategy != influence::Strategy::Identity {
+        let fit = |p: Option<&Path>, _: &mut dyn Observer| {
+            let candidates: Vec<&[u32]> = tokens.eligible.iter().map(|&i| tokens.ids[i].as_slice()).collect();
+            let (f, header) = infl::fit_factors(
+                &proxy.loaded,
+                &proxy.path,
+                &proxy.sha,
+                &candidates,
+                &cfg.factors,
+                raw.influence.damping_rel,
+            )?;
+            store::save(&f, &header, p.expect("factors have a folder"))?;
+            Ok(f)
+        };
+        let load = |p: &Path| Ok(store::load(p)?.0);
+        factors = Some(cache.stage(observer, ("factors", "fit factors"), &result.factors_key, Some(&factors_artifact), load, fit)?);
+        result.factors_sha = Some(store::model_fingerprint(&factors_artifact.path.join("factors.safetensors"))?);
+    }
+    let artifact = cache.file("refgrad", &ref_key, "safetensors");
+    let layer_ids = cfg.factors.layers.layers(proxy.loaded.model.config.num_hidden_layers);
+    let grad = cache.stage(
+        observer,
+        ("reference", "reference gradient"),
+        &ref_key,
+        Some(&artifact),
+        |p| Ok(store::load_layers(p, &layer_ids)?),
+        |p, _| {
+            let ref_tokens = encode_all(&proxy.loaded, &inputs.ref_docs)?;
+            let g = infl::reference_gradient(&proxy.loaded, &ref_tokens, &cfg.factors, cfg.scoring.max_tokens)?;
+            store::save_layers(&g, p.expect("the gradient has a file"))?;
+            Ok(g)
+        },
+    )?;
+    result.ihvp = Some(infl::reference_ihvp(factors.as_ref(), &grad, cfg.factors.per_head, &cfg.scoring)?);
+    Ok(result)
+}
+
+/// Scores bandit indices: from the score cache, or by the proxy (saved to the cache at once).
+struct Scorer<'a> {
+    cfg: &'a ValidSelectConfig,
+    proxy: &'a Proxy,
+    docs: &'a [Document],
+    eligible: &'a [usize],
+    ihvp: Option<&'a ReferenceIhvp>,
+    scores: ScoreCache,
+}
+
+impl Scorer<'_> {
+    fn score(&mut self, idx: &[usize], observer: &mut dyn Observer) -> Result<Vec<f64>, SelectError> {
+        let ihvp = self.ihvp.expect("scoring policies have an iHVP");
+        let doc = |i: usize| &self.docs[self.eligible[i]];
+        let mut out = vec![0.0; idx.len()];
+        let mut todo = Vec::new();
+        for (k, &i) in idx.iter().enumerate() {
+            match self.scores.get(&doc(i).id) {
+                Some(s) => out[k] = s,
+                None => todo.push(k),
+            }
+        }
+        // In pieces, each saved to the score cache at once: a long `topk` pass that is killed
+        // keeps what it scored.
+        let total = todo.len() as u64;
+        let opts = self.cfg.factors.gradient_options();
+        for (piece, ks) in todo.chunks(64).enumerate() {
+            let batch: Vec<Document> = ks.iter().map(|&k| doc(idx[k]).clone()).collect();
+            let scored =
+                influence::score_documents(&self.proxy.loaded, ihvp, &batch, &opts, self.cfg.scoring.max_tokens, || {})?;
+            for (&k, s) in ks.iter().zip(scored) {
+                let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
+                out[k] = score;
+                self.scores.put(&doc(idx[k]).id, score);
+            }
+            self.scores.flush()?;
+            if total > 64 {
+                let done = ((piece + 1) * 64).min(todo.len()) as u64;
+                let _ = observer.event(Event::Progress { done, total });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the bandit from the checkpoint (when resuming) or from the start, checkpointing after
+/// every round; the observer may stop it after any round.
+fn run_bandit(
+    selector: &Selector,
+    problem: Problem,
+    run_key: &str,
+    mut scorer: Scorer<'_>,
+    observer: &mut dyn Observer,
+) -> Result<BanditState, SelectError> {
+    let params = selector.config.bandit.clone();
+    let budget = problem.budget;
+    let checkpoint = selector.checkpoint.as_deref();
+    let mut bandit = match checkpoint.filter(|p| selector.resume && p.exists()) {
+        Some(path) => {
+            let state = Checkpoint::load(path, run_key)?;
+            let _ = observer.event(Event::Note(&format!("resuming after round {}", state.round)));
+            Bandit::resume(params, problem, state)?
+        }
+        None => {
+            if selector.resume {
+                let _ = observer.event(Event::Note("no checkpoint to resume; starting from the first round"));
+            }
+            Bandit::new(params, problem)?
+        }
+    };
+    let policy = format!("select ({})", selector.config.raw.bandit.policy);
+    let _ = observer.event(Event::Stage {
+        name: &policy,
+        cached: false,
+    });
+    let observer = RefCell::new(observer);
+    let mut score = |idx: &[usize]| scorer.score(idx, &mut **observer.borrow_mut());
+    let mut failed = None;
+    bandit.run(&mut score, |b, log| {
+        if let Some(path) = checkpoint {
+            if let Err(e) = Checkpoint::save(path, run_key, b.state()) {
+                failed = Some(e);
+                return false;
+            }
+        }
+        let best_index = log.picks.iter().map(|p| p.index).fold(f64::NEG_INFINITY, f64::max);
+        let event = Event::Round {
+            log,
+            budget,
+            best_index,
+        };
+        observer.borrow_mut().event(event).is_continue()
+    })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if let Some(path) = checkpoint {
+        Checkpoint::save(path, run_key, bandit.state())?;
+    }
+    Ok(bandit.into_state())
+}
