@@ -10,149 +10,11 @@
 //! Several documents share one batched forward/backward pass: the batch loss is `Σ_d L_d`, and
 //! since documents do not interact, `∂(Σ_d L_d)/∂y_t = ∂L_d/∂y_t` for a position t of document d.
 
-use std::fmt;
-use std::str::FromStr;
-
 use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 
+use super::layers::{LayerId, LayerSelection};
 use super::llama::{LlamaModel, Tap};
-
-/// The linear layers of a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum LayerKind {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl LayerKind {
-    pub const ALL: [LayerKind; 7] = [
-        LayerKind::Q,
-        LayerKind::K,
-        LayerKind::V,
-        LayerKind::O,
-        LayerKind::Gate,
-        LayerKind::Up,
-        LayerKind::Down,
-    ];
-    pub const ATTENTION: [LayerKind; 4] = [LayerKind::Q, LayerKind::K, LayerKind::V, LayerKind::O];
-    pub const MLP: [LayerKind; 3] = [LayerKind::Gate, LayerKind::Up, LayerKind::Down];
-
-    /// Path of the layer inside a block, as in Hugging Face tensor names.
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            LayerKind::Q => "self_attn.q_proj",
-            LayerKind::K => "self_attn.k_proj",
-            LayerKind::V => "self_attn.v_proj",
-            LayerKind::O => "self_attn.o_proj",
-            LayerKind::Gate => "mlp.gate_proj",
-            LayerKind::Up => "mlp.up_proj",
-            LayerKind::Down => "mlp.down_proj",
-        }
-    }
-
-    pub fn is_attention(self) -> bool {
-        Self::ATTENTION.contains(&self)
-    }
-}
-
-/// One linear layer: block index and kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct LayerId {
-    pub block: usize,
-    pub kind: LayerKind,
-}
-
-impl fmt::Display for LayerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "model.layers.{}.{}", self.block, self.kind.hf_name())
-    }
-}
-
-/// Which linear layers to capture: attention, MLP or both, optionally only some blocks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerSelection {
-    pub kinds: Vec<LayerKind>,
-    /// `None`: every block.
-    pub blocks: Option<Vec<usize>>,
-}
-
-impl Default for LayerSelection {
-    fn default() -> Self {
-        Self::all()
-    }
-}
-
-impl LayerSelection {
-    pub fn all() -> Self {
-        Self {
-            kinds: LayerKind::ALL.to_vec(),
-            blocks: None,
-        }
-    }
-    pub fn attention() -> Self {
-        Self {
-            kinds: LayerKind::ATTENTION.to_vec(),
-            blocks: None,
-        }
-    }
-    pub fn mlp() -> Self {
-        Self {
-            kinds: LayerKind::MLP.to_vec(),
-            blocks: None,
-        }
-    }
-    /// Restricts the selection to the named blocks.
-    pub fn with_blocks(mut self, blocks: Vec<usize>) -> Self {
-        self.blocks = Some(blocks);
-        self
-    }
-
-    pub fn contains(&self, id: LayerId) -> bool {
-        self.kinds.contains(&id.kind)
-            && self.blocks.as_ref().is_none_or(|b| b.contains(&id.block))
-    }
-
-    /// The selected layers of a model with `n_blocks` blocks, in forward order.
-    pub fn layers(&self, n_blocks: usize) -> Vec<LayerId> {
-        (0..n_blocks)
-            .flat_map(|block| LayerKind::ALL.into_iter().map(move |kind| LayerId { block, kind }))
-            .filter(|id| self.contains(*id))
-            .collect()
-    }
-}
-
-impl FromStr for LayerSelection {
-    type Err = String;
-    /// `attention`, `mlp`, `both`, or a comma-separated list of those and layer names
-    /// (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `gate_proj`, `up_proj`, `down_proj`).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut kinds = Vec::new();
-        for item in s.split(',').map(str::trim) {
-            match item {
-                "attention" | "attn" => kinds.extend(LayerKind::ATTENTION),
-                "mlp" => kinds.extend(LayerKind::MLP),
-                "both" | "all" => kinds.extend(LayerKind::ALL),
-                other => match LayerKind::ALL.into_iter().find(|k| k.hf_name().ends_with(&format!(".{other}"))) {
-                    Some(k) => kinds.push(k),
-                    None => {
-                        return Err(format!(
-                            "unknown layer set {other:?} (expected attention, mlp, both or a layer name such as q_proj, down_proj)"
-                        ))
-                    }
-                },
-            }
-        }
-        // Forward order, no repeats.
-        let kinds = LayerKind::ALL.into_iter().filter(|k| kinds.contains(k)).collect();
-        Ok(Self { kinds, blocks: None })
-    }
-}
 
 /// Captures of one linear layer for one document.
 #[derive(Debug, Clone)]
@@ -415,6 +277,7 @@ impl LlamaModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::layers::LayerKind;
 
     #[test]
     fn windows_predict_every_token_once() {

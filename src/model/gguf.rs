@@ -10,6 +10,7 @@
 //! byte-level BPE with digits split individually (the pre-tokenizer of SmolLM / GPT-2-style
 //! vocabularies), control tokens (`token_type` 3) added as special tokens.
 
+use super::layers::{names, BlockNorm, LayerKind};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -113,35 +114,25 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<(LlamaModel, T
             .dequantize(device)?)
     };
     let mut tensors = HashMap::new();
-    tensors.insert("model.embed_tokens.weight".to_string(), get("token_embd.weight")?);
-    tensors.insert("model.norm.weight".to_string(), get("output_norm.weight")?);
+    tensors.insert(names::EMBED.to_string(), get(names::GGUF_EMBED)?);
+    tensors.insert(names::FINAL_NORM.to_string(), get(names::GGUF_FINAL_NORM)?);
     if !config.tie_word_embeddings {
-        tensors.insert("lm_head.weight".to_string(), get("output.weight")?);
+        tensors.insert(names::LM_HEAD.to_string(), get(names::GGUF_LM_HEAD)?);
     }
     for i in 0..config.num_hidden_layers {
-        let (g, h) = (format!("blk.{i}"), format!("model.layers.{i}"));
-        let pairs = [
-            ("attn_norm", "input_layernorm"),
-            ("ffn_norm", "post_attention_layernorm"),
-            ("attn_v", "self_attn.v_proj"),
-            ("attn_output", "self_attn.o_proj"),
-            ("ffn_gate", "mlp.gate_proj"),
-            ("ffn_up", "mlp.up_proj"),
-            ("ffn_down", "mlp.down_proj"),
-        ];
-        for (gg, hf) in pairs {
-            tensors.insert(format!("{h}.{hf}.weight"), get(&format!("{g}.{gg}.weight"))?);
+        for norm in BlockNorm::ALL {
+            tensors.insert(names::norm(i, norm), get(&names::gguf_norm(i, norm))?);
         }
-        let q = get(&format!("{g}.attn_q.weight"))?;
-        let k = get(&format!("{g}.attn_k.weight"))?;
-        tensors.insert(
-            format!("{h}.self_attn.q_proj.weight"),
-            unpermute_qk(&q, config.num_attention_heads)?,
-        );
-        tensors.insert(
-            format!("{h}.self_attn.k_proj.weight"),
-            unpermute_qk(&k, config.num_kv_heads())?,
-        );
+        for kind in LayerKind::ALL {
+            let w = get(&names::gguf_linear(i, kind))?;
+            // llama.cpp stores Q and K with rows permuted for its rope layout.
+            let w = match kind {
+                LayerKind::Q => unpermute_qk(&w, config.num_attention_heads)?,
+                LayerKind::K => unpermute_qk(&w, config.num_kv_heads())?,
+                _ => w,
+            };
+            tensors.insert(names::linear_weight(i, kind), w);
+        }
     }
     let model = LlamaModel::from_tensors(config, tensors, dtype, device)?;
     Ok((model, tokenizer))

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 
-use super::capture::{LayerId, LayerKind, LayerSelection};
+use super::layers::{names, BlockNorm, LayerId, LayerKind, LayerSelection};
 use super::config::LlamaConfig;
 use super::ModelError;
 
@@ -129,46 +129,40 @@ impl LlamaModel {
             Ok(Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?)
         };
         let c = &config;
-        let (h, hd) = (c.hidden_size, c.head_dim());
-        let (nq, nkv) = (c.num_attention_heads * hd, c.num_kv_heads() * hd);
-        let embed_tokens = take("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let h = c.hidden_size;
+        let embed_tokens = take(names::EMBED, &[c.vocab_size, h])?;
         let mut blocks = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let mut lin = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear, ModelError> {
+            let mut lin = |kind: LayerKind| -> Result<Linear, ModelError> {
+                let [out, inp] = linear_shape(c, kind);
                 Ok(Linear {
-                    weight: take(&format!("{p}.{name}.weight"), &[out, inp])?,
-                    bias: if bias {
-                        Some(take(&format!("{p}.{name}.bias"), &[out])?)
+                    weight: take(&names::linear_weight(i, kind), &[out, inp])?,
+                    bias: if has_bias(c, kind) {
+                        Some(take(&names::linear_bias(i, kind), &[out])?)
                     } else {
                         None
                     },
                 })
             };
-            let q_proj = lin("self_attn.q_proj", nq, h, c.attention_bias)?;
-            let k_proj = lin("self_attn.k_proj", nkv, h, c.attention_bias)?;
-            let v_proj = lin("self_attn.v_proj", nkv, h, c.attention_bias)?;
-            let o_proj = lin("self_attn.o_proj", h, nq, false)?;
-            let gate_proj = lin("mlp.gate_proj", c.intermediate_size, h, false)?;
-            let up_proj = lin("mlp.up_proj", c.intermediate_size, h, false)?;
-            let down_proj = lin("mlp.down_proj", h, c.intermediate_size, false)?;
+            let [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] =
+                LayerKind::ALL.map(&mut lin);
             blocks.push(Block {
-                input_layernorm: take(&format!("{p}.input_layernorm.weight"), &[h])?,
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                post_attention_layernorm: take(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                gate_proj,
-                up_proj,
-                down_proj,
+                input_layernorm: take(&names::norm(i, BlockNorm::Input), &[h])?,
+                q_proj: q_proj?,
+                k_proj: k_proj?,
+                v_proj: v_proj?,
+                o_proj: o_proj?,
+                post_attention_layernorm: take(&names::norm(i, BlockNorm::PostAttention), &[h])?,
+                gate_proj: gate_proj?,
+                up_proj: up_proj?,
+                down_proj: down_proj?,
             });
         }
-        let norm = take("model.norm.weight", &[h])?;
+        let norm = take(names::FINAL_NORM, &[h])?;
         let lm_head = if c.tie_word_embeddings {
             None
         } else {
-            Some(take("lm_head.weight", &[c.vocab_size, h])?)
+            Some(take(names::LM_HEAD, &[c.vocab_size, h])?)
         };
         Ok(Self {
             config,
@@ -192,7 +186,7 @@ impl LlamaModel {
         let names = parameter_shapes(&config);
         for (name, shape) in names {
             let n: usize = shape.iter().product();
-            let t = if name.ends_with("layernorm.weight") || name == "model.norm.weight" {
+            let t = if names::is_norm(&name) {
                 Tensor::ones(shape.as_slice(), DType::F64, device)?
             } else if name.ends_with(".bias") {
                 Tensor::zeros(shape.as_slice(), DType::F64, device)?
@@ -207,22 +201,21 @@ impl LlamaModel {
 
     /// Every weight with its Hugging Face name.
     pub fn named_vars(&self) -> Vec<(String, &Var)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), &self.embed_tokens)];
+        let mut out = vec![(names::EMBED.to_string(), &self.embed_tokens)];
         for (i, b) in self.blocks.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), &b.input_layernorm));
+            out.push((names::norm(i, BlockNorm::Input), &b.input_layernorm));
             for kind in LayerKind::ALL {
                 let lin = b.linear(kind);
-                out.push((format!("{p}.{}.weight", kind.hf_name()), &lin.weight));
+                out.push((names::linear_weight(i, kind), &lin.weight));
                 if let Some(bias) = &lin.bias {
-                    out.push((format!("{p}.{}.bias", kind.hf_name()), bias));
+                    out.push((names::linear_bias(i, kind), bias));
                 }
             }
-            out.push((format!("{p}.post_attention_layernorm.weight"), &b.post_attention_layernorm));
+            out.push((names::norm(i, BlockNorm::PostAttention), &b.post_attention_layernorm));
         }
-        out.push(("model.norm.weight".to_string(), &self.norm));
+        out.push((names::FINAL_NORM.to_string(), &self.norm));
         if let Some(head) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), head));
+            out.push((names::LM_HEAD.to_string(), head));
         }
         out
     }
@@ -372,31 +365,40 @@ fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
 
 /// Every parameter's Hugging Face name and shape, in a fixed order.
 pub fn parameter_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, hd) = (c.hidden_size, c.head_dim());
-    let (nq, nkv) = (c.num_attention_heads * hd, c.num_kv_heads() * hd);
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![c.vocab_size, h])];
+    let h = c.hidden_size;
+    let mut out = vec![(names::EMBED.to_string(), vec![c.vocab_size, h])];
     for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        for (name, o, inp) in [
-            ("self_attn.q_proj", nq, h),
-            ("self_attn.k_proj", nkv, h),
-            ("self_attn.v_proj", nkv, h),
-            ("self_attn.o_proj", h, nq),
-            ("mlp.gate_proj", c.intermediate_size, h),
-            ("mlp.up_proj", c.intermediate_size, h),
-            ("mlp.down_proj", h, c.intermediate_size),
-        ] {
-            out.push((format!("{p}.{name}.weight"), vec![o, inp]));
-            if c.attention_bias && matches!(name, "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj") {
-                out.push((format!("{p}.{name}.bias"), vec![o]));
+        out.push((names::norm(i, BlockNorm::Input), vec![h]));
+        for kind in LayerKind::ALL {
+            let [o, inp] = linear_shape(c, kind);
+            out.push((names::linear_weight(i, kind), vec![o, inp]));
+            if has_bias(c, kind) {
+                out.push((names::linear_bias(i, kind), vec![o]));
             }
         }
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        out.push((names::norm(i, BlockNorm::PostAttention), vec![h]));
     }
-    out.push(("model.norm.weight".to_string(), vec![h]));
+    out.push((names::FINAL_NORM.to_string(), vec![h]));
     if !c.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+        out.push((names::LM_HEAD.to_string(), vec![c.vocab_size, h]));
     }
     out
+}
+
+/// `[out, in]` of a linear layer's weight.
+fn linear_shape(c: &LlamaConfig, kind: LayerKind) -> [usize; 2] {
+    let (h, hd) = (c.hidden_size, c.head_dim());
+    let (nq, nkv) = (c.num_attention_heads * hd, c.num_kv_heads() * hd);
+    match kind {
+        LayerKind::Q => [nq, h],
+        LayerKind::K | LayerKind::V => [nkv, h],
+        LayerKind::O => [h, nq],
+        LayerKind::Gate | LayerKind::Up => [c.intermediate_size, h],
+        LayerKind::Down => [h, c.intermediate_size],
+    }
+}
+
+/// Q, K and V carry a bias when the config says so (Qwen-style); the others never do.
+fn has_bias(c: &LlamaConfig, kind: LayerKind) -> bool {
+    c.attention_bias && matches!(kind, LayerKind::Q | LayerKind::K | LayerKind::V)
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: hyper-parameters from a Hugging Face `config.json`;
 //! - [`llama`]: the forward pass in differentiable candle ops;
 //! - [`ops`]: fused causal softmax and cross-entropy with hand-written backward passes;
+//! - [`layers`]: the layer vocabulary and every tensor's name;
 //! - [`capture`]: per-document loss, per-layer inputs `a_t` and output gradients `g_t`;
 //! - [`gguf`]: loading a GGUF checkpoint (dequantised to f32) and its tokenizer;
 //! - [`train`]: the in-house proxy (`quad proxy train`).
@@ -11,6 +12,7 @@
 pub mod capture;
 pub mod config;
 pub mod gguf;
+pub mod layers;
 pub mod llama;
 pub mod ops;
 pub mod train;
@@ -21,7 +23,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
-pub use capture::{DocCapture, Labels, LayerCapture, LayerId, LayerKind, LayerSelection};
+pub use capture::{DocCapture, Labels, LayerCapture};
+pub use layers::{LayerId, LayerKind, LayerSelection};
 pub use config::LlamaConfig;
 pub use llama::LlamaModel;
 
@@ -103,7 +106,7 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, M
     // Some checkpoints store a tied lm_head anyway; drop it so the tie holds.
     let mut tensors = tensors;
     if config.tie_word_embeddings {
-        tensors.remove("lm_head.weight");
+        tensors.remove(layers::names::LM_HEAD);
     }
     let model = LlamaModel::from_tensors(config, tensors, dtype, device)?;
     let tok_path = dir.join("tokenizer.json");
