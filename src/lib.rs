@@ -2,7 +2,39 @@
 //! and diverse (spread over clusters of the pool), after Quad (ICLR 2025).
 //!
 //! Stages, one module each, data flowing one way:
-//! `corpus → embed → cluster → model → influence → bandit → select → report`.
+//! `corpus → embed → cluster → model → influence → bandit → select` (with `select::report`).
+//!
+//! # Selecting from Rust
+//!
+//! [`select::Selector`] runs the whole pipeline and returns a [`select::Selection`]: the
+//! selected documents with their provenance, the bandit's rounds, and a typed manifest.
+//! [`select::Selection::write`] makes the same output folder as `quad select`.
+//!
+//! ```no_run
+//! use quad_select::bandit::Budget;
+//! use quad_select::select::{Quiet, SelectConfig, Selector};
+//!
+//! # fn main() -> Result<(), quad_select::select::SelectError> {
+//! let config = SelectConfig::default().check()?; // or SelectConfig::from_toml_file(path)?
+//! let selection = Selector::new(config)
+//!     .cache(".quad-cache")
+//!     .select("pool.jsonl".as_ref(), "reference.jsonl".as_ref(), Budget::Tokens(400_000), &mut Quiet)?;
+//! println!(
+//!     "{} documents, {} tokens; scored {:.1}% of the pool",
+//!     selection.documents.len(),
+//!     selection.tokens(),
+//!     100.0 * selection.scored_fraction()
+//! );
+//! for doc in selection.documents.iter().take(3) {
+//!     println!("{} (cluster {}, round {}, score {:?})", doc.id, doc.cluster, doc.round, doc.score);
+//! }
+//! selection.write("out".as_ref())?; // selected.jsonl, manifest.json, rounds.csv, clusters.csv
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! An [`select::Observer`] (any `FnMut(Event) -> ControlFlow<()>`) sees stage and round events
+//! and can stop the run between them; with [`select::Selector::checkpoint`] a stopped run resumes.
 
 pub mod atomic;
 pub mod bandit;

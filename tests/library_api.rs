@@ -1,0 +1,70 @@
+//! The library API end to end on the shipped sample with the tiny fixture config: select through
+//! `Selector`, read the scored fraction and the selection from the returned `Selection` (nothing
+//! is read back from disk), stop through the observer after round 2 and resume from the
+//! checkpoint to the same selection.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use quad_select::bandit::Budget;
+use quad_select::select::{Event, Quiet, SelectConfig, SelectError, Selector};
+
+fn config() -> SelectConfig {
+    let text = std::fs::read_to_string(common::repo().join("tests/fixtures/tiny-select.toml")).unwrap();
+    toml::from_str(&text).unwrap()
+}
+
+#[test]
+fn select_through_the_library_and_resume_after_an_observer_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = common::repo().join("experiments/data/sample.jsonl");
+    let reference = tmp.path().join("ref.jsonl");
+    let sample = std::fs::read_to_string(&pool).unwrap();
+    let lines: Vec<&str> = sample.lines().filter(|l| l.contains("\"domain\": \"devil\"")).take(20).collect();
+    std::fs::write(&reference, lines.join("\n") + "\n").unwrap();
+    let cache = tmp.path().join("cache");
+    let budget = Budget::Tokens(30_000);
+
+    let selector = Selector::new(config().check().unwrap()).cache(&cache);
+    let selection = selector.select(&pool, &reference, budget, &mut Quiet).unwrap();
+    let m = &selection.manifest;
+    assert!(selection.tokens() >= 30_000);
+    assert_eq!(selection.documents.len(), m.documents.selected);
+    assert_eq!(selection.documents.iter().map(|d| d.tokens).sum::<usize>(), m.documents.tokens_selected);
+    let fraction = selection.scored_fraction();
+    assert!(fraction > 0.0 && fraction < 1.0, "{fraction}");
+    assert_eq!(fraction, m.documents.scored as f64 / m.documents.selectable as f64);
+    let ids: std::collections::HashSet<&str> = selection.ids().collect();
+    assert_eq!(ids.len(), selection.documents.len(), "a document selected twice");
+    for d in &selection.documents {
+        assert!(sample.contains(&d.record), "record changed: {}", d.id);
+        assert!(d.cluster < selection.clusters.len());
+    }
+    assert_eq!(selection.rounds.len(), m.rounds);
+    assert_eq!(selection.clusters.iter().map(|c| c.size).sum::<usize>(), m.documents.selectable);
+    // The manifest round-trips through its JSON form.
+    let json = serde_json::to_string(m).unwrap();
+    assert_eq!(&serde_json::from_str::<quad_select::select::Manifest>(&json).unwrap(), m);
+
+    // An observer that stops after round 2, then a resumed run: the same selection.
+    let checkpoint = tmp.path().join("checkpoint.json");
+    let parted = Selector::new(config().check().unwrap()).cache(&cache).checkpoint(&checkpoint, true);
+    let mut stages = Vec::new();
+    let mut stop_after_two = |e: Event<'_>| match e {
+        Event::Stage { name, cached } => {
+            stages.push((name.to_string(), cached));
+            ControlFlow::Continue(())
+        }
+        Event::Round { log, .. } if log.round + 1 >= 2 => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    };
+    match parted.select(&pool, &reference, budget, &mut stop_after_two) {
+        Err(SelectError::Interrupted { after_round, .. }) => assert_eq!(after_round, Some(2)),
+        other => panic!("expected an interruption, got {:?}", other.map(|s| s.documents.len())),
+    }
+    assert!(stages.iter().any(|(n, cached)| n == "embed" && *cached), "{stages:?}");
+    let resumed = parted.select(&pool, &reference, budget, &mut Quiet).unwrap();
+    assert_eq!(resumed.documents, selection.documents);
+    assert_eq!(resumed.rounds, selection.rounds);
+}
