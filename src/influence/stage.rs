@@ -65,6 +65,21 @@ pub struct FactorArguments {
 }
 
 impl FactorArguments {
+    /// The layers and windows fitted factors were fitted on (from their header), for taking
+    /// gradients that match them.
+    pub fn matching(factors: &Factors, header: &FactorsHeader) -> Self {
+        FactorArguments {
+            layers: factors.selection(),
+            per_head: header.per_head,
+            context: header.context,
+            batch: 4,
+            fisher: if header.fisher == Fisher::Empirical.name() { Fisher::Empirical } else { Fisher::True },
+            seed: 0,
+            fit_docs: header.examples,
+            max_tokens: None,
+        }
+    }
+
     /// Options for the fitting passes (labels per [`Fisher`]).
     pub fn fit_options(&self) -> FitOptions {
         FitOptions {

@@ -278,6 +278,14 @@ pub fn tiny_proxy_params() -> crate::model::train::ProxyParams {
 /// model has targeted weights), candidates the first `tokens + 1` tokens of 240 odd-numbered pool
 /// documents, the reference the first `tokens + 1` tokens of up to 40 reference documents.
 /// Returns the per-head and the whole-layer reports.
+/// Trains the tiny validation model on `pool` into `dir` (when no model is given).
+pub fn train_tiny_model(
+    pool: &[String],
+    dir: &std::path::Path,
+) -> Result<crate::model::train::TrainReport, crate::model::ModelError> {
+    crate::model::train::train_proxy(pool.to_vec(), &tiny_proxy_params(), dir, |_| {})
+}
+
 pub fn validate_texts(
     loaded: &crate::model::LoadedModel,
     pool: &[String],

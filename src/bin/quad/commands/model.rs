@@ -93,17 +93,7 @@ pub struct InfluenceCmd {
 pub fn influence(cmd: InfluenceCmd) -> Result<()> {
     let loaded = load(&cmd.model)?;
     let (fitted, header) = store::load_for_model(&cmd.factors, &cmd.model)?;
-    // Gradients on the layers and windows the factors were fitted on.
-    let args = FactorArguments {
-        layers: fitted.selection(),
-        per_head: header.per_head,
-        context: header.context,
-        batch: 4,
-        fisher: quad_select::influence::stage::Fisher::Empirical,
-        seed: 0,
-        fit_docs: header.examples,
-        max_tokens: None,
-    };
+    let args = FactorArguments::matching(&fitted, &header);
     let scoring = ScoreArguments {
         strategy: cmd.strategy,
         damping: cmd.damping,
@@ -164,8 +154,7 @@ pub fn validate(
         Some(m) => m,
         None => {
             let dir = out.join("tiny-model");
-            let params = influence::validate::tiny_proxy_params();
-            let report = train::train_proxy(pool.clone(), &params, &dir, |_| {})?;
+            let report = influence::validate::train_tiny_model(&pool, &dir)?;
             eprintln!(
                 "trained a tiny model ({} parameters): validation loss {:.3} -> {:.3}",
                 report.parameters, report.initial_val_loss, report.final_val_loss
