@@ -295,7 +295,9 @@ fn dataset(m: ArrayView2<f32>) -> DatasetBase<ArrayView2<f32>, ()> {
     DatasetBase::new(m, ())
 }
 
-/// Full-batch Lloyd: linfa's k-means++ and one linfa update step at a time.
+/// Full-batch Lloyd: linfa's k-means++ (and its first update) for the start, then our own
+/// iterations, each a blocked-GEMM assignment ([`assign`]) and the mean of every cluster
+/// ([`update_centroids`]).
 fn lloyd(
     params: &ValidKMeansParams,
     matrix: ArrayView2<f32>,
@@ -324,7 +326,7 @@ fn lloyd(
     });
     let mut iter = 1;
     while iter < params.max_iter {
-        let next = step(KMeansInit::Precomputed(centroids.clone()))?;
+        let next = update_centroids(matrix, &centroids);
         let shift = squared_shift(&centroids, &next);
         centroids = next;
         iter += 1;
@@ -406,6 +408,38 @@ fn mini_batch(
     Ok((model.expect("at least one batch").centroids().clone(), iter))
 }
 
+/// One Lloyd update: every row to its nearest centroid, then each centroid to the mean of its rows
+/// (`c_j = Σ_{i: a(i)=j} x_i / n_j`, summed in f64); a centroid that lost all its rows stays put.
+pub fn update_centroids(matrix: ArrayView2<f32>, centroids: &Array2<f32>) -> Array2<f32> {
+    let (k, d) = centroids.dim();
+    let (assignment, _) = assign(matrix, centroids.view());
+    let zero = || (Array2::<f64>::zeros((k, d)), vec![0usize; k]);
+    let (sums, counts) = matrix
+        .axis_chunks_iter(Axis(0), ASSIGN_BLOCK)
+        .into_par_iter()
+        .zip(assignment.par_chunks(ASSIGN_BLOCK))
+        .fold(zero, |(mut sums, mut counts), (block, assigned)| {
+            for (x, &j) in block.rows().into_iter().zip(assigned) {
+                counts[j] += 1;
+                sums.row_mut(j).zip_mut_with(&x, |s, &v| *s += v as f64);
+            }
+            (sums, counts)
+        })
+        .reduce(zero, |(mut s1, mut c1), (s2, c2)| {
+            s1 += &s2;
+            c1.iter_mut().zip(c2).for_each(|(a, b)| *a += b);
+            (s1, c1)
+        });
+    let mut next = centroids.clone();
+    for j in 0..k {
+        if counts[j] > 0 {
+            let n = counts[j] as f64;
+            next.row_mut(j).assign(&sums.row(j).mapv(|s| (s / n) as f32));
+        }
+    }
+    next
+}
+
 /// Epochs without inertia improvement before mini-batch k-means stops.
 const MINI_BATCH_PATIENCE: usize = 3;
 
@@ -453,6 +487,10 @@ pub fn assign(matrix: ArrayView2<f32>, centroids: ArrayView2<f32>) -> (Vec<usize
     }
     (assignment, distance)
 }
+
+/// Names the k-means implementation in cache keys: cached clusterings made by another one are
+/// not reused.
+pub const ALGORITHM: &str = "lloyd-gemm-1";
 
 /// Rows per GEMM block of [`assign`]: 4,096 × k floats of cross terms at a time.
 pub const ASSIGN_BLOCK: usize = 4096;
@@ -628,6 +666,17 @@ mod tests {
             assert_eq!(a[i], j);
             assert!((d[i] - best).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn lloyd_update_moves_centroids_to_the_means_of_their_rows() {
+        let x = array![[0.0f32, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0], [11.0, 13.0]];
+        let c = array![[1.0f32, 1.0], [10.0, 11.0], [-50.0, -50.0]];
+        let next = update_centroids(x.view(), &c);
+        assert_eq!(next.row(0).to_vec(), vec![1.0, 0.0]);
+        assert_eq!(next.row(1).to_vec(), vec![11.0, 11.0]);
+        // No rows: the centroid stays.
+        assert_eq!(next.row(2).to_vec(), vec![-50.0, -50.0]);
     }
 
     #[test]

@@ -217,7 +217,7 @@ fn cluster_pool(
         )));
     }
 
-    let key = key_of(&json!(["cluster", embed_key, raw.cluster]));
+    let key = key_of(&json!(["cluster", embed_key, raw.cluster, cluster::ALGORITHM]));
     let artifact = cache.file("cluster", &key, "json");
     let load = |p: &Path| -> Result<(Vec<usize>, Vec<Vec<f64>>), SelectError> {
         let text = std::fs::read_to_string(p).map_err(at(p))?;
