@@ -4,25 +4,60 @@
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 
+/// A file being written in place of `path`: a temporary file in the same folder, renamed over
+/// `path` by [`AtomicFile::commit`] after an fsync, and removed if dropped uncommitted.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    path: std::path::PathBuf,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> io::Result<Self> {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            tmp: tempfile::NamedTempFile::new_in(dir)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The temporary file, to write (and seek) in.
+    pub fn file(&self) -> &std::fs::File {
+        self.tmp.as_file()
+    }
+
+    /// Syncs the file and renames it over the target.
+    pub fn commit(self) -> io::Result<()> {
+        self.tmp.as_file().sync_all()?;
+        self.tmp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file().flush()
+    }
+}
+
 /// Writes `path` atomically with the bytes `write` produces.
 pub fn write_atomic<F>(path: &Path, write: F) -> io::Result<()>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let out = AtomicFile::create(path)?;
     {
-        let mut w = BufWriter::new(tmp.as_file());
+        let mut w = BufWriter::new(out.file());
         write(&mut w)?;
         w.flush()?;
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    out.commit()
 }
 
 /// Writes a string atomically.

@@ -45,6 +45,7 @@ pub mod eval;
 pub mod hash;
 pub mod influence;
 pub mod model;
+pub mod npy;
 pub mod path_io;
 pub mod select;
 pub mod weights;
