@@ -112,9 +112,22 @@ impl std::ops::Deref for ValidKMeansParams {
 /// Checks every row for NaN/∞ and zeros (naming the document), and rescales rows that are not
 /// unit-norm. Returns how many rows were rescaled.
 pub fn prepare_rows(embeddings: &mut Embeddings) -> Result<usize, ClusterError> {
-    let mut rescaled = 0;
-    for (row, mut v) in embeddings.matrix.rows_mut().into_iter().enumerate() {
-        let id = || embeddings.ids[row].clone();
+    let rescaled = embeddings
+        .matrix
+        .rows_mut()
+        .into_iter()
+        .map(crate::embed::rescale_to_unit)
+        .filter(|&r| r)
+        .count();
+    check_rows(embeddings.matrix.view(), &embeddings.ids)?;
+    Ok(rescaled)
+}
+
+/// Checks rows that cannot be changed (a mapped matrix): no NaN/∞, no zero row (naming the
+/// document), every row unit-norm within 1e-4.
+pub fn check_rows(matrix: ArrayView2<f32>, ids: &[String]) -> Result<(), ClusterError> {
+    for (row, v) in matrix.rows().into_iter().enumerate() {
+        let id = || ids.get(row).cloned().unwrap_or_default();
         if v.iter().any(|x| !x.is_finite()) {
             return Err(ClusterError::NonFinite { id: id(), row });
         }
@@ -123,11 +136,13 @@ pub fn prepare_rows(embeddings: &mut Embeddings) -> Result<usize, ClusterError> 
             return Err(ClusterError::ZeroRow { id: id(), row });
         }
         if (norm - 1.0).abs() > 1e-4 {
-            v /= norm as f32;
-            rescaled += 1;
+            return Err(ClusterError::Params(format!(
+                "embedding of document {:?} (row {row}) has norm {norm:.6}, not 1; embed it again",
+                id()
+            )));
         }
     }
-    Ok(rescaled)
+    Ok(())
 }
 
 /// Progress events of a k-means fit.

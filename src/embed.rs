@@ -407,39 +407,137 @@ impl Embeddings {
             path: npy.clone(),
             message: format!("not a 2-D f32 .npy matrix: {e}"),
         })?;
-        let ids_path = dir.join(Self::IDS_FILE);
-        let file = std::fs::File::open(&ids_path).map_err(crate::path_io::at(&ids_path))?;
-        let mut ids = Vec::with_capacity(matrix.nrows());
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(crate::path_io::at(&ids_path))?;
-            let id: String = serde_json::from_str(&line).map_err(|e| EmbedError::Format {
-                path: ids_path.clone(),
-                message: format!("line {}: not a JSON string: {e}", n + 1),
-            })?;
-            ids.push(id);
-        }
-        if ids.len() != matrix.nrows() {
-            return Err(EmbedError::Format {
-                path: ids_path,
-                message: format!(
-                    "{} ids for {} embedding rows in {}",
-                    ids.len(),
-                    matrix.nrows(),
-                    npy.display()
-                ),
-            });
-        }
-        let embedder = std::fs::read_to_string(dir.join(Self::META_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str::<EmbeddingsMeta>(&t).ok())
-            .map(|m| m.embedder)
-            .unwrap_or_else(|| "unknown".into());
+        let (ids, embedder) = read_ids_and_meta(&dir, matrix.nrows(), &npy)?;
         Ok(Self {
             ids,
             matrix,
             embedder,
         })
     }
+}
+
+/// `ids.jsonl` (checked against the row count) and the embedder named in `embeddings.json`.
+fn read_ids_and_meta(dir: &Path, rows: usize, npy: &Path) -> Result<(Vec<String>, String), EmbedError> {
+    let ids_path = dir.join(Embeddings::IDS_FILE);
+    let file = std::fs::File::open(&ids_path).map_err(crate::path_io::at(&ids_path))?;
+    let mut ids = Vec::with_capacity(rows);
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(crate::path_io::at(&ids_path))?;
+        let id: String = serde_json::from_str(&line).map_err(|e| EmbedError::Format {
+            path: ids_path.clone(),
+            message: format!("line {}: not a JSON string: {e}", n + 1),
+        })?;
+        ids.push(id);
+    }
+    if ids.len() != rows {
+        return Err(EmbedError::Format {
+            path: ids_path,
+            message: format!("{} ids for {} embedding rows in {}", ids.len(), rows, npy.display()),
+        });
+    }
+    let embedder = std::fs::read_to_string(dir.join(Embeddings::META_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<EmbeddingsMeta>(&t).ok())
+        .map(|m| m.embedder)
+        .unwrap_or_else(|| "unknown".into());
+    Ok((ids, embedder))
+}
+
+/// Embeddings on disk, the matrix memory-mapped (not read into memory): what the selection
+/// pipeline clusters, so its memory does not grow with rows × dim.
+pub struct MappedEmbeddings {
+    pub ids: Vec<String>,
+    pub matrix: crate::npy::MappedMatrix,
+    pub embedder: String,
+}
+
+impl MappedEmbeddings {
+    /// Opens a folder written by [`embed_to_dir`] or [`Embeddings::save`].
+    pub fn open(dir: &Path) -> Result<Self, EmbedError> {
+        let npy = dir.join(Embeddings::MATRIX_FILE);
+        let matrix = crate::npy::MappedMatrix::open(&npy)?;
+        let (ids, embedder) = read_ids_and_meta(dir, matrix.view().nrows(), &npy)?;
+        Ok(Self { ids, matrix, embedder })
+    }
+}
+
+/// Scales a row to unit norm unless it is already within 1e-4 of it (or is zero or not finite,
+/// which the cluster stage reports). Returns whether it was rescaled.
+pub fn rescale_to_unit(mut row: ndarray::ArrayViewMut1<f32>) -> bool {
+    if row.iter().any(|x| !x.is_finite()) {
+        return false;
+    }
+    let norm = row.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    if norm == 0.0 || (norm - 1.0).abs() <= 1e-4 {
+        return false;
+    }
+    row /= norm as f32;
+    true
+}
+
+/// What [`embed_to_dir`] wrote.
+pub struct EmbeddedDir {
+    pub rows: usize,
+    pub dim: usize,
+    /// Rows scaled to unit norm on the way (see [`rescale_to_unit`]).
+    pub rescaled: usize,
+}
+
+/// Embeds a document stream into `dir` (`embeddings.npy`, `ids.jsonl`, `embeddings.json`)
+/// chunk by chunk, rows scaled to unit norm, holding only one chunk of rows in memory: the
+/// streamed counterpart of [`embed_documents`] + [`Embeddings::save`].
+pub fn embed_to_dir<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, mut on_progress: P) -> Result<EmbeddedDir, EmbedError>
+where
+    I: IntoIterator<Item = Result<Document, CorpusError>>,
+    P: FnMut(usize),
+{
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).map_err(crate::path_io::at(dir))?;
+    let chunk = chunk.max(1);
+    let dim = embedder.dim();
+    let mut writer = crate::npy::NpyRowWriter::create(&dir.join(Embeddings::MATRIX_FILE), dim)?;
+    let ids_path = dir.join(Embeddings::IDS_FILE);
+    let ids_file = crate::atomic::AtomicFile::create(&ids_path).map_err(crate::path_io::at(&ids_path))?;
+    let mut ids_out = std::io::BufWriter::new(ids_file);
+    let mut texts: Vec<String> = Vec::with_capacity(chunk);
+    let mut rescaled = 0;
+    let mut flush = |texts: &mut Vec<String>, writer: &mut crate::npy::NpyRowWriter| -> Result<(), EmbedError> {
+        if texts.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let mut rows = embedder.embed(&refs)?;
+        rescaled += rows.rows_mut().into_iter().map(rescale_to_unit).filter(|&r| r).count();
+        writer.push(rows.view())?;
+        on_progress(texts.len());
+        texts.clear();
+        Ok(())
+    };
+    for doc in documents {
+        let doc = doc?;
+        serde_json::to_writer(&mut ids_out, &doc.id).map_err(|e| crate::path_io::PathIoError::new(&ids_path, e.into()))?;
+        ids_out.write_all(b"\n").map_err(crate::path_io::at(&ids_path))?;
+        texts.push(doc.text);
+        if texts.len() == chunk {
+            flush(&mut texts, &mut writer)?;
+        }
+    }
+    flush(&mut texts, &mut writer)?;
+    let rows = writer.finish()?;
+    let ids_file = ids_out.into_inner().map_err(|e| crate::path_io::PathIoError::new(&ids_path, e.into_error()))?;
+    ids_file.commit().map_err(crate::path_io::at(&ids_path))?;
+    let meta = dir.join(Embeddings::META_FILE);
+    let m = EmbeddingsMeta {
+        embedder: embedder.describe(),
+        rows,
+        dim,
+    };
+    write_atomic(&meta, |w| {
+        serde_json::to_writer_pretty(&mut *w, &m)?;
+        w.write_all(b"\n")
+    })
+    .map_err(crate::path_io::at(&meta))?;
+    Ok(EmbeddedDir { rows, dim, rescaled })
 }
 
 /// Embeddings of a corpus, with each document's value of `label_field` (in embedding order) when

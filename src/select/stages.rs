@@ -14,7 +14,7 @@ use super::{Event, Observer, SelectError, Selector, ValidSelectConfig};
 use crate::bandit::{Bandit, BanditState, Budget, Problem, StopReason};
 use crate::cluster::{self, Clustering};
 use crate::corpus::{CorpusReader, Document, ReadReport};
-use crate::embed::{BertOptions, Embeddings};
+use crate::embed::{BertOptions, Embeddings, MappedEmbeddings};
 use crate::hash::key_of;
 use crate::influence::{self, stage as infl, store, Factors, ReferenceIhvp};
 use crate::model::train::train_proxy;
@@ -190,10 +190,12 @@ fn cluster_pool(
         Some(m) => json!(["bert", store::model_fingerprint(m)?]),
         None => json!(["hashing", raw.embed.hashing_dim]),
     };
-    let embed_key = key_of(&json!(["embed", inputs.corpus_key, embedder_id]));
+    // "unit-rows": the cached matrix holds rows already scaled to unit norm (mapped, not fixed up).
+    let embed_key = key_of(&json!(["embed", inputs.corpus_key, embedder_id, "unit-rows"]));
     let artifact = cache.folder("embed", &embed_key, Embeddings::MATRIX_FILE);
     let docs = &inputs.docs;
-    let mut emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), |p| Ok(Embeddings::load(p)?), |p, obs| {
+    // Written to the cache chunk by chunk and mapped back: memory does not grow with rows × dim.
+    let emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), |p| Ok(MappedEmbeddings::open(p)?), |p, obs| {
         let embedder = crate::make_embedder(
             raw.embed.model.as_deref(),
             BertOptions {
@@ -203,12 +205,12 @@ fn cluster_pool(
             raw.embed.hashing_dim,
         )?;
         let (total, mut done) = (docs.len() as u64, 0u64);
-        let emb = crate::embed::embed_documents(docs.iter().cloned().map(Ok), embedder.as_ref(), 256, |_| {}, |n| {
+        let dir = p.expect("embeddings have a folder");
+        crate::embed::embed_to_dir(docs.iter().cloned().map(Ok), embedder.as_ref(), 256, dir, |n| {
             done += n as u64;
             let _ = obs.event(Event::Progress { done, total });
         })?;
-        emb.save(p.expect("embeddings have a folder"))?;
-        Ok(emb)
+        Ok(MappedEmbeddings::open(dir)?)
     })?;
     if emb.ids.len() != docs.len() || emb.ids.iter().zip(docs).any(|(a, d)| *a != d.id) {
         return Err(SelectError::Config(format!(
@@ -232,7 +234,7 @@ fn cluster_pool(
                 docs.len()
             )));
         }
-        cluster::prepare_rows(&mut emb)?;
+        cluster::check_rows(emb.matrix.view(), &emb.ids)?;
         let fitted = Clustering::fit(valid, emb.matrix.view(), |ev| {
             if let cluster::KMeansEvent::Iteration { iter, .. } = ev {
                 let _ = obs.event(Event::Progress {
