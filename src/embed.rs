@@ -486,7 +486,21 @@ pub struct EmbeddedDir {
 /// Embeds a document stream into `dir` (`embeddings.npy`, `ids.jsonl`, `embeddings.json`)
 /// chunk by chunk, rows scaled to unit norm, holding only one chunk of rows in memory: the
 /// streamed counterpart of [`embed_documents`] + [`Embeddings::save`].
-pub fn embed_to_dir<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, mut on_progress: P) -> Result<EmbeddedDir, EmbedError>
+/// A folder this call creates is removed again if it fails (a bad record under `--strict`, say).
+pub fn embed_to_dir<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, on_progress: P) -> Result<EmbeddedDir, EmbedError>
+where
+    I: IntoIterator<Item = Result<Document, CorpusError>>,
+    P: FnMut(usize),
+{
+    let created = !dir.exists();
+    let result = write_embeddings(documents, embedder, chunk, dir, on_progress);
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+fn write_embeddings<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, mut on_progress: P) -> Result<EmbeddedDir, EmbedError>
 where
     I: IntoIterator<Item = Result<Document, CorpusError>>,
     P: FnMut(usize),

@@ -11,21 +11,50 @@ use quad_select::embed::{self, BertOptions, Embeddings};
 use crate::args::{CorpusArgs, EmbedderArgs, KMeansArgs};
 use crate::progress::{bar, spinner};
 
-pub fn embed(corpus: &CorpusArgs, embedder: &EmbedderArgs, out: &Path) -> Result<()> {
-    let (labelled, report, secs) = embed_corpus(corpus, embedder, None)?;
-    let emb = labelled.embeddings;
-    eprintln!("{report}");
-    emb.save(out)?;
+/// Streams the corpus through the embedder into `out`, one chunk of rows in memory at a time
+/// (rows scaled to unit norm).
+pub fn embed(corpus: &CorpusArgs, args: &EmbedderArgs, out: &Path) -> Result<()> {
+    let embedder = make_embedder(args)?;
+    let mut reader = corpus.open()?;
+    let bar = spinner("embedding");
+    let started = Instant::now();
+    let written = embed::embed_to_dir(reader.by_ref(), embedder.as_ref(), args.batch_size.max(1) * 8, out, |n| {
+        bar.inc(n as u64)
+    })?;
+    bar.finish_and_clear();
+    eprintln!("{}", reader.report());
+    if written.rows == 0 {
+        bail!("{}: no documents to embed", corpus.input.display());
+    }
+    if written.rescaled > 0 {
+        eprintln!("note: rescaled {} embedding rows to unit norm", written.rescaled);
+    }
+    let secs = started.elapsed().as_secs_f64();
     println!(
         "embedded {} documents ({} dims, {}) in {:.1} s ({:.1} docs/s) -> {}",
-        emb.ids.len(),
-        emb.matrix.ncols(),
-        emb.embedder,
+        written.rows,
+        written.dim,
+        embedder.describe(),
         secs,
-        emb.ids.len() as f64 / secs.max(1e-9),
+        written.rows as f64 / secs.max(1e-9),
         out.join(Embeddings::MATRIX_FILE).display()
     );
     Ok(())
+}
+
+fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn embed::Embedder>> {
+    quad_select::make_embedder(
+        args.model.as_deref(),
+        BertOptions {
+            max_seq_length: args.max_seq_length,
+            batch_size: args.batch_size,
+        },
+        args.hashing_dim,
+    )
+    .with_context(|| match &args.model {
+        Some(m) => format!("loading embedding model {}", m.display()),
+        None => "building the hashing embedder".into(),
+    })
 }
 
 pub fn cluster(
@@ -115,18 +144,7 @@ fn embed_corpus(
     args: &EmbedderArgs,
     label_field: Option<&str>,
 ) -> Result<(embed::Labelled, ReadReport, f64)> {
-    let embedder = quad_select::make_embedder(
-        args.model.as_deref(),
-        BertOptions {
-            max_seq_length: args.max_seq_length,
-            batch_size: args.batch_size,
-        },
-        args.hashing_dim,
-    )
-    .with_context(|| match &args.model {
-        Some(m) => format!("loading embedding model {}", m.display()),
-        None => "building the hashing embedder".into(),
-    })?;
+    let embedder = make_embedder(args)?;
     let mut reader = corpus.open()?;
     let bar = spinner("embedding");
     let started = Instant::now();
