@@ -95,9 +95,23 @@ impl StageCache {
             Some(a) if cached => load(&a.path)?,
             _ => compute(artifact.map(|a| a.path.as_path()), observer)?,
         };
+        self.finish(observer, stage, started, cached, key)?;
+        Ok(value)
+    }
+
+    /// Records a finished stage (also one run outside [`StageCache::stage`]) and lets the
+    /// observer stop the run here.
+    pub fn finish(
+        &mut self,
+        observer: &mut dyn Observer,
+        stage: &str,
+        started: Instant,
+        cached: bool,
+        key: &str,
+    ) -> Result<(), SelectError> {
         self.record(stage, started, cached, key);
         match observer.event(Event::StageDone { name: stage }) {
-            ControlFlow::Continue(()) => Ok(value),
+            ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => Err(SelectError::Interrupted {
                 after_round: None,
                 docs: 0,

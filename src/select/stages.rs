@@ -1,7 +1,6 @@
 //! The pipeline behind [`super::Selector::select`], one function per stage.
 
 use std::cell::RefCell;
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -154,8 +153,7 @@ fn read_inputs(
     let pool_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(pool)?)?;
     let ref_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(reference)?)?;
     let corpus_key = key_of(&json!([pool_sha, cfg.raw.text_field, cfg.raw.id_field]));
-    cache.record("corpus", started, false, &corpus_key);
-    stop_between_stages(observer, "corpus")?;
+    cache.finish(observer, "corpus", started, false, &corpus_key)?;
     Ok(Inputs {
         docs,
         ref_docs,
@@ -165,17 +163,6 @@ fn read_inputs(
         ref_sha,
         corpus_key,
     })
-}
-
-fn stop_between_stages(observer: &mut dyn Observer, name: &str) -> Result<(), SelectError> {
-    match observer.event(Event::StageDone { name }) {
-        ControlFlow::Continue(()) => Ok(()),
-        ControlFlow::Break(()) => Err(SelectError::Interrupted {
-            after_round: None,
-            docs: 0,
-            tokens: 0,
-        }),
-    }
 }
 
 /// Embeddings, then k-means over them.
@@ -307,8 +294,7 @@ fn load_proxy(
     };
     let loaded = model::load(&path, DType::F32, &Device::Cpu)?;
     let sha = store::model_fingerprint(&path)?;
-    cache.record("proxy", started, cached, &sha[..16]);
-    stop_between_stages(observer, "proxy")?;
+    cache.finish(observer, "proxy", started, cached, &sha[..16])?;
     Ok(Proxy { loaded, path, sha })
 }
 
@@ -331,8 +317,7 @@ fn tokenize(
         let line = format!("skipped {too_short} documents with fewer than two tokens (nothing to score)");
         let _ = observer.event(Event::Note(&line));
     }
-    cache.record("tokenize", started, false, "");
-    stop_between_stages(observer, "tokenize")?;
+    cache.finish(observer, "tokenize", started, false, "")?;
     Ok(Tokens {
         ids,
         eligible,
