@@ -208,11 +208,13 @@ impl Checkpoint {
     }
 
     pub fn save(path: &Path, run_key: &str, state: &BanditState) -> Result<(), SelectError> {
-        let json = serde_json::to_string(&Checkpoint {
-            run_key: run_key.to_string(),
-            state: state.clone(),
-        })
-        .expect("plain data");
+        // The same JSON as a `Checkpoint`, without copying the state every round.
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            run_key: &'a str,
+            state: &'a BanditState,
+        }
+        let json = serde_json::to_string(&Borrowed { run_key, state }).expect("plain data");
         crate::atomic::write_string_atomic(path, &json).map_err(at(path))?;
         Ok(())
     }
