@@ -18,8 +18,13 @@ impl AtomicFile {
             _ => Path::new("."),
         };
         std::fs::create_dir_all(dir)?;
+        let mut builder = tempfile::Builder::new();
+        // Mode 0666 at open(2), so the kernel applies the user's umask as for any file the user
+        // writes (tempfile's default, 0600, would make outputs private whatever the umask).
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
         Ok(Self {
-            tmp: tempfile::NamedTempFile::new_in(dir)?,
+            tmp: builder.tempfile_in(dir)?,
             path: path.to_path_buf(),
         })
     }
@@ -68,6 +73,23 @@ pub fn write_string_atomic(path: &Path, s: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn outputs_get_the_users_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.txt");
+        write_string_atomic(&p, "x").unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !umask, "mode {mode:o} under umask {umask:o}");
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {
