@@ -354,43 +354,7 @@ impl Embeddings {
     pub const IDS_FILE: &'static str = "ids.jsonl";
     pub const META_FILE: &'static str = "embeddings.json";
 
-    /// Writes `embeddings.npy` (rows × dim, f32), `ids.jsonl` (one JSON string per line, same
-    /// order) and `embeddings.json` (embedder, shape) into `dir`, each atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), EmbedError> {
-        use ndarray_npy::WriteNpyExt;
-        let io = |path: PathBuf| move |e| EmbedError::Io(crate::path_io::PathIoError::new(path, e));
-        std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
-        let npy = dir.join(Self::MATRIX_FILE);
-        write_atomic(&npy, |w| {
-            self.matrix
-                .write_npy(w)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        })
-        .map_err(io(npy.clone()))?;
-        let ids = dir.join(Self::IDS_FILE);
-        write_atomic(&ids, |w| {
-            for id in &self.ids {
-                serde_json::to_writer(&mut *w, id)?;
-                w.write_all(b"\n")?;
-            }
-            Ok(())
-        })
-        .map_err(io(ids.clone()))?;
-        let meta = dir.join(Self::META_FILE);
-        let m = EmbeddingsMeta {
-            embedder: self.embedder.clone(),
-            rows: self.matrix.nrows(),
-            dim: self.matrix.ncols(),
-        };
-        write_atomic(&meta, |w| {
-            serde_json::to_writer_pretty(&mut *w, &m)?;
-            w.write_all(b"\n")
-        })
-        .map_err(io(meta.clone()))?;
-        Ok(())
-    }
-
-    /// Reads embeddings saved by [`Embeddings::save`]: `path` is the folder, or the `.npy` file
+    /// Reads embeddings written by [`embed_to_dir`]: `path` is the folder, or the `.npy` file
     /// with `ids.jsonl` beside it.
     pub fn load(path: &Path) -> Result<Self, EmbedError> {
         use ndarray_npy::ReadNpyExt;
@@ -452,7 +416,7 @@ pub struct MappedEmbeddings {
 }
 
 impl MappedEmbeddings {
-    /// Opens a folder written by [`embed_to_dir`] or [`Embeddings::save`].
+    /// Opens a folder written by [`embed_to_dir`].
     pub fn open(dir: &Path) -> Result<Self, EmbedError> {
         let npy = dir.join(Embeddings::MATRIX_FILE);
         let matrix = crate::npy::MappedMatrix::open(&npy)?;
@@ -485,7 +449,7 @@ pub struct EmbeddedDir {
 
 /// Embeds a document stream into `dir` (`embeddings.npy`, `ids.jsonl`, `embeddings.json`)
 /// chunk by chunk, rows scaled to unit norm, holding only one chunk of rows in memory: the
-/// streamed counterpart of [`embed_documents`] + [`Embeddings::save`].
+/// streamed counterpart of [`embed_documents`], and the one writer of an embeddings folder.
 /// A folder this call creates is removed again if it fails (a bad record under `--strict`, say).
 pub fn embed_to_dir<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, on_progress: P) -> Result<EmbeddedDir, EmbedError>
 where
