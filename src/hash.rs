@@ -60,11 +60,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
+/// Feeds a file's bytes to a hasher.
+fn feed_file(h: &mut Sha256, path: &Path) -> Result<(), PathIoError> {
+    let mut f = std::fs::File::open(path).map_err(at(path))?;
+    std::io::copy(&mut f, h).map_err(at(path))?;
+    Ok(())
+}
+
 /// Lower-case hex sha256 of a file's bytes.
 pub fn sha256_file(path: &Path) -> Result<String, PathIoError> {
-    let mut f = std::fs::File::open(path).map_err(at(path))?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(at(path))?;
+    feed_file(&mut h, path)?;
     Ok(format!("{:x}", h.finalize()))
 }
 
@@ -72,9 +78,8 @@ pub fn sha256_file(path: &Path) -> Result<String, PathIoError> {
 pub fn sha256_files(files: &[std::path::PathBuf]) -> Result<String, PathIoError> {
     let mut h = Sha256::new();
     for f in files {
-        let mut file = std::fs::File::open(f).map_err(at(f))?;
         h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().as_bytes());
-        std::io::copy(&mut file, &mut h).map_err(at(f))?;
+        feed_file(&mut h, f)?;
     }
     Ok(format!("{:x}", h.finalize()))
 }
