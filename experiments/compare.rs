@@ -108,7 +108,7 @@ pub fn run(o: &Opts) -> Result<String> {
         }
         let sel_texts: Vec<String> = chosen.iter().map(|&i| texts[i].clone()).collect();
         let sel_recs: Vec<serde_json::Value> = chosen.iter().map(|&i| recs[i].clone()).collect();
-        rows.extend(setup.run_texts(&sel_texts, &sel_recs, &o.out, &format!("wiki-only-s{seed}"), "wiki-only", k, seed)?);
+        rows.extend(setup.run_texts(&sel_texts, &sel_recs, &o.out, &format!("wiki-only-s{seed}"), "wiki-only", k.resolve(recs.len()), seed)?);
     }
     if harness::select_only() {
         return Ok(format!("select-only: selections under {}/runs, evaluations deferred\n", o.out.display()));

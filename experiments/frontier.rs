@@ -38,7 +38,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use harness::{mean_std, read_records, scored_fraction, select_into, update_readme, write_csv, Row};
+use harness::{cluster_count, mean_std, read_records, scored_fraction, select_into, update_readme, write_csv, Row};
 use quad_select::bandit::{Budget, Policy};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::eval;
@@ -319,7 +319,7 @@ pub fn run(o: &Opts) -> Result<String> {
                         targets: vec![(s.eval.clone(), out)],
                         seed,
                         steps,
-                        k: cfg.cluster.k,
+                        k: cluster_count(&run_dir)?,
                         shared,
                     });
                 }
@@ -338,7 +338,7 @@ pub fn run(o: &Opts) -> Result<String> {
     // Rows, tables, plots.
     let mut summary = String::new();
     for s in &settings {
-        let rows = collect_rows(s, o.seeds, &o.config)?;
+        let rows = collect_rows(s, o.seeds)?;
         let md = table(s, &rows, &o)?;
         quad_select::atomic::write_string_atomic(&s.dir.join("table.md"), &md)?;
         write_csv(&s.dir.join("rows.csv"), &rows)?;
@@ -437,7 +437,7 @@ fn run_evals(quad: &Path, split: &Path, jobs: &[EvalJob], parallel: usize, quick
 }
 
 /// The finished rows of a setting (each saved as `RUN.json` once its evaluation is there).
-fn collect_rows(s: &Setting, seeds: u64, base: &SelectConfig) -> Result<Vec<Row>> {
+fn collect_rows(s: &Setting, seeds: u64) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for sel in &s.selectors {
         for seed in 0..seeds {
@@ -453,7 +453,7 @@ fn collect_rows(s: &Setting, seeds: u64, base: &SelectConfig) -> Result<Vec<Row>
                     .with_context(|| format!("evaluation of {name} in {}", s.dir.display()))?,
             )?;
             let (_, recs) = read_records(&run_dir.join("selected.jsonl"))?;
-            let k = sel.config(base, seed)?.cluster.k;
+            let k = cluster_count(&run_dir)?;
             let row = Row {
                 selector: sel.name.clone(),
                 value: sel.mix,

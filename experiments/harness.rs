@@ -71,6 +71,12 @@ pub fn select_into(cfg: SelectConfig, pool: &Path, reference: &Path, budget: Bud
     Ok(selection)
 }
 
+/// The number of clusters a finished run used (the rows of its `clusters.csv`).
+pub fn cluster_count(run_dir: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(run_dir.join("clusters.csv"))?;
+    Ok(text.lines().count().saturating_sub(1))
+}
+
 /// The scored fraction recorded in a finished run's `manifest.json`.
 pub fn scored_fraction(run_dir: &Path) -> Result<f64> {
     Ok(ManifestSummary::read(&run_dir.join("manifest.json"))?.documents.scored_fraction)
@@ -148,7 +154,6 @@ impl Setup {
         if let Ok(text) = std::fs::read_to_string(&result) {
             return Ok(Some(serde_json::from_str(&text)?));
         }
-        let k = cfg.cluster.k;
         let selector = cfg.bandit.policy.to_string();
         let out = rows_dir.join("runs").join(name);
         eprintln!("select {name}");
@@ -156,6 +161,7 @@ impl Setup {
         let selection =
             select_into(cfg, &self.split.join(eval::SPLIT_POOL), &self.reference, Budget::Tokens(self.budget), &self.cache, &out)?;
         let select_seconds = started.elapsed().as_secs_f64();
+        let k = selection.clusters.len();
         let (texts, recs) = read_records(&out.join("selected.jsonl"))?;
         let Some(ev) = self.evaluation(rows_dir, name, &texts, seed)? else { return Ok(None) };
         let row = Row {

@@ -47,7 +47,7 @@ fn set(cfg: &mut SelectConfig, param: &str, v: f64) {
         "B" => cfg.bandit.arms_per_round = v as usize,
         "b" => cfg.bandit.samples_per_arm = v as usize,
         "m" => cfg.bandit.chunk = Some(v as usize),
-        "k" => cfg.cluster.k = v as usize,
+        "k" => cfg.cluster.k = (v as usize).into(),
         _ => unreachable!("checked"),
     }
 }

@@ -1,12 +1,16 @@
 //! Cluster stage: k-means over unit-norm embeddings, and the cluster structure the bandit uses.
 //!
-//! k-means runs with linfa-clustering (k-means++ initialisation, linfa's Lloyd update step) on unit
-//! vectors, so squared Euclidean distance is `2 − 2·cos`: cosine geometry. We drive linfa one
-//! iteration at a time (initialising from the previous centroids) so that we can show progress and
-//! stop on scikit-learn's criterion: the summed squared centroid shift falls below
-//! `tol · mean_j Var(X[:, j])`. `n_init` runs with derived seeds; the lowest inertia wins.
-//! For large pools, [`KMeansParams::mini_batch`] switches to linfa's incremental (mini-batch)
-//! k-means, which holds only the embeddings, one batch and O(k·d) state.
+//! Rows are unit vectors, so squared Euclidean distance is `2 − 2·cos`: cosine geometry. linfa
+//! gives the start (k-means++ and its first update); our own Lloyd iterations follow, each a
+//! blocked GEMM assignment (`‖x‖² − 2·X·Cᵀ + ‖c‖²`, [`assign`]) and the f64 mean of every cluster
+//! ([`update_centroids`]). They stop on scikit-learn's criterion: the summed squared centroid shift
+//! falls below `tol · mean_j Var(X[:, j])`. `n_init` runs with derived seeds; the lowest inertia
+//! wins. [`KMeansParams::mini_batch`] switches to linfa's incremental (mini-batch) k-means.
+//!
+//! Scale: the centroids are fitted on at most [`KMeansParams::fit_rows`] rows (a seeded sample
+//! past that, as faiss does), then every row is assigned in one pass.
+//! [`Clustering::fit_stored`] does this over a matrix on disk, read a block at a time, so memory
+//! holds the sample and one block whatever the pool's size. [`ClusterCount::Auto`] picks k from n.
 //!
 //! Outputs ([`Clustering`]): cluster of every document and its distance to the centroid,
 //! centroids, sizes, inertia `Σ_n ‖x_n − c(n)‖²`, the k×k cosine distance matrix between centroids
@@ -28,6 +32,7 @@ use serde::Serialize;
 
 use crate::atomic::write_atomic;
 use crate::embed::Embeddings;
+use crate::npy::NpyRows;
 
 /// Errors of the cluster stage.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +51,91 @@ pub enum ClusterError {
     Io(#[from] crate::path_io::PathIoError),
 }
 
+/// How many clusters: a fixed number, or [`ClusterCount::Auto`], which grows with the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterCount {
+    /// `2^round(log2 √(n / 16))`, clamped to `[2, 4096]` and to n: 32 for the 18k-document pool,
+    /// 64 at 100k, 256 at 1M, 8,192 past 700M (Quad's own 600M-document run used 10k clusters).
+    /// √n growth keeps the bandit's exploration (it tries every cluster) a shrinking share of a
+    /// budget that grows like n; the power of two keeps k from changing with every few documents.
+    #[default]
+    Auto,
+    Fixed(usize),
+}
+
+impl ClusterCount {
+    /// Largest k [`ClusterCount::Auto`] picks.
+    pub const AUTO_MAX: usize = 4096;
+
+    /// The number of clusters for `n` documents.
+    pub fn resolve(self, n: usize) -> usize {
+        match self {
+            Self::Fixed(k) => k,
+            Self::Auto => {
+                let root = (n as f64 / 16.0).sqrt().max(1.0);
+                let k = 2f64.powi(root.log2().round() as i32) as usize;
+                k.clamp(2, Self::AUTO_MAX).min(n.max(1))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(k) => write!(f, "{k}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ClusterCount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => s.parse().map(Self::Fixed).map_err(|_| format!("{s:?}: k is a number of clusters or \"auto\"")),
+        }
+    }
+}
+
+impl From<usize> for ClusterCount {
+    fn from(k: usize) -> Self {
+        Self::Fixed(k)
+    }
+}
+
+/// In TOML and JSON: a number, or the string `"auto"`.
+impl Serialize for ClusterCount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Auto => s.serialize_str("auto"),
+            Self::Fixed(k) => s.serialize_u64(*k as u64),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ClusterCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(k) => Ok(Self::Fixed(k as usize)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// k-means settings, validated by [`KMeansParams::check`] (linfa style).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KMeansParams {
     /// Number of clusters.
-    pub k: usize,
+    pub k: ClusterCount,
     /// Independent k-means++ initialisations; the lowest inertia wins.
     pub n_init: usize,
     /// Maximum Lloyd iterations per run (epochs in mini-batch mode).
@@ -61,17 +145,23 @@ pub struct KMeansParams {
     pub seed: u64,
     /// Batch size for mini-batch k-means; `None` runs full-batch Lloyd.
     pub mini_batch: Option<usize>,
+    /// The centroids are fitted on at most this many rows (a seeded sample when there are more),
+    /// then every row is assigned to its nearest centroid in one blocked pass. 65,536 rows: 256
+    /// per centroid at k = 256 (faiss's default sample), every row of a pool of up to 65,536
+    /// documents, and 512 MB at 2,048 dimensions whatever the pool's size.
+    pub fit_rows: usize,
 }
 
 impl Default for KMeansParams {
     fn default() -> Self {
         Self {
-            k: 64,
+            k: ClusterCount::Auto,
             n_init: 3,
             max_iter: 300,
             tol: 1e-4,
             seed: 0,
             mini_batch: None,
+            fit_rows: 65_536,
         }
     }
 }
@@ -83,8 +173,11 @@ pub struct ValidKMeansParams(KMeansParams);
 impl KMeansParams {
     pub fn check(self) -> Result<ValidKMeansParams, ClusterError> {
         let bad = |m: &str| Err(ClusterError::Params(m.to_string()));
-        if self.k == 0 {
+        if self.k == ClusterCount::Fixed(0) {
             return bad("k must be at least 1");
+        }
+        if self.fit_rows == 0 {
+            return bad("fit_rows must be at least 1");
         }
         if self.n_init == 0 {
             return bad("n_init must be at least 1");
@@ -123,24 +216,34 @@ pub fn prepare_rows(embeddings: &mut Embeddings) -> Result<usize, ClusterError> 
     Ok(rescaled)
 }
 
-/// Checks rows that cannot be changed (a mapped matrix): no NaN/∞, no zero row (naming the
+/// Checks rows that cannot be changed (a matrix on disk): no NaN/∞, no zero row (naming the
 /// document), every row unit-norm within 1e-4.
 pub fn check_rows(matrix: ArrayView2<f32>, ids: &[String]) -> Result<(), ClusterError> {
-    for (row, v) in matrix.rows().into_iter().enumerate() {
-        let id = || ids.get(row).cloned().unwrap_or_default();
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(ClusterError::NonFinite { id: id(), row });
-        }
-        let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
-        if norm == 0.0 {
-            return Err(ClusterError::ZeroRow { id: id(), row });
-        }
-        if (norm - 1.0).abs() > 1e-4 {
-            return Err(ClusterError::Params(format!(
-                "embedding of document {:?} (row {row}) has norm {norm:.6}, not 1; embed it again",
-                id()
-            )));
-        }
+    check_block(matrix, 0, ids)
+}
+
+/// [`check_rows`] for a block whose first row is row `first` of the matrix.
+fn check_block(matrix: ArrayView2<f32>, first: usize, ids: &[String]) -> Result<(), ClusterError> {
+    for (i, v) in matrix.rows().into_iter().enumerate() {
+        check_row(v, first + i, ids)?;
+    }
+    Ok(())
+}
+
+fn check_row(v: ndarray::ArrayView1<f32>, row: usize, ids: &[String]) -> Result<(), ClusterError> {
+    let id = || ids.get(row).cloned().unwrap_or_default();
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(ClusterError::NonFinite { id: id(), row });
+    }
+    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return Err(ClusterError::ZeroRow { id: id(), row });
+    }
+    if (norm - 1.0).abs() > 1e-4 {
+        return Err(ClusterError::Params(format!(
+            "embedding of document {:?} (row {row}) has norm {norm:.6}, not 1; embed it again",
+            id()
+        )));
     }
     Ok(())
 }
@@ -175,47 +278,69 @@ pub struct Clustering {
 }
 
 impl Clustering {
-    /// Fits k-means to the rows of `matrix` (unit-norm; see [`prepare_rows`]).
+    /// Fits k-means to the rows of `matrix` (unit-norm; see [`prepare_rows`]): centroids on at most
+    /// `fit_rows` of them ([`fit_sample`]), then every row to its nearest centroid.
     pub fn fit(
         params: &ValidKMeansParams,
         matrix: ArrayView2<f32>,
         mut on_event: impl FnMut(KMeansEvent),
     ) -> Result<Self, ClusterError> {
         let n = matrix.nrows();
-        if params.k > n {
-            return Err(ClusterError::TooFewDocuments { k: params.k, n });
-        }
-        // scikit-learn's tolerance: tol × mean per-feature variance.
-        let var_mean = matrix.var_axis(Axis(0), 0.0).mean().unwrap_or(0.0) as f64;
-        let abs_tol = params.tol * var_mean;
-
-        let mut best: Option<(f64, Array2<f32>, usize)> = None;
-        for run in 0..params.n_init {
-            on_event(KMeansEvent::RunStarted {
-                run,
-                n_init: params.n_init,
-            });
-            let seed = params
-                .seed
-                .wrapping_add((run as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let (centroids, n_iter) = match params.mini_batch {
-                None => lloyd(params, matrix, seed, abs_tol, run, &mut on_event)?,
-                Some(b) => mini_batch(params, matrix, b, seed, abs_tol, run, &mut on_event)?,
-            };
-            let (_, sq) = assign(matrix, centroids.view());
-            let inertia: f64 = sq.iter().map(|&d| d as f64).sum();
-            if best.as_ref().is_none_or(|(b, _, _)| inertia < *b) {
-                best = Some((inertia, centroids, n_iter));
-            }
-        }
-        let (inertia, centroids, n_iter) = best.expect("n_init ≥ 1");
+        let k = params.k.resolve(n);
+        let (centroids, n_iter) = match fit_sample(params, n, k)? {
+            None => fit_centroids(params, k, matrix, &mut on_event)?,
+            Some(rows) => fit_centroids(params, k, matrix.select(Axis(0), &rows).view(), &mut on_event)?,
+        };
         let (assignment, sq) = assign(matrix, centroids.view());
-        let mut sizes = vec![0usize; params.k];
+        Ok(Self::from_assignment(k, centroids, n_iter, assignment, sq))
+    }
+
+    /// [`Clustering::fit`] over a matrix on disk, read a block at a time: memory holds the fit
+    /// sample (at most `fit_rows` rows), one block and the per-row results, whatever n is. Rows are
+    /// checked as they are read ([`check_rows`]; `ids` name the rows in errors).
+    pub fn fit_stored(
+        params: &ValidKMeansParams,
+        rows: &NpyRows,
+        ids: &[String],
+        mut on_event: impl FnMut(KMeansEvent),
+    ) -> Result<Self, ClusterError> {
+        let n = rows.rows();
+        let k = params.k.resolve(n);
+        let (centroids, n_iter) = {
+            let (sample, first) = match fit_sample(params, n, k)? {
+                None => (rows.read_rows(0..n)?, None),
+                Some(idx) => (rows.gather(&idx)?, Some(idx)),
+            };
+            match &first {
+                None => check_rows(sample.view(), ids)?,
+                Some(idx) => {
+                    for (v, &row) in sample.rows().into_iter().zip(idx) {
+                        check_row(v, row, ids)?;
+                    }
+                }
+            }
+            fit_centroids(params, k, sample.view(), &mut on_event)?
+        };
+        let (mut assignment, mut sq) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        // Blocks of ASSIGN_BLOCK rows from row 0: the same GEMMs as `assign` over the whole matrix.
+        for block in rows.blocks(ASSIGN_BLOCK) {
+            let (first, block) = block?;
+            check_block(block.view(), first, ids)?;
+            let (a, d) = assign(block.view(), centroids.view());
+            assignment.extend(a);
+            sq.extend(d);
+        }
+        Ok(Self::from_assignment(k, centroids, n_iter, assignment, sq))
+    }
+
+    fn from_assignment(k: usize, centroids: Array2<f32>, n_iter: usize, assignment: Vec<usize>, sq: Vec<f32>) -> Self {
+        let inertia: f64 = sq.iter().map(|&d| d as f64).sum();
+        let mut sizes = vec![0usize; k];
         for &c in &assignment {
             sizes[c] += 1;
         }
         let centroid_distances = cosine_distances(centroids.view());
-        Ok(Self {
+        Self {
             assignment,
             distance: sq.iter().map(|d| d.max(0.0).sqrt()).collect(),
             centroids,
@@ -223,7 +348,7 @@ impl Clustering {
             inertia,
             n_iter,
             centroid_distances,
-        })
+        }
     }
 
     pub fn k(&self) -> usize {
@@ -306,6 +431,56 @@ impl Clustering {
     }
 }
 
+/// The rows the centroids are fitted on: `None` for all of them (n ≤ `fit_rows`), else a seeded
+/// sample of `max(fit_rows, k)` distinct rows in increasing order.
+pub fn fit_sample(params: &ValidKMeansParams, n: usize, k: usize) -> Result<Option<Vec<usize>>, ClusterError> {
+    if k > n {
+        return Err(ClusterError::TooFewDocuments { k, n });
+    }
+    let m = params.fit_rows.max(k);
+    if n <= m {
+        return Ok(None);
+    }
+    let mut rng = Xoshiro256Plus::seed_from_u64(params.seed ^ 0xF17_5A3F1E);
+    let mut rows = rand::seq::index::sample(&mut rng, n, m).into_vec();
+    rows.sort_unstable();
+    Ok(Some(rows))
+}
+
+/// `n_init` seeded runs of Lloyd (or mini-batch) k-means on `matrix`; the centroids and iteration
+/// count of the run with the lowest inertia on `matrix`.
+fn fit_centroids(
+    params: &ValidKMeansParams,
+    k: usize,
+    matrix: ArrayView2<f32>,
+    on_event: &mut impl FnMut(KMeansEvent),
+) -> Result<(Array2<f32>, usize), ClusterError> {
+    // scikit-learn's tolerance: tol × mean per-feature variance.
+    let var_mean = matrix.var_axis(Axis(0), 0.0).mean().unwrap_or(0.0) as f64;
+    let abs_tol = params.tol * var_mean;
+    let mut best: Option<(f64, Array2<f32>, usize)> = None;
+    for run in 0..params.n_init {
+        on_event(KMeansEvent::RunStarted {
+            run,
+            n_init: params.n_init,
+        });
+        let seed = params
+            .seed
+            .wrapping_add((run as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let (centroids, n_iter) = match params.mini_batch {
+            None => lloyd(params, k, matrix, seed, abs_tol, run, on_event)?,
+            Some(b) => mini_batch(params, k, matrix, b, seed, abs_tol, run, on_event)?,
+        };
+        let (_, sq) = assign(matrix, centroids.view());
+        let inertia: f64 = sq.iter().map(|&d| d as f64).sum();
+        if best.as_ref().is_none_or(|(b, _, _)| inertia < *b) {
+            best = Some((inertia, centroids, n_iter));
+        }
+    }
+    let (_, centroids, n_iter) = best.expect("n_init ≥ 1");
+    Ok((centroids, n_iter))
+}
+
 fn dataset(m: ArrayView2<f32>) -> DatasetBase<ArrayView2<f32>, ()> {
     DatasetBase::new(m, ())
 }
@@ -315,6 +490,7 @@ fn dataset(m: ArrayView2<f32>) -> DatasetBase<ArrayView2<f32>, ()> {
 /// ([`update_centroids`]).
 fn lloyd(
     params: &ValidKMeansParams,
+    k: usize,
     matrix: ArrayView2<f32>,
     seed: u64,
     abs_tol: f64,
@@ -323,7 +499,7 @@ fn lloyd(
 ) -> Result<(Array2<f32>, usize), ClusterError> {
     let data = dataset(matrix);
     let step = |init: KMeansInit<f32>| -> Result<Array2<f32>, ClusterError> {
-        let model = KMeans::params_with(params.k, Xoshiro256Plus::seed_from_u64(seed), L2Dist)
+        let model = KMeans::params_with(k, Xoshiro256Plus::seed_from_u64(seed), L2Dist)
             .n_runs(1)
             .max_n_iterations(1)
             .tolerance(f32::MIN_POSITIVE)
@@ -360,8 +536,10 @@ fn lloyd(
 /// shift is under the tolerance, or when the epoch's mean batch inertia has not improved by more
 /// than `tol` (relative) for [`MINI_BATCH_PATIENCE`] epochs (scikit-learn's MiniBatchKMeans stops
 /// on stalled inertia likewise).
+#[allow(clippy::too_many_arguments)]
 fn mini_batch(
     params: &ValidKMeansParams,
+    k: usize,
     matrix: ArrayView2<f32>,
     batch: usize,
     seed: u64,
@@ -370,8 +548,8 @@ fn mini_batch(
     on_event: &mut impl FnMut(KMeansEvent),
 ) -> Result<(Array2<f32>, usize), ClusterError> {
     let n = matrix.nrows();
-    let batch = batch.max(params.k).min(n);
-    let fitter = KMeans::params_with(params.k, Xoshiro256Plus::seed_from_u64(seed), L2Dist)
+    let batch = batch.max(k).min(n);
+    let fitter = KMeans::params_with(k, Xoshiro256Plus::seed_from_u64(seed), L2Dist)
         .n_runs(1)
         .tolerance(f32::MIN_POSITIVE) // we judge convergence per epoch ourselves
         .check()
@@ -744,7 +922,7 @@ mod tests {
         let truth: Vec<String> = (0..60).map(|i| (i % 3).to_string()).collect();
         for mb in [None, Some(16)] {
             let p = KMeansParams {
-                k: 3,
+                k: 3.into(),
                 mini_batch: mb,
                 ..Default::default()
             }
@@ -778,7 +956,7 @@ mod tests {
         e.matrix = array![[3.0f32, 0.0], [0.0, 2.0]];
         assert_eq!(prepare_rows(&mut e).unwrap(), 2);
         let p = KMeansParams {
-            k: 3,
+            k: 3.into(),
             ..Default::default()
         }
         .check()
@@ -787,6 +965,100 @@ mod tests {
             Clustering::fit(&p, e.matrix.view(), |_| {}),
             Err(ClusterError::TooFewDocuments { k: 3, n: 2 })
         ));
-        assert!(KMeansParams { k: 0, ..Default::default() }.check().is_err());
+        assert!(KMeansParams { k: 0.into(), ..Default::default() }.check().is_err());
+    }
+
+    #[test]
+    fn auto_k_grows_as_the_root_of_n_in_powers_of_two() {
+        let k = |n| ClusterCount::Auto.resolve(n);
+        assert_eq!(k(17_991), 32); // the shipped pool (its selection half)
+        assert_eq!(k(18_211), 32);
+        assert_eq!(k(1_173), 8);
+        assert_eq!(k(109_266), 64);
+        assert_eq!(k(327_798), 128);
+        assert_eq!(k(1_001_605), 256);
+        assert_eq!(k(600_000_000), 4096); // capped
+        assert_eq!(k(3), 2);
+        assert_eq!(k(1), 1);
+        assert_eq!(ClusterCount::Fixed(7).resolve(3), 7);
+        // Monotone in n.
+        let ks: Vec<usize> = (1..200).map(|i| k(i * i * 97)).collect();
+        assert!(ks.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn cluster_count_reads_numbers_and_auto() {
+        #[derive(serde::Deserialize, Serialize)]
+        struct T {
+            k: ClusterCount,
+        }
+        let a: T = toml::from_str("k = \"auto\"").unwrap();
+        let b: T = toml::from_str("k = 48").unwrap();
+        assert_eq!((a.k, b.k), (ClusterCount::Auto, ClusterCount::Fixed(48)));
+        assert!(toml::from_str::<T>("k = \"many\"").is_err());
+        assert_eq!(toml::to_string(&b).unwrap().trim(), "k = 48");
+        assert_eq!(toml::to_string(&a).unwrap().trim(), "k = \"auto\"");
+        assert_eq!("auto".parse::<ClusterCount>().unwrap(), ClusterCount::Auto);
+        assert_eq!("12".parse::<ClusterCount>().unwrap(), ClusterCount::Fixed(12));
+    }
+
+    fn write_npy(dir: &Path, m: &Array2<f32>) -> NpyRows {
+        let path = dir.join("m.npy");
+        let mut w = crate::npy::NpyRowWriter::create(&path, m.ncols()).unwrap();
+        w.push(m.view()).unwrap();
+        w.finish().unwrap();
+        NpyRows::open(&path).unwrap()
+    }
+
+    fn unit_rows(n: usize, d: usize, seed: u64) -> Array2<f32> {
+        use rand::Rng;
+        let mut rng = Xoshiro256Plus::seed_from_u64(seed);
+        // Rows near 12 random directions.
+        let dirs = Array2::from_shape_fn((12, d), |_| rng.gen_range(-1.0f32..1.0));
+        let mut m = Array2::from_shape_fn((n, d), |(i, j)| dirs[[i % 12, j]] + rng.gen_range(-0.4f32..0.4));
+        crate::embed::normalize_rows(&mut m);
+        m
+    }
+
+    #[test]
+    fn stored_fit_matches_in_memory_fit_with_and_without_a_sample() {
+        let m = unit_rows(9_000, 16, 3);
+        let ids: Vec<String> = (0..m.nrows()).map(|i| format!("d{i}")).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let rows = write_npy(dir.path(), &m);
+        for fit_rows in [65_536, 1_000] {
+            let p = KMeansParams { k: 12.into(), n_init: 2, fit_rows, ..Default::default() }.check().unwrap();
+            let a = Clustering::fit(&p, m.view(), |_| {}).unwrap();
+            let b = Clustering::fit_stored(&p, &rows, &ids, |_| {}).unwrap();
+            assert_eq!(a.assignment, b.assignment, "fit_rows {fit_rows}");
+            assert_eq!(a.inertia, b.inertia);
+            assert_eq!(a.centroids, b.centroids);
+        }
+    }
+
+    #[test]
+    fn a_sampled_fit_costs_little_inertia_and_assigns_every_row() {
+        let m = unit_rows(20_000, 16, 5);
+        let full = KMeansParams { k: 12.into(), n_init: 1, ..Default::default() }.check().unwrap();
+        let sampled = KMeansParams { fit_rows: 2_000, ..(*full).clone() }.check().unwrap();
+        assert_eq!(fit_sample(&sampled, 20_000, 12).unwrap().unwrap().len(), 2_000);
+        assert!(fit_sample(&full, 20_000, 12).unwrap().is_none());
+        let a = Clustering::fit(&full, m.view(), |_| {}).unwrap();
+        let b = Clustering::fit(&sampled, m.view(), |_| {}).unwrap();
+        assert_eq!(b.assignment.len(), 20_000);
+        assert_eq!(b.sizes.iter().sum::<usize>(), 20_000);
+        assert!(b.inertia < a.inertia * 1.01, "sampled {} vs full {}", b.inertia, a.inertia);
+    }
+
+    #[test]
+    fn a_bad_row_on_disk_is_named() {
+        let mut m = unit_rows(5_000, 8, 1);
+        m.row_mut(4_321).fill(0.0);
+        let ids: Vec<String> = (0..m.nrows()).map(|i| format!("d{i}")).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let rows = write_npy(dir.path(), &m);
+        let p = KMeansParams { k: 4.into(), n_init: 1, ..Default::default() }.check().unwrap();
+        let err = Clustering::fit_stored(&p, &rows, &ids, |_| {}).unwrap_err();
+        assert!(matches!(err, ClusterError::ZeroRow { row: 4_321, ref id } if id == "d4321"), "{err}");
     }
 }

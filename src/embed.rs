@@ -407,21 +407,25 @@ fn read_ids_and_meta(dir: &Path, rows: usize, npy: &Path) -> Result<(Vec<String>
     Ok((ids, embedder))
 }
 
-/// Embeddings on disk, the matrix memory-mapped (not read into memory): what the selection
-/// pipeline clusters, so its memory does not grow with rows × dim.
-pub struct MappedEmbeddings {
+/// Embeddings left on disk and read a block of rows at a time: what the selection pipeline
+/// clusters, so its memory does not grow with rows × dim.
+pub struct StoredEmbeddings {
     pub ids: Vec<String>,
-    pub matrix: crate::npy::MappedMatrix,
+    pub rows: crate::npy::NpyRows,
     pub embedder: String,
 }
 
-impl MappedEmbeddings {
-    /// Opens a folder written by [`embed_to_dir`].
-    pub fn open(dir: &Path) -> Result<Self, EmbedError> {
-        let npy = dir.join(Embeddings::MATRIX_FILE);
-        let matrix = crate::npy::MappedMatrix::open(&npy)?;
-        let (ids, embedder) = read_ids_and_meta(dir, matrix.view().nrows(), &npy)?;
-        Ok(Self { ids, matrix, embedder })
+impl StoredEmbeddings {
+    /// Opens a folder written by [`embed_to_dir`] (or `quad embed`), or its `embeddings.npy`.
+    pub fn open(path: &Path) -> Result<Self, EmbedError> {
+        let (dir, npy) = if path.is_dir() {
+            (path.to_path_buf(), path.join(Embeddings::MATRIX_FILE))
+        } else {
+            (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
+        };
+        let rows = crate::npy::NpyRows::open(&npy)?;
+        let (ids, embedder) = read_ids_and_meta(&dir, rows.rows(), &npy)?;
+        Ok(Self { ids, rows, embedder })
     }
 }
 

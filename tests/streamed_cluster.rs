@@ -1,10 +1,10 @@
-//! The streamed path (embeddings written chunk by chunk to disk, clustered through a memory map)
-//! gives the same rows and the same k-means assignments as the in-memory path, on a generated
-//! 20,000-document pool.
+//! The streamed path (embeddings written chunk by chunk to disk, clustered a block of rows at a
+//! time) gives the same rows and the same k-means assignments as the in-memory path, on a generated
+//! 20,000-document pool: with every row in the fit, and with a sampled fit.
 
 use quad_select::cluster::{self, Clustering, KMeansParams};
 use quad_select::corpus::{CorpusError, Document, Location};
-use quad_select::embed::{self, HashingEmbedder, MappedEmbeddings};
+use quad_select::embed::{self, HashingEmbedder, StoredEmbeddings};
 use rand::{Rng, SeedableRng};
 
 fn pool(n: usize) -> Vec<Document> {
@@ -43,14 +43,15 @@ fn streamed_and_in_memory_paths_agree_on_20k_documents() {
     let dir = tempfile::tempdir().unwrap();
     let written = embed::embed_to_dir(as_stream(), &embedder, 1000, dir.path(), |_| {}).unwrap();
     assert_eq!((written.rows, written.dim), (20_000, 512));
-    let mapped = MappedEmbeddings::open(dir.path()).unwrap();
-    assert_eq!(mapped.ids, in_memory.ids);
-    assert_eq!(mapped.matrix.view(), in_memory.matrix.view());
-    cluster::check_rows(mapped.matrix.view(), &mapped.ids).unwrap();
+    let stored = StoredEmbeddings::open(dir.path()).unwrap();
+    assert_eq!(stored.ids, in_memory.ids);
+    assert_eq!(stored.rows.read_rows(0..20_000).unwrap(), in_memory.matrix);
 
-    let params = KMeansParams { k: 20, n_init: 1, max_iter: 50, ..Default::default() }.check().unwrap();
-    let a = Clustering::fit(&params, in_memory.matrix.view(), |_| {}).unwrap();
-    let b = Clustering::fit(&params, mapped.matrix.view(), |_| {}).unwrap();
-    assert_eq!(a.assignment, b.assignment);
-    assert_eq!(a.inertia, b.inertia);
+    for fit_rows in [65_536, 5_000] {
+        let params = KMeansParams { k: 20.into(), n_init: 1, max_iter: 50, fit_rows, ..Default::default() }.check().unwrap();
+        let a = Clustering::fit(&params, in_memory.matrix.view(), |_| {}).unwrap();
+        let b = Clustering::fit_stored(&params, &stored.rows, &stored.ids, |_| {}).unwrap();
+        assert_eq!(a.assignment, b.assignment, "fit_rows {fit_rows}");
+        assert_eq!(a.inertia, b.inertia);
+    }
 }

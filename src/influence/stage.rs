@@ -127,10 +127,25 @@ pub fn fit_factors(
     args: &FactorArguments,
     default_damping: f64,
 ) -> Result<(Factors, FactorsHeader), InfluenceError> {
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    let fetch = |idx: &[usize]| Ok(idx.iter().map(|&i| candidates[i].to_vec()).collect());
+    fit_factors_from(loaded, model_path, model_sha256, candidates.len(), fetch, args, default_damping)
+}
+
+/// [`fit_factors`] on `n` candidates that `fetch` tokenizes by index: only the sample is ever in
+/// memory. Same sample, same factors.
+pub fn fit_factors_from(
+    loaded: &LoadedModel,
+    model_path: &Path,
+    model_sha256: &str,
+    n: usize,
+    fetch: impl FnOnce(&[usize]) -> Result<Vec<Vec<u32>>, InfluenceError>,
+    args: &FactorArguments,
+    default_damping: f64,
+) -> Result<(Factors, FactorsHeader), InfluenceError> {
+    let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(args.seed));
     order.truncate(args.fit_docs);
-    let docs: Vec<Vec<u32>> = order.iter().map(|&i| truncated(candidates[i], args.max_tokens)).collect();
+    let docs: Vec<Vec<u32>> = fetch(&order)?.iter().map(|d| truncated(d, args.max_tokens)).collect();
     let factors = Factors::fit(&loaded.model, &docs, &args.fit_options())?;
     let header = FactorsHeader {
         model_sha256: model_sha256.to_string(),

@@ -211,11 +211,25 @@ pub fn train_proxy(
     texts: Vec<String>,
     params: &ProxyParams,
     out: &Path,
+    on_event: impl FnMut(TrainEvent),
+) -> Result<TrainReport, ModelError> {
+    let pick = |idx: &[usize]| Ok(idx.iter().map(|&i| texts[i].clone()).collect());
+    train_proxy_from(texts.len(), pick, params, out, on_event)
+}
+
+/// [`train_proxy`] on a pool of `n` texts that `fetch` reads by index: only the seeded sample
+/// (at most `max_docs`) is ever in memory. Same texts, same model as [`train_proxy`].
+pub fn train_proxy_from(
+    n: usize,
+    mut fetch: impl FnMut(&[usize]) -> Result<Vec<String>, ModelError>,
+    params: &ProxyParams,
+    out: &Path,
     mut on_event: impl FnMut(TrainEvent),
 ) -> Result<TrainReport, ModelError> {
     params.validate()?;
     let started = Instant::now();
-    let (texts, val_texts, mut rng) = sample_split(texts, params)?;
+    let (train_idx, val_idx, mut rng) = sample_split(n, params)?;
+    let (texts, val_texts) = (fetch(&train_idx)?, fetch(&val_idx)?);
 
     let tokenizer = match &params.tokenizer {
         Some(path) => Tokenizer::from_file(path)
@@ -389,13 +403,12 @@ fn clip_gradients(
     Ok(norm)
 }
 
-/// The seeded sample of the pool: shuffled, cut to `max_docs`, split into (train, validation).
-/// Returns the RNG too, so training continues the same seeded stream.
-fn sample_split(
-    mut texts: Vec<String>,
-    params: &ProxyParams,
-) -> Result<(Vec<String>, Vec<String>, Xoshiro256PlusPlus), ModelError> {
+/// The seeded sample of a pool of `n` texts, as indices: shuffled, cut to `max_docs`, split into
+/// (train, validation). Returns the RNG too, so training continues the same seeded stream.
+fn sample_split(n: usize, params: &ProxyParams) -> Result<(Vec<usize>, Vec<usize>, Xoshiro256PlusPlus), ModelError> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(params.seed);
+    // Shuffling indices draws from the RNG exactly as shuffling the texts would.
+    let mut texts: Vec<usize> = (0..n).collect();
     texts.shuffle(&mut rng);
     texts.truncate(params.max_docs);
     if texts.len() < 2 {
@@ -422,7 +435,8 @@ pub fn validation_loss(
     texts: Vec<String>,
     params: &ProxyParams,
 ) -> Result<f64, ModelError> {
-    let (_, val_texts, _) = sample_split(texts, params)?;
+    let (_, val_idx, _) = sample_split(texts.len(), params)?;
+    let val_texts: Vec<String> = val_idx.iter().map(|&i| texts[i].clone()).collect();
     let eos = tokenizer.token_to_id(EOS).unwrap_or(0);
     let val_stream = stream(&tokenize(tokenizer, &val_texts)?, eos);
     Ok(eval_loss(model, &validation_windows(&val_stream, params.context), params.context)?)

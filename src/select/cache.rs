@@ -19,13 +19,44 @@ use super::{Event, Observer};
 use crate::bandit::BanditState;
 use crate::path_io::at;
 
-/// Time and cache use of one stage.
+/// Time, memory and cache use of one stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageTiming {
     pub stage: String,
     pub seconds: f64,
     pub cached: bool,
     pub key: String,
+    /// The process's peak resident memory while the stage ran, in MB (what it held from earlier
+    /// stages included). Linux only: `None` elsewhere.
+    #[serde(default)]
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// When a stage started. Starting one resets the process's peak-RSS mark (Linux's
+/// `/proc/self/clear_refs`), so the peak read when the stage ends is the stage's own.
+#[derive(Debug, Clone, Copy)]
+pub struct StageClock {
+    started: Instant,
+}
+
+impl StageClock {
+    pub fn start() -> Self {
+        // Best effort: without it the reading is the peak since the last reset.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        Self { started: Instant::now() }
+    }
+
+    pub fn seconds(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// `VmHWM` of `/proc/self/status` (peak resident set since the last reset), in MB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Where a stage keeps its artifact, and the file whose presence means it is complete.
@@ -90,7 +121,7 @@ impl StageCache {
         let cached = artifact.is_some_and(|a| a.marker.exists());
         // Announcing a stage never stops it: stopping is honoured between stages.
         let _ = observer.event(Event::Stage { name: label, cached });
-        let started = Instant::now();
+        let started = StageClock::start();
         let value = match artifact {
             Some(a) if cached => load(&a.path)?,
             _ => compute(artifact.map(|a| a.path.as_path()), observer)?,
@@ -105,7 +136,7 @@ impl StageCache {
         &mut self,
         observer: &mut dyn Observer,
         stage: &str,
-        started: Instant,
+        started: StageClock,
         cached: bool,
         key: &str,
     ) -> Result<(), SelectError> {
@@ -121,12 +152,13 @@ impl StageCache {
     }
 
     /// Records a stage run outside [`StageCache::stage`].
-    pub fn record(&mut self, stage: &str, started: Instant, cached: bool, key: &str) {
+    pub fn record(&mut self, stage: &str, started: StageClock, cached: bool, key: &str) {
         self.timings.push(StageTiming {
             stage: stage.into(),
-            seconds: started.elapsed().as_secs_f64(),
+            seconds: started.seconds(),
             cached,
             key: key.into(),
+            peak_rss_mb: peak_rss_mb(),
         });
     }
 }

@@ -148,10 +148,7 @@ impl Default for SelectConfig {
             text_field: "text".into(),
             id_field: "id".into(),
             embed: EmbedConfig::default(),
-            cluster: KMeansParams {
-                k: 32,
-                ..Default::default()
-            },
+            cluster: KMeansParams::default(),
             proxy: ProxyConfig::default(),
             factors: FactorsConfig::default(),
             influence: InfluenceConfig::default(),

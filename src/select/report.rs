@@ -12,7 +12,7 @@ use super::config::SelectConfig;
 use super::error::SelectError;
 use crate::atomic::write_atomic;
 use crate::bandit::{ArmState, BanditState, Budget, RoundLog, StopReason};
-use crate::corpus::{Document, ReadReport};
+use crate::corpus::{DocumentStore, ReadReport};
 use crate::path_io::at;
 
 /// One selected document, with where it came from in the run.
@@ -79,6 +79,9 @@ pub struct DocumentCounts {
     pub scored_fraction: f64,
     pub selected: usize,
     pub tokens_selected: usize,
+    /// Tokens of every selectable document (what a budget of 100% would take).
+    #[serde(default)]
+    pub tokens_selectable: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -259,32 +262,44 @@ pub(super) struct RunInputs<'a> {
     pub tokens: &'a [usize],
 }
 
-/// The [`Selection`] of a finished bandit run.
-pub(super) fn assemble(
-    config: &SelectConfig,
-    budget: Budget,
-    docs: &[Document],
+/// The selected documents of a finished bandit run, their records read back from the pool.
+pub(super) fn selected_documents(
+    docs: &DocumentStore,
     eligible: &[usize],
-    state: BanditState,
-    inputs: &RunInputs,
-    timings: Vec<StageTiming>,
-) -> Selection {
-    let documents = state
+    state: &BanditState,
+    tokens: &[usize],
+) -> Result<Vec<SelectedDoc>, SelectError> {
+    state
         .selected
         .iter()
         .map(|s| {
-            let doc = &docs[eligible[s.doc]];
-            SelectedDoc {
-                id: doc.id.clone(),
-                record: doc.record.clone(),
-                tokens: inputs.tokens[s.doc],
+            let i = eligible[s.doc];
+            Ok(SelectedDoc {
+                id: docs.ids()[i].clone(),
+                record: docs.record(i)?,
+                tokens: tokens[s.doc],
                 cluster: s.cluster,
                 round: s.round,
                 reward: s.reward,
                 score: s.score,
-            }
+            })
         })
-        .collect();
+        .collect()
+}
+
+/// The [`Selection`] of a finished bandit run (`read`: documents read from the pool;
+/// `selectable`: those long enough to score, the bandit's indices).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn assemble(
+    config: &SelectConfig,
+    budget: Budget,
+    documents: Vec<SelectedDoc>,
+    read: usize,
+    selectable: usize,
+    state: BanditState,
+    inputs: &RunInputs,
+    timings: Vec<StageTiming>,
+) -> Selection {
     let mut clusters: Vec<ClusterSummary> = state
         .arms
         .iter()
@@ -300,7 +315,7 @@ pub(super) fn assemble(
     for s in &state.selected {
         clusters[s.cluster].taken_tokens += inputs.tokens[s.doc];
     }
-    let n = eligible.len();
+    let n = selectable;
     let file = |path: &Path, sha: &str, read: &ReadReport| InputFile {
         path: path.to_path_buf(),
         sha256: sha.to_string(),
@@ -323,13 +338,14 @@ pub(super) fn assemble(
             sha256: inputs.factors_sha256.map(str::to_string),
         },
         documents: DocumentCounts {
-            read: docs.len(),
+            read,
             selectable: n,
             too_short_to_score: inputs.too_short,
             scored: state.documents_scored,
             scored_fraction: state.documents_scored as f64 / n.max(1) as f64,
             selected: state.docs_selected,
             tokens_selected: state.tokens_selected,
+            tokens_selectable: inputs.tokens.iter().sum(),
         },
         rounds: state.round,
         stop: state.stop.clone(),

@@ -2,27 +2,26 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{DType, Device};
 use serde_json::json;
 
-use super::cache::{Checkpoint, ScoreCache, StageCache};
+use super::cache::{Checkpoint, ScoreCache, StageCache, StageClock};
 use super::report::{self, RunInputs, Selection};
 use super::{Event, Observer, SelectError, Selector, ValidSelectConfig};
 use crate::bandit::{Bandit, BanditState, Budget, Problem, StopReason};
 use crate::cluster::{self, Clustering};
-use crate::corpus::{CorpusReader, Document, ReadReport};
-use crate::embed::{BertOptions, Embeddings, MappedEmbeddings};
+use crate::corpus::{CorpusReader, Document, DocumentStore, ReadReport};
+use crate::embed::{BertOptions, Embeddings, StoredEmbeddings};
 use crate::hash::key_of;
 use crate::influence::{self, stage as infl, store, Factors, ReferenceIhvp};
-use crate::model::train::train_proxy;
+use crate::model::train::train_proxy_from;
 use crate::model::{self, LoadedModel};
 use crate::path_io::at;
 
-/// The pool and the reference as read.
+/// The pool (on disk, by index) and the reference (small, in memory) as read.
 struct Inputs {
-    docs: Vec<Document>,
+    pool: DocumentStore,
     ref_docs: Vec<Document>,
     pool_report: ReadReport,
     ref_report: ReadReport,
@@ -47,7 +46,7 @@ struct Proxy {
 
 /// Token counts, and the documents long enough to score (the bandit's indices).
 struct Tokens {
-    ids: Vec<Vec<u32>>,
+    counts: Vec<u32>,
     eligible: Vec<usize>,
     too_short: usize,
 }
@@ -69,18 +68,18 @@ pub(super) fn run(
 ) -> Result<Selection, SelectError> {
     let cfg = &selector.config;
     let mut cache = StageCache::open(&selector.cache)?;
-    let inputs = read_inputs(cfg, pool, reference, &mut cache, observer)?;
+    let inputs = read_inputs(cfg, pool, reference, &selector.cache, &mut cache, observer)?;
     let clusters = cluster_pool(cfg, &inputs, &mut cache, observer)?;
     let proxy = load_proxy(cfg, &inputs, &mut cache, observer)?;
-    let tokens = tokenize(&proxy, &inputs.docs, &mut cache, observer)?;
+    let tokens = tokenize(&proxy, &inputs.pool, &mut cache, observer)?;
     let influence = reference_ihvp(cfg, &inputs, &proxy, &tokens, &mut cache, observer)?;
-    let started = Instant::now();
+    let started = StageClock::start();
     let run_key = key_of(&json!([
         "run", clusters.key, proxy.sha, influence.score_key, cfg.raw.bandit, budget, tokens.too_short
     ]));
     let problem = Problem {
         cluster: tokens.eligible.iter().map(|&i| clusters.assignment[i]).collect(),
-        tokens: tokens.eligible.iter().map(|&i| tokens.ids[i].len()).collect(),
+        tokens: tokens.eligible.iter().map(|&i| tokens.counts[i] as usize).collect(),
         distances: clusters.distances,
         budget,
     };
@@ -88,7 +87,7 @@ pub(super) fn run(
     let scorer = Scorer {
         cfg,
         proxy: &proxy,
-        docs: &inputs.docs,
+        pool: &inputs.pool,
         eligible: &tokens.eligible,
         ihvp: influence.ihvp.as_ref(),
         scores: ScoreCache::open(&selector.cache.join(format!("scores-{}.jsonl", influence.score_key)))?,
@@ -102,7 +101,8 @@ pub(super) fn run(
             tokens: state.tokens_selected,
         });
     }
-    let started = Instant::now();
+    let started = StageClock::start();
+    let documents = report::selected_documents(&inputs.pool, &tokens.eligible, &state, &doc_tokens)?;
     cache.record("report", started, false, "");
     let run = RunInputs {
         pool,
@@ -119,22 +119,29 @@ pub(super) fn run(
         cluster_of: &cluster_of,
         tokens: &doc_tokens,
     };
-    Ok(report::assemble(&cfg.raw, budget, &inputs.docs, &tokens.eligible, state, &run, cache.timings))
+    Ok(report::assemble(&cfg.raw, budget, documents, inputs.pool.len(), tokens.eligible.len(), state, &run, cache.timings))
 }
 
 fn read_inputs(
     cfg: &ValidSelectConfig,
     pool: &Path,
     reference: &Path,
+    scratch: &Path,
     cache: &mut StageCache,
     observer: &mut dyn Observer,
 ) -> Result<Inputs, SelectError> {
-    let started = Instant::now();
+    let started = StageClock::start();
     let _ = observer.event(Event::Stage {
         name: "read corpus",
         cached: false,
     });
-    let (docs, pool_report) = CorpusReader::read_all(pool, cfg.corpus.clone())?;
+    // The first record that already has a "quad" field (selected.jsonl adds one).
+    let mut clash: Option<(String, String)> = None;
+    let (docs, pool_report) = DocumentStore::read(pool, cfg.corpus.clone(), scratch, |d| {
+        if clash.is_none() && has_field(&d.record, "quad") {
+            clash = Some((d.id.clone(), d.location.to_string()));
+        }
+    })?;
     let (ref_docs, ref_report) = CorpusReader::read_all(reference, cfg.corpus.clone())?;
     let _ = observer.event(Event::Note(&pool_report.to_string()));
     let _ = observer.event(Event::Note(&ref_report.to_string()));
@@ -144,10 +151,9 @@ fn read_inputs(
     if ref_docs.is_empty() {
         return Err(SelectError::Config(format!("{}: no usable reference documents", reference.display())));
     }
-    if let Some(d) = docs.iter().find(|d| d.field("quad").is_some()) {
+    if let Some((id, location)) = clash {
         return Err(SelectError::Config(format!(
-            "{} ({}) already has a \"quad\" field, which selected.jsonl would overwrite",
-            d.id, d.location
+            "{id} ({location}) already has a \"quad\" field, which selected.jsonl would overwrite"
         )));
     }
     let pool_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(pool)?)?;
@@ -155,7 +161,7 @@ fn read_inputs(
     let corpus_key = key_of(&json!([pool_sha, cfg.raw.text_field, cfg.raw.id_field]));
     cache.finish(observer, "corpus", started, false, &corpus_key)?;
     Ok(Inputs {
-        docs,
+        pool: docs,
         ref_docs,
         pool_report,
         ref_report,
@@ -180,9 +186,10 @@ fn cluster_pool(
     // "unit-rows": the cached matrix holds rows already scaled to unit norm (mapped, not fixed up).
     let embed_key = key_of(&json!(["embed", inputs.corpus_key, embedder_id, "unit-rows"]));
     let artifact = cache.folder("embed", &embed_key, Embeddings::MATRIX_FILE);
-    let docs = &inputs.docs;
-    // Written to the cache chunk by chunk and mapped back: memory does not grow with rows × dim.
-    let emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), |p| Ok(MappedEmbeddings::open(p)?), |p, obs| {
+    let docs = &inputs.pool;
+    // Written to the cache chunk by chunk and read back by blocks: memory does not grow with
+    // rows × dim.
+    let emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), |p| Ok(StoredEmbeddings::open(p)?), |p, obs| {
         let embedder = crate::make_embedder(
             raw.embed.model.as_deref(),
             BertOptions {
@@ -193,13 +200,13 @@ fn cluster_pool(
         )?;
         let (total, mut done) = (docs.len() as u64, 0u64);
         let dir = p.expect("embeddings have a folder");
-        crate::embed::embed_to_dir(docs.iter().cloned().map(Ok), embedder.as_ref(), 256, dir, |n| {
+        crate::embed::embed_to_dir(docs.iter(), embedder.as_ref(), 256, dir, |n| {
             done += n as u64;
             let _ = obs.event(Event::Progress { done, total });
         })?;
-        Ok(MappedEmbeddings::open(dir)?)
+        Ok(StoredEmbeddings::open(dir)?)
     })?;
-    if emb.ids.len() != docs.len() || emb.ids.iter().zip(docs).any(|(a, d)| *a != d.id) {
+    if emb.ids != docs.ids() {
         return Err(SelectError::Config(format!(
             "cached embeddings in {} do not match the corpus; delete that folder",
             artifact.path.display()
@@ -214,15 +221,14 @@ fn cluster_pool(
     };
     let (assignment, distances) = cache.stage(observer, ("cluster", "cluster"), &key, Some(&artifact), load, |p, obs| {
         let valid = &cfg.kmeans;
-        if valid.k > docs.len() {
+        let k = valid.k.resolve(docs.len());
+        if k > docs.len() {
             return Err(SelectError::Config(format!(
-                "k = {} clusters for {} documents: lower cluster.k",
-                valid.k,
+                "k = {k} clusters for {} documents: lower cluster.k",
                 docs.len()
             )));
         }
-        cluster::check_rows(emb.matrix.view(), &emb.ids)?;
-        let fitted = Clustering::fit(valid, emb.matrix.view(), |ev| {
+        let fitted = Clustering::fit_stored(valid, &emb.rows, &emb.ids, |ev| {
             if let cluster::KMeansEvent::Iteration { iter, .. } = ev {
                 let _ = obs.event(Event::Progress {
                     done: iter as u64,
@@ -256,7 +262,7 @@ fn load_proxy(
     observer: &mut dyn Observer,
 ) -> Result<Proxy, SelectError> {
     let raw = &cfg.raw;
-    let started = Instant::now();
+    let started = StageClock::start();
     let (path, cached) = match &raw.proxy.model {
         Some(m) => {
             let _ = observer.event(Event::Stage {
@@ -277,9 +283,12 @@ fn load_proxy(
                 // Trained into a scratch folder, renamed whole: a half-written proxy is never cached.
                 let tmp = cache.scratch(&format!(".proxy-{key}.tmp"));
                 let _ = std::fs::remove_dir_all(&tmp);
-                let texts: Vec<String> = inputs.docs.iter().map(|d| d.text.clone()).collect();
                 let steps = raw.proxy.train.steps as u64;
-                train_proxy(texts, &raw.proxy.train, &tmp, |ev| {
+                let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
+                    let docs = inputs.pool.documents(idx).map_err(|e| model::ModelError::Config(e.to_string()))?;
+                    Ok(docs.into_iter().map(|d| d.text).collect())
+                };
+                train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, &tmp, |ev| {
                     if let model::train::TrainEvent::Step { step, .. } = ev {
                         let _ = observer.event(Event::Progress {
                             done: step as u64,
@@ -298,32 +307,47 @@ fn load_proxy(
     Ok(Proxy { loaded, path, sha })
 }
 
-/// Token counts (the budget's unit) and the documents too short to score.
+/// Token counts (the budget's unit) and the documents too short to score: the pool is encoded
+/// a chunk at a time, and only the counts are kept.
 fn tokenize(
     proxy: &Proxy,
-    docs: &[Document],
+    pool: &DocumentStore,
     cache: &mut StageCache,
     observer: &mut dyn Observer,
 ) -> Result<Tokens, SelectError> {
-    let started = Instant::now();
+    let started = StageClock::start();
     let _ = observer.event(Event::Stage {
         name: "tokenize",
         cached: false,
     });
-    let ids = encode_all(&proxy.loaded, docs)?;
-    let eligible: Vec<usize> = (0..docs.len()).filter(|&i| ids[i].len() >= 2).collect();
-    let too_short = docs.len() - eligible.len();
+    let mut counts = Vec::with_capacity(pool.len());
+    let all: Vec<usize> = (0..pool.len()).collect();
+    for chunk in all.chunks(TOKENIZE_CHUNK) {
+        let docs = pool.documents(chunk)?;
+        counts.extend(encode_all(&proxy.loaded, &docs)?.iter().map(|ids| ids.len() as u32));
+        if pool.len() > TOKENIZE_CHUNK {
+            let _ = observer.event(Event::Progress {
+                done: counts.len() as u64,
+                total: pool.len() as u64,
+            });
+        }
+    }
+    let eligible: Vec<usize> = (0..pool.len()).filter(|&i| counts[i] >= 2).collect();
+    let too_short = pool.len() - eligible.len();
     if too_short > 0 {
         let line = format!("skipped {too_short} documents with fewer than two tokens (nothing to score)");
         let _ = observer.event(Event::Note(&line));
     }
     cache.finish(observer, "tokenize", started, false, "")?;
     Ok(Tokens {
-        ids,
+        counts,
         eligible,
         too_short,
     })
 }
+
+/// Documents per tokenizer call of [`tokenize`].
+const TOKENIZE_CHUNK: usize = 4096;
 
 fn encode_all(loaded: &LoadedModel, docs: &[Document]) -> Result<Vec<Vec<u32>>, SelectError> {
     let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
@@ -332,6 +356,11 @@ fn encode_all(loaded: &LoadedModel, docs: &[Document]) -> Result<Vec<Vec<u32>>, 
         .encode_batch(texts, false)
         .map_err(|e| SelectError::Model(model::ModelError::Tokenizer(e.to_string())))?;
     Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+}
+
+/// Whether a JSON record has a top-level `field` (a record that is not an object has none).
+fn has_field(record: &str, field: &str) -> bool {
+    matches!(serde_json::from_str::<serde_json::Value>(record), Ok(serde_json::Value::Object(o)) if o.contains_key(field))
 }
 
 /// Factors (fitted on a sample of the pool), then the reference gradient and its iHVP.
@@ -374,12 +403,17 @@ fn reference_ihvp(
     let mut factors: Option<Factors> = None;
     if raw.influence.strategy != influence::Strategy::Identity {
         let fit = |p: Option<&Path>, _: &mut dyn Observer| {
-            let candidates: Vec<&[u32]> = tokens.eligible.iter().map(|&i| tokens.ids[i].as_slice()).collect();
-            let (f, header) = infl::fit_factors(
+            let fetch = |idx: &[usize]| -> Result<Vec<Vec<u32>>, influence::InfluenceError> {
+                let picked: Vec<usize> = idx.iter().map(|&i| tokens.eligible[i]).collect();
+                let docs = inputs.pool.documents(&picked).map_err(|e| influence::InfluenceError::Input(e.to_string()))?;
+                encode_all(&proxy.loaded, &docs).map_err(|e| influence::InfluenceError::Input(e.to_string()))
+            };
+            let (f, header) = infl::fit_factors_from(
                 &proxy.loaded,
                 &proxy.path,
                 &proxy.sha,
-                &candidates,
+                tokens.eligible.len(),
+                fetch,
                 &cfg.factors,
                 raw.influence.damping_rel,
             )?;
@@ -413,7 +447,7 @@ fn reference_ihvp(
 struct Scorer<'a> {
     cfg: &'a ValidSelectConfig,
     proxy: &'a Proxy,
-    docs: &'a [Document],
+    pool: &'a DocumentStore,
     eligible: &'a [usize],
     ihvp: Option<&'a ReferenceIhvp>,
     scores: ScoreCache,
@@ -422,11 +456,11 @@ struct Scorer<'a> {
 impl Scorer<'_> {
     fn score(&mut self, idx: &[usize], observer: &mut dyn Observer) -> Result<Vec<f64>, SelectError> {
         let ihvp = self.ihvp.expect("scoring policies have an iHVP");
-        let doc = |i: usize| &self.docs[self.eligible[i]];
+        let id = |i: usize| &self.pool.ids()[self.eligible[i]];
         let mut out = vec![0.0; idx.len()];
         let mut todo = Vec::new();
         for (k, &i) in idx.iter().enumerate() {
-            match self.scores.get(&doc(i).id) {
+            match self.scores.get(id(i)) {
                 Some(s) => out[k] = s,
                 None => todo.push(k),
             }
@@ -436,13 +470,14 @@ impl Scorer<'_> {
         let total = todo.len() as u64;
         let opts = self.cfg.factors.gradient_options();
         for (piece, ks) in todo.chunks(64).enumerate() {
-            let batch: Vec<Document> = ks.iter().map(|&k| doc(idx[k]).clone()).collect();
+            let picked: Vec<usize> = ks.iter().map(|&k| self.eligible[idx[k]]).collect();
+            let batch = self.pool.documents(&picked)?;
             let scored =
                 influence::score_documents(&self.proxy.loaded, ihvp, &batch, &opts, self.cfg.scoring.max_tokens, || {})?;
             for (&k, s) in ks.iter().zip(scored) {
                 let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
                 out[k] = score;
-                self.scores.put(&doc(idx[k]).id, score);
+                self.scores.put(id(idx[k]), score);
             }
             self.scores.flush()?;
             if total > 64 {

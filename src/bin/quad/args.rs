@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use quad_select::cluster::KMeansParams;
+use quad_select::cluster::{ClusterCount, KMeansParams};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::embed::HashingEmbedder;
 use quad_select::influence::stage::Fisher;
@@ -222,9 +222,9 @@ pub struct SelectArgs {
     /// Field holding the id.
     #[arg(long)]
     pub id_field: Option<String>,
-    /// Number of clusters.
+    /// Number of clusters, or "auto": 2^round(log2 √(n/16)), 32 for 18k documents, 256 for 1M.
     #[arg(long)]
-    pub k: Option<usize>,
+    pub k: Option<ClusterCount>,
     /// ucb, thompson, epsilon-greedy, greedy, uniform, random or topk.
     #[arg(long)]
     pub policy: Option<quad_select::bandit::Policy>,
@@ -444,9 +444,12 @@ impl ProxyArgs {
 
 #[derive(Args)]
 pub struct KMeansArgs {
-    /// Number of clusters.
-    #[arg(long)]
-    pub k: usize,
+    /// Number of clusters, or "auto": 2^round(log2 √(n/16)), 32 for 18k documents, 256 for 1M.
+    #[arg(long, default_value = "auto")]
+    pub k: ClusterCount,
+    /// Fit the centroids on at most this many rows (a seeded sample beyond), then assign every row.
+    #[arg(long, default_value_t = 65_536)]
+    pub fit_rows: usize,
     /// k-means++ initialisations; the lowest inertia wins.
     #[arg(long, default_value_t = 3)]
     pub n_init: usize,
@@ -477,6 +480,7 @@ impl KMeansArgs {
             tol: self.tol,
             seed: self.seed,
             mini_batch: self.mini_batch,
+            fit_rows: self.fit_rows,
         }
     }
 }

@@ -68,30 +68,8 @@ pub fn cluster(
     let params = kmeans.params();
     let tau = kmeans.tau;
     let valid = params.clone().check()?;
-    let (mut emb, labels) = match embeddings {
-        Some(path) => {
-            let emb = Embeddings::load(&path)?;
-            let labels = match &label_field {
-                Some(field) => Some(corpus_mod::labels_by_id(&corpus.input, corpus.config(), field, &emb.ids)?),
-                None => None,
-            };
-            (emb, labels)
-        }
-        None => {
-            let (labelled, report, secs) = embed_corpus(corpus, embedder, label_field.as_deref())?;
-            eprintln!("{report}");
-            let emb = labelled.embeddings;
-            eprintln!("embedded {} documents with {} in {:.1} s", emb.ids.len(), emb.embedder, secs);
-            (emb, labelled.labels)
-        }
-    };
-    let rescaled = cluster::prepare_rows(&mut emb)?;
-    if rescaled > 0 {
-        eprintln!("note: rescaled {rescaled} embedding rows to unit norm");
-    }
     let bar = bar(params.max_iter as u64, "k-means");
-    let started = Instant::now();
-    let fitted = Clustering::fit(&valid, emb.matrix.view(), |ev| match ev {
+    let on_event = |ev| match ev {
         KMeansEvent::RunStarted { run, n_init } => {
             bar.set_position(0);
             bar.set_message(format!("init {}/{}", run + 1, n_init));
@@ -102,14 +80,41 @@ pub fn cluster(
                 bar.set_message(format!("shift {shift:.2e}"));
             }
         }
-    })?;
+    };
+    let started;
+    let (fitted, ids, embedder, labels) = match embeddings {
+        // Left on disk and read a block at a time: memory does not grow with rows × dim.
+        Some(path) => {
+            let emb = embed::StoredEmbeddings::open(&path)?;
+            let labels = match &label_field {
+                Some(field) => Some(corpus_mod::labels_by_id(&corpus.input, corpus.config(), field, &emb.ids)?),
+                None => None,
+            };
+            started = Instant::now();
+            let fitted = Clustering::fit_stored(&valid, &emb.rows, &emb.ids, on_event)?;
+            (fitted, emb.ids, emb.embedder, labels)
+        }
+        None => {
+            let (labelled, report, secs) = embed_corpus(corpus, embedder, label_field.as_deref())?;
+            eprintln!("{report}");
+            let mut emb = labelled.embeddings;
+            eprintln!("embedded {} documents with {} in {:.1} s", emb.ids.len(), emb.embedder, secs);
+            let rescaled = cluster::prepare_rows(&mut emb)?;
+            if rescaled > 0 {
+                eprintln!("note: rescaled {rescaled} embedding rows to unit norm");
+            }
+            started = Instant::now();
+            let fitted = Clustering::fit(&valid, emb.matrix.view(), on_event)?;
+            (fitted, emb.ids, emb.embedder, labelled.labels)
+        }
+    };
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    let mut extra = serde_json::json!({"embedder": emb.embedder, "fit_seconds": secs});
+    let mut extra = serde_json::json!({"embedder": embedder, "fit_seconds": secs});
     println!(
         "k-means: k={} n={} inertia={:.3} iterations={} ({:.2} s)",
         fitted.k(),
-        emb.ids.len(),
+        ids.len(),
         fitted.inertia,
         fitted.n_iter,
         secs
@@ -133,7 +138,7 @@ pub fn cluster(
         extra["label_field"] = serde_json::json!(field);
         extra["agreement"] = serde_json::to_value(agreement)?;
     }
-    fitted.save(out, &emb.ids, &params, tau, extra)?;
+    fitted.save(out, &ids, &params, tau, extra)?;
     println!("wrote {}", out.display());
     Ok(())
 }

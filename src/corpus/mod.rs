@@ -10,6 +10,7 @@
 //!
 //! Memory is bounded: files are read one line (or one Parquet row batch) at a time. The only state
 //! that grows with the corpus is the set of ids seen, which duplicate detection needs.
+//! [`DocumentStore`] keeps a corpus read once on disk, for stages that visit it by index.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -19,6 +20,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+mod store;
+pub use store::DocumentStore;
 
 /// Errors of the corpus stage.
 #[derive(Debug, thiserror::Error)]
