@@ -8,7 +8,7 @@
 use candle_core::{DType, Device};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use quad_select::influence::{Damping, Factors, FitOptions, ReferenceIhvp, Strategy};
-use quad_select::model::{LlamaConfig, LlamaModel};
+use quad_select::model::{Labels, LlamaConfig, LlamaModel};
 
 fn docs(n: usize, len: usize, seed: u32) -> Vec<Vec<u32>> {
     (0..n as u32)
@@ -34,6 +34,7 @@ fn bench_influence(c: &mut Criterion) {
     let ihvp = ReferenceIhvp::new(&factors, &grad, Strategy::Ekfac, Damping::default()).unwrap();
     let candidates = docs(8, 257, 2);
     group.throughput(Throughput::Elements(candidates.len() as u64));
+    // Before: captures split per document, each scored on its own (28 small products each).
     group.bench_function("score/8_docs_x_256_tokens", |b| {
         b.iter(|| {
             candidates
@@ -45,6 +46,22 @@ fn bench_influence(c: &mut Criterion) {
                 .sum::<f64>()
         })
     });
+    // After: the batch scored whole (`ReferenceIhvp::score_batch`, what `score_documents` runs),
+    // at the default batch and at larger ones.
+    for batch in [opts.batch, 8, 16] {
+        let docs = docs(16, 257, 2);
+        group.throughput(Throughput::Elements(docs.len() as u64));
+        group.bench_function(format!("score_batched/16_docs_x_256_tokens/batch_{batch}"), |b| {
+            b.iter(|| {
+                docs.chunks(batch)
+                    .map(|chunk| {
+                        let cap = model.capture_batch(chunk, opts.context, &opts.selection, Labels::Observed).unwrap();
+                        ihvp.score_batch(&cap).unwrap().into_iter().flatten().sum::<f64>()
+                    })
+                    .sum::<f64>()
+            })
+        });
+    }
     group.finish();
 }
 

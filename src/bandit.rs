@@ -441,8 +441,12 @@ pub struct BanditState {
     /// N: total updates.
     pub updates: u64,
     pub arms: Vec<ArmState>,
-    /// Raw score of each document, once scored.
+    /// Raw score of each document, once scored (written as `[index, score]` pairs of the scored
+    /// ones: a checkpoint grows with the documents scored, not with the pool).
+    #[serde(with = "sparse_scores")]
     pub scores: Vec<Option<f64>>,
+    /// Written as the indices of the documents taken.
+    #[serde(with = "sparse_flags")]
     pub taken: Vec<bool>,
     /// `(median, std)` of the calibration sample: `z = (s − median) / std`.
     pub calibration: Option<(f64, f64)>,
@@ -454,6 +458,56 @@ pub struct BanditState {
     pub next_arm: usize,
     pub rounds: Vec<RoundLog>,
     pub stop: Option<StopReason>,
+}
+
+/// `Vec<Option<f64>>` as `{"len": n, "set": [[i, x], …]}`.
+mod sparse_scores {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Sparse {
+        len: usize,
+        set: Vec<(usize, f64)>,
+    }
+
+    pub fn serialize<S: Serializer>(v: &[Option<f64>], s: S) -> Result<S::Ok, S::Error> {
+        let set = v.iter().enumerate().filter_map(|(i, x)| x.map(|x| (i, x))).collect();
+        Sparse { len: v.len(), set }.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Option<f64>>, D::Error> {
+        let sparse = Sparse::deserialize(d)?;
+        let mut v = vec![None; sparse.len];
+        for (i, x) in sparse.set {
+            *v.get_mut(i).ok_or_else(|| serde::de::Error::custom(format!("index {i} ≥ {}", sparse.len)))? = Some(x);
+        }
+        Ok(v)
+    }
+}
+
+/// `Vec<bool>` as `{"len": n, "set": [i, …]}` (the indices that are true).
+mod sparse_flags {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Sparse {
+        len: usize,
+        set: Vec<usize>,
+    }
+
+    pub fn serialize<S: Serializer>(v: &[bool], s: S) -> Result<S::Ok, S::Error> {
+        let set = v.iter().enumerate().filter(|(_, &b)| b).map(|(i, _)| i).collect();
+        Sparse { len: v.len(), set }.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<bool>, D::Error> {
+        let sparse = Sparse::deserialize(d)?;
+        let mut v = vec![false; sparse.len];
+        for i in sparse.set {
+            *v.get_mut(i).ok_or_else(|| serde::de::Error::custom(format!("index {i} ≥ {}", sparse.len)))? = true;
+        }
+        Ok(v)
+    }
 }
 
 /// The bandit: the problem, its derived member orders and the state.

@@ -300,6 +300,13 @@ fn resumed_state_continues_identically() {
         .unwrap();
     let saved = serde_json::to_string(first.state()).unwrap();
     assert_eq!(first.state().stop, Some(StopReason::Interrupted));
+    // Scores and taken flags are stored sparsely, and read back the same.
+    let back: quad_select::bandit::BanditState = serde_json::from_str(&saved).unwrap();
+    assert!(&back == first.state());
+    let value: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let scored = first.state().scores.iter().filter(|s| s.is_some()).count();
+    assert_eq!(value["scores"]["set"].as_array().unwrap().len(), scored);
+    assert_eq!(value["scores"]["len"], first.state().scores.len());
     let state = serde_json::from_str(&saved).unwrap();
     let mut resumed = Bandit::resume(params.clone().check().unwrap(), make(), state).unwrap();
     resumed.run(&mut planted(means, make().cluster, 1.0), |_, _| true).unwrap();

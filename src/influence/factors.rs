@@ -558,6 +558,76 @@ impl ReferenceIhvp {
     }
 }
 
+impl ReferenceIhvp {
+    /// [`ReferenceIhvp::score`] of every document of a batched capture, without splitting it:
+    /// per layer one product over all positions, `s_t = (g_t V) · a_t`, then each document's sum
+    /// over its positions, `I(z) = Σ_layers Σ_{t ∈ z} s_t` (the same sum as `score`, in another
+    /// order). With a projection, the batch is split and scored document by document.
+    pub fn score_batch(&self, cap: &crate::model::BatchCapture) -> Result<Vec<Option<f64>>, InfluenceError> {
+        use candle_core::DType;
+        if self.projection.is_some() {
+            return self.score_split(cap);
+        }
+        let positions = cap.layers.first().map_or(0, |l| l.inputs.dim(0).unwrap_or(0));
+        let mut per_position = vec![0f64; positions];
+        for (l, (id, _)) in self.layers.iter().enumerate() {
+            let layer = cap
+                .layers
+                .iter()
+                .find(|c| c.id == *id)
+                .ok_or_else(|| InfluenceError::Input(format!("capture lacks {id}")))?;
+            let v = match layer.inputs.dtype() {
+                DType::F64 => self.dense[l][1].clone(),
+                DType::F32 => self.dense[l][0].clone(),
+                other => self.dense[l][0].to_dtype(other)?,
+            };
+            let s: Vec<f64> = layer
+                .output_grads
+                .matmul(&v.to_device(layer.inputs.device())?)?
+                .mul(&layer.inputs)?
+                .to_dtype(DType::F64)?
+                .sum(1)?
+                .to_vec1()?;
+            per_position.iter_mut().zip(s).for_each(|(p, x)| *p += x);
+        }
+        Ok(cap
+            .doc_rows
+            .iter()
+            .zip(&cap.losses)
+            .map(|(rows, loss)| loss.map(|_| rows.iter().map(|&k| per_position[k as usize]).sum()))
+            .collect())
+    }
+
+    fn score_split(&self, cap: &crate::model::BatchCapture) -> Result<Vec<Option<f64>>, InfluenceError> {
+        let dev = cap.layers.first().map(|l| l.inputs.device().clone()).unwrap_or(candle_core::Device::Cpu);
+        cap.doc_rows
+            .iter()
+            .zip(&cap.losses)
+            .map(|(rows, loss)| {
+                let Some(loss) = loss else { return Ok(None) };
+                let index = candle_core::Tensor::from_slice(rows, rows.len(), &dev)?;
+                let layers = cap
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        Ok(crate::model::LayerCapture {
+                            id: l.id,
+                            inputs: l.inputs.index_select(&index, 0)?,
+                            output_grads: l.output_grads.index_select(&index, 0)?,
+                        })
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let doc = DocCapture {
+                    loss: *loss,
+                    predicted: rows.len(),
+                    layers,
+                };
+                self.score(&doc).map(Some)
+            })
+            .collect()
+    }
+}
+
 /// `⟨X, Y⟩` summed over layers (for tests and validation).
 pub fn inner(x: &[(LayerId, Array2<f64>)], y: &[(LayerId, Array2<f64>)]) -> f64 {
     x.iter().zip(y).map(|((_, a), (_, b))| (a * b).sum()).sum()
@@ -664,6 +734,49 @@ mod tests {
                 let lambda = e.sum / e.examples as f64;
                 let got = f.ekfac.as_ref().unwrap();
                 assert!(rel(got, &lambda) < 1e-4, "{} block {b}: Λ off by {}", lf.id, rel(got, &lambda));
+            }
+        }
+    }
+
+    /// Scoring a whole batch at once gives each document the score of its own capture (the
+    /// per-document sum `Σ_layers Σ_t (g_t V)·a_t`), for documents of mixed lengths (padding) and
+    /// one too short to score.
+    #[test]
+    fn batch_scores_equal_per_document_scores() {
+        for dtype in [DType::F64, DType::F32] {
+            let (model, mut docs) = tiny(2, dtype, 9, 5, 3..30);
+            docs.insert(2, vec![3]);
+            let opts = FitOptions {
+                context: 8,
+                batch: 6,
+                ..FitOptions::default()
+            };
+            let factors = Factors::fit(&model, &docs, &opts).unwrap();
+            let grad = mean_gradient(&model, &docs[..3], &opts).unwrap();
+            let ihvp = ReferenceIhvp::new(&factors, &grad, Strategy::Ekfac, Damping::default()).unwrap();
+            let batch = model.capture_batch(&docs, opts.context, &opts.selection, Labels::Observed).unwrap();
+            let got = ihvp.score_batch(&batch).unwrap();
+            let caps = model.capture(&docs, opts.context, &opts.selection).unwrap();
+            assert_eq!(got.len(), caps.len());
+            assert_eq!(got[2], None);
+            let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
+            for (g, c) in got.iter().zip(&caps) {
+                match (g, c) {
+                    (Some(g), Some(c)) => {
+                        let want = ihvp.score(c).unwrap();
+                        assert!((g - want).abs() <= tol * want.abs().max(1e-12), "{dtype:?}: {g} vs {want}");
+                    }
+                    (None, None) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            // Projected: split per document, the same scores as `score`.
+            let projected = ihvp.project(crate::influence::Projection { dim: 4, seed: 1 });
+            let got = projected.score_batch(&batch).unwrap();
+            for (g, c) in got.iter().zip(&caps) {
+                if let (Some(g), Some(c)) = (g, c) {
+                    assert_eq!(*g, projected.score(c).unwrap());
+                }
             }
         }
     }

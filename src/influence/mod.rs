@@ -56,9 +56,10 @@ pub fn score_documents(
     let mut out: Vec<Option<(f64, f64)>> = vec![None; ids.len()];
     for chunk in order.chunks(opts.batch.max(1)) {
         let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-        let caps = loaded.model.capture(&batch, opts.context, &opts.selection)?;
-        for (&i, c) in chunk.iter().zip(&caps) {
-            out[i] = c.as_ref().map(|c| ihvp.score(c).map(|s| (s, c.loss))).transpose()?;
+        let cap = loaded.model.capture_batch(&batch, opts.context, &opts.selection, crate::model::Labels::Observed)?;
+        let scores = ihvp.score_batch(&cap)?;
+        for ((&i, s), loss) in chunk.iter().zip(scores).zip(&cap.losses) {
+            out[i] = s.zip(*loss);
             on_done();
         }
     }

@@ -229,6 +229,42 @@ impl LlamaModel {
         selection: &LayerSelection,
         labels: Labels,
     ) -> candle_core::Result<Vec<Option<DocCapture>>> {
+        let batch = self.capture_batch(docs, context, selection, labels)?;
+        let dev = &self.device;
+        let mut out = Vec::with_capacity(docs.len());
+        for (rows, loss) in batch.doc_rows.iter().zip(&batch.losses) {
+            let Some(loss) = loss else {
+                out.push(None);
+                continue;
+            };
+            let index = Tensor::from_slice(rows, rows.len(), dev)?;
+            let mut layers = Vec::with_capacity(batch.layers.len());
+            for l in &batch.layers {
+                layers.push(LayerCapture {
+                    id: l.id,
+                    inputs: l.inputs.index_select(&index, 0)?,
+                    output_grads: l.output_grads.index_select(&index, 0)?,
+                });
+            }
+            out.push(Some(DocCapture {
+                loss: *loss,
+                predicted: rows.len(),
+                layers,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// One batched forward/backward pass, its captures left whole: for each selected layer the
+    /// inputs and output gradients of every position of the padded batch (rows·T of them), with
+    /// each document's positions and loss. What scoring needs without a copy per document.
+    pub fn capture_batch(
+        &self,
+        docs: &[Vec<u32>],
+        context: usize,
+        selection: &LayerSelection,
+        labels: Labels,
+    ) -> candle_core::Result<BatchCapture> {
         let refs: Vec<&[u32]> = docs.iter().map(Vec::as_slice).collect();
         let mut batch = LossBatch::new(&refs, context, true, self)?;
         let mut tap = Tap {
@@ -243,35 +279,44 @@ impl LlamaModel {
         let nll = batch.nll(&logits)?;
         let grads = batch.loss(&nll)?.backward()?;
         let nll: Vec<f64> = nll.detach().to_dtype(DType::F64)?.to_vec1()?;
-        let dev = &self.device;
-        let mut out = Vec::with_capacity(docs.len());
-        for rows in &batch.doc_rows {
-            if rows.is_empty() {
-                out.push(None);
-                continue;
-            }
-            let index = Tensor::from_slice(rows, rows.len(), dev)?;
-            let mut layers = Vec::with_capacity(tap.records.len());
-            for (id, a, probe) in &tap.records {
+        let layers = tap
+            .records
+            .iter()
+            .map(|(id, a, probe)| {
                 let g = match grads.get(probe) {
                     Some(g) => g.clone(),
                     // A layer whose output does not reach the loss has zero gradient.
                     None => probe.zeros_like()?,
                 };
-                layers.push(LayerCapture {
+                Ok(LayerCapture {
                     id: *id,
-                    inputs: a.detach().index_select(&index, 0)?,
-                    output_grads: g.index_select(&index, 0)?,
-                });
-            }
-            out.push(Some(DocCapture {
-                loss: rows.iter().map(|&k| nll[k as usize]).sum::<f64>() / rows.len() as f64,
-                predicted: rows.len(),
-                layers,
-            }));
-        }
-        Ok(out)
+                    inputs: a.detach(),
+                    output_grads: g,
+                })
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let losses = batch
+            .doc_rows
+            .iter()
+            .map(|rows| (!rows.is_empty()).then(|| rows.iter().map(|&k| nll[k as usize]).sum::<f64>() / rows.len() as f64))
+            .collect();
+        Ok(BatchCapture {
+            layers,
+            doc_rows: batch.doc_rows,
+            losses,
+        })
     }
+}
+
+/// The captures of one batched pass, not split by document (see [`LlamaModel::capture_batch`]).
+pub struct BatchCapture {
+    /// Per selected layer: inputs (rows·T × d_in) and output gradients (rows·T × d_out) of every
+    /// position of the padded batch.
+    pub layers: Vec<LayerCapture>,
+    /// Per document: its positions (indices into rows·T).
+    pub doc_rows: Vec<Vec<u32>>,
+    /// Per document: its mean next-token loss; `None` with fewer than two tokens.
+    pub losses: Vec<Option<f64>>,
 }
 
 #[cfg(test)]

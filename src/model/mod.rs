@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
-pub use capture::{DocCapture, Labels, LayerCapture};
+pub use capture::{BatchCapture, DocCapture, Labels, LayerCapture};
 pub use layers::{LayerId, LayerKind, LayerSelection};
 pub use config::LlamaConfig;
 pub use llama::LlamaModel;
