@@ -1,0 +1,93 @@
+//! Scoring before and after `ReferenceIhvp::score_batch`, on the real proxy: the same documents
+//! scored by both paths (captures split per document and scored one by one; the batch scored
+//! whole), their largest relative difference, and documents/s of each, at the defaults
+//! (`quad select`'s factors, reference iHVP, batch and `max_tokens`).
+//!
+//!     cargo run --release --example score_paths -- --cache /work/quad-cache \
+//!         --proxy proxy-6fb9cf618192fb46 --factors factors-0834e7f414770006 \
+//!         --refgrad refgrad-7d51c5ac3a1ca5af.safetensors --pool ../shared/data/pool.jsonl [--docs 128] [--batch 4]
+//!
+//! The cache names are those of a finished `quad select` (its `--cache` folder).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use quad_select::corpus::{CorpusConfig, CorpusReader};
+use quad_select::influence::{stage as infl, store};
+use quad_select::model::{self, capture::truncate_predicted, Labels};
+use quad_select::select::SelectConfig;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (mut cache, mut proxy, mut factors, mut refgrad, mut pool) = (None, None, None, None, None);
+    let (mut n, mut batch) = (128usize, None);
+    while let Some(a) = args.next() {
+        let mut v = || args.next().context("a value after the flag");
+        match a.as_str() {
+            "--cache" => cache = Some(PathBuf::from(v()?)),
+            "--proxy" => proxy = Some(v()?),
+            "--factors" => factors = Some(v()?),
+            "--refgrad" => refgrad = Some(v()?),
+            "--pool" => pool = Some(PathBuf::from(v()?)),
+            "--docs" => n = v()?.parse()?,
+            "--batch" => batch = Some(v()?.parse::<usize>()?),
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    let cache = cache.context("--cache")?;
+    let cfg = SelectConfig::default().check()?;
+    let loaded = model::load(&cache.join(proxy.context("--proxy")?), DType::F32, &Device::Cpu)?;
+    let (f, _) = store::load(&cache.join(factors.context("--factors")?))?;
+    let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
+    let grad = store::load_layers(&cache.join(refgrad.context("--refgrad")?), &layer_ids)?;
+    let ihvp = infl::reference_ihvp(Some(&f), &grad, cfg.factors.per_head, &cfg.scoring)?;
+    let mut opts = cfg.factors.gradient_options();
+    if let Some(b) = batch {
+        opts.batch = b;
+    }
+    let reader = CorpusReader::open(&pool.context("--pool")?, CorpusConfig::default())?;
+    let mut docs = Vec::new();
+    for d in reader.take(n) {
+        let mut ids = loaded.encode(&d?.text)?;
+        truncate_predicted(&mut ids, cfg.scoring.max_tokens);
+        if ids.len() >= 2 {
+            docs.push(ids);
+        }
+    }
+    // Longest first, as `score_documents` batches them.
+    docs.sort_by_key(|d| std::cmp::Reverse(d.len()));
+    let tokens: usize = docs.iter().map(|d| d.len() - 1).sum();
+
+    let started = Instant::now();
+    let mut before = Vec::new();
+    for chunk in docs.chunks(opts.batch) {
+        for c in loaded.model.capture(chunk, opts.context, &opts.selection)?.into_iter().flatten() {
+            before.push(ihvp.score(&c)?);
+        }
+    }
+    let t_before = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut after = Vec::new();
+    for chunk in docs.chunks(opts.batch) {
+        let cap = loaded.model.capture_batch(chunk, opts.context, &opts.selection, Labels::Observed)?;
+        after.extend(ihvp.score_batch(&cap)?.into_iter().flatten());
+    }
+    let t_after = started.elapsed().as_secs_f64();
+    let scale = before.iter().fold(0f64, |m, s| m.max(s.abs()));
+    let max_rel = before.iter().zip(&after).map(|(a, b)| (a - b).abs() / a.abs().max(1e-12)).fold(0f64, f64::max);
+    let max_abs = before.iter().zip(&after).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    println!(
+        "{} documents, {} predicted tokens (mean {:.0}), batch {}: per-document path {:.2} docs/s, batched {:.2} docs/s ({:.2}×); \
+         largest relative difference {max_rel:.2e}, largest absolute {max_abs:.2e} (scores up to {scale:.3e})",
+        docs.len(),
+        tokens,
+        tokens as f64 / docs.len() as f64,
+        opts.batch,
+        docs.len() as f64 / t_before,
+        docs.len() as f64 / t_after,
+        t_before / t_after
+    );
+    Ok(())
+}
