@@ -71,6 +71,7 @@ fn parse() -> Result<Opts> {
 }
 
 fn main() -> Result<()> {
+    quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
     let md = run(&parse()?)?;
     print!("{md}");

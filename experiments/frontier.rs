@@ -242,6 +242,7 @@ fn selection_ids(path: &Path) -> Result<Vec<String>> {
 }
 
 fn main() -> Result<()> {
+    quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
     print!("{}", run(&parse()?)?);
     Ok(())

@@ -53,6 +53,7 @@ fn set(cfg: &mut SelectConfig, param: &str, v: f64) {
 }
 
 fn main() -> Result<()> {
+    quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut args = std::env::args().skip(1);

@@ -72,7 +72,7 @@ impl FactorArguments {
             layers: factors.selection(),
             per_head: header.per_head,
             context: header.context,
-            batch: 4,
+            batch: 2,
             fisher: if header.fisher == Fisher::Empirical.name() { Fisher::Empirical } else { Fisher::True },
             seed: 0,
             fit_docs: header.examples,

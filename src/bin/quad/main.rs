@@ -13,6 +13,8 @@ use commands::model::{FactorsCmd, InfluenceCmd};
 use quad_select::influence::stage::FactorArguments;
 
 fn main() {
+    // Before any thread exists: it sets an environment variable (see its docs).
+    quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
