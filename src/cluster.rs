@@ -306,18 +306,16 @@ impl Clustering {
     ) -> Result<Self, ClusterError> {
         let n = rows.rows();
         let k = params.k.resolve(n);
+        let Some(idx) = fit_sample(params, n, k)? else {
+            // Every row is in the fit: read them once and cluster them in memory.
+            let matrix = rows.read_rows(0..n)?;
+            check_rows(matrix.view(), ids)?;
+            return Self::fit(params, matrix.view(), on_event);
+        };
         let (centroids, n_iter) = {
-            let (sample, first) = match fit_sample(params, n, k)? {
-                None => (rows.read_rows(0..n)?, None),
-                Some(idx) => (rows.gather(&idx)?, Some(idx)),
-            };
-            match &first {
-                None => check_rows(sample.view(), ids)?,
-                Some(idx) => {
-                    for (v, &row) in sample.rows().into_iter().zip(idx) {
-                        check_row(v, row, ids)?;
-                    }
-                }
+            let sample = rows.gather(&idx)?;
+            for (v, &row) in sample.rows().into_iter().zip(&idx) {
+                check_row(v, row, ids)?;
             }
             fit_centroids(params, k, sample.view(), &mut on_event)?
         };

@@ -525,28 +525,9 @@ impl ReferenceIhvp {
     pub fn score(&self, cap: &DocCapture) -> Result<f64, InfluenceError> {
         let mut total = 0.0;
         for (l, (id, v)) in self.layers.iter().enumerate() {
-            let layer = cap
-                .layers
-                .iter()
-                .find(|l| l.id == *id)
-                .ok_or_else(|| InfluenceError::Input(format!("capture lacks {id}")))?;
+            let layer = captured(&cap.layers, *id)?;
             total += match &self.projection {
-                None => {
-                    use candle_core::DType;
-                    let dt = layer.inputs.dtype();
-                    let v = match dt {
-                        DType::F64 => self.dense[l][1].clone(),
-                        DType::F32 => self.dense[l][0].clone(),
-                        other => self.dense[l][0].to_dtype(other)?,
-                    };
-                    layer
-                        .output_grads
-                        .matmul(&v.to_device(layer.inputs.device())?)?
-                        .mul(&layer.inputs)?
-                        .to_dtype(DType::F64)?
-                        .sum_all()?
-                        .to_scalar::<f64>()?
-                }
+                None => self.position_products(l, layer)?.sum_all()?.to_scalar::<f64>()?,
                 Some((_, mats)) => {
                     let (a, g) = arrays(layer)?;
                     let lp = &mats[l];
@@ -556,38 +537,19 @@ impl ReferenceIhvp {
         }
         Ok(total)
     }
-}
 
-impl ReferenceIhvp {
     /// [`ReferenceIhvp::score`] of every document of a batched capture, without splitting it:
     /// per layer one product over all positions, `s_t = (g_t V) · a_t`, then each document's sum
     /// over its positions, `I(z) = Σ_layers Σ_{t ∈ z} s_t` (the same sum as `score`, in another
     /// order). With a projection, the batch is split and scored document by document.
     pub fn score_batch(&self, cap: &crate::model::BatchCapture) -> Result<Vec<Option<f64>>, InfluenceError> {
-        use candle_core::DType;
         if self.projection.is_some() {
-            return self.score_split(cap);
+            return cap.split()?.iter().map(|d| d.as_ref().map(|d| self.score(d)).transpose()).collect();
         }
         let positions = cap.layers.first().map_or(0, |l| l.inputs.dim(0).unwrap_or(0));
         let mut per_position = vec![0f64; positions];
         for (l, (id, _)) in self.layers.iter().enumerate() {
-            let layer = cap
-                .layers
-                .iter()
-                .find(|c| c.id == *id)
-                .ok_or_else(|| InfluenceError::Input(format!("capture lacks {id}")))?;
-            let v = match layer.inputs.dtype() {
-                DType::F64 => self.dense[l][1].clone(),
-                DType::F32 => self.dense[l][0].clone(),
-                other => self.dense[l][0].to_dtype(other)?,
-            };
-            let s: Vec<f64> = layer
-                .output_grads
-                .matmul(&v.to_device(layer.inputs.device())?)?
-                .mul(&layer.inputs)?
-                .to_dtype(DType::F64)?
-                .sum(1)?
-                .to_vec1()?;
+            let s: Vec<f64> = self.position_products(l, captured(&cap.layers, *id)?)?.sum(1)?.to_vec1()?;
             per_position.iter_mut().zip(s).for_each(|(p, x)| *p += x);
         }
         Ok(cap
@@ -598,34 +560,29 @@ impl ReferenceIhvp {
             .collect())
     }
 
-    fn score_split(&self, cap: &crate::model::BatchCapture) -> Result<Vec<Option<f64>>, InfluenceError> {
-        let dev = cap.layers.first().map(|l| l.inputs.device().clone()).unwrap_or(candle_core::Device::Cpu);
-        cap.doc_rows
-            .iter()
-            .zip(&cap.losses)
-            .map(|(rows, loss)| {
-                let Some(loss) = loss else { return Ok(None) };
-                let index = candle_core::Tensor::from_slice(rows, rows.len(), &dev)?;
-                let layers = cap
-                    .layers
-                    .iter()
-                    .map(|l| {
-                        Ok(crate::model::LayerCapture {
-                            id: l.id,
-                            inputs: l.inputs.index_select(&index, 0)?,
-                            output_grads: l.output_grads.index_select(&index, 0)?,
-                        })
-                    })
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                let doc = DocCapture {
-                    loss: *loss,
-                    predicted: rows.len(),
-                    layers,
-                };
-                self.score(&doc).map(Some)
-            })
-            .collect()
+    /// `(g_t V) ⊙ a_t` for every position t of one layer's capture (T × d_in, f64), with `V` of
+    /// layer `l` in the capture's dtype and device (unprojected).
+    fn position_products(&self, l: usize, layer: &crate::model::LayerCapture) -> candle_core::Result<candle_core::Tensor> {
+        use candle_core::DType;
+        let v = match layer.inputs.dtype() {
+            DType::F64 => self.dense[l][1].clone(),
+            DType::F32 => self.dense[l][0].clone(),
+            other => self.dense[l][0].to_dtype(other)?,
+        };
+        layer
+            .output_grads
+            .matmul(&v.to_device(layer.inputs.device())?)?
+            .mul(&layer.inputs)?
+            .to_dtype(DType::F64)
     }
+}
+
+/// The capture of layer `id` among `layers`.
+fn captured(layers: &[crate::model::LayerCapture], id: LayerId) -> Result<&crate::model::LayerCapture, InfluenceError> {
+    layers
+        .iter()
+        .find(|l| l.id == id)
+        .ok_or_else(|| InfluenceError::Input(format!("capture lacks {id}")))
 }
 
 /// `⟨X, Y⟩` summed over layers (for tests and validation).

@@ -229,30 +229,7 @@ impl LlamaModel {
         selection: &LayerSelection,
         labels: Labels,
     ) -> candle_core::Result<Vec<Option<DocCapture>>> {
-        let batch = self.capture_batch(docs, context, selection, labels)?;
-        let dev = &self.device;
-        let mut out = Vec::with_capacity(docs.len());
-        for (rows, loss) in batch.doc_rows.iter().zip(&batch.losses) {
-            let Some(loss) = loss else {
-                out.push(None);
-                continue;
-            };
-            let index = Tensor::from_slice(rows, rows.len(), dev)?;
-            let mut layers = Vec::with_capacity(batch.layers.len());
-            for l in &batch.layers {
-                layers.push(LayerCapture {
-                    id: l.id,
-                    inputs: l.inputs.index_select(&index, 0)?,
-                    output_grads: l.output_grads.index_select(&index, 0)?,
-                });
-            }
-            out.push(Some(DocCapture {
-                loss: *loss,
-                predicted: rows.len(),
-                layers,
-            }));
-        }
-        Ok(out)
+        self.capture_batch(docs, context, selection, labels)?.split()
     }
 
     /// One batched forward/backward pass, its captures left whole: for each selected layer the
@@ -317,6 +294,40 @@ pub struct BatchCapture {
     pub doc_rows: Vec<Vec<u32>>,
     /// Per document: its mean next-token loss; `None` with fewer than two tokens.
     pub losses: Vec<Option<f64>>,
+}
+
+impl BatchCapture {
+    /// Each document's own captures (its positions of every layer), `None` for documents with
+    /// fewer than two tokens.
+    pub fn split(&self) -> candle_core::Result<Vec<Option<DocCapture>>> {
+        self.doc_rows
+            .iter()
+            .zip(&self.losses)
+            .map(|(rows, loss)| {
+                let Some(loss) = loss else { return Ok(None) };
+                let Some(first) = self.layers.first() else {
+                    return Ok(Some(DocCapture { loss: *loss, predicted: rows.len(), layers: Vec::new() }));
+                };
+                let index = Tensor::from_slice(rows, rows.len(), first.inputs.device())?;
+                let layers = self
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        Ok(LayerCapture {
+                            id: l.id,
+                            inputs: l.inputs.index_select(&index, 0)?,
+                            output_grads: l.output_grads.index_select(&index, 0)?,
+                        })
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Ok(Some(DocCapture {
+                    loss: *loss,
+                    predicted: rows.len(),
+                    layers,
+                }))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -358,9 +358,11 @@ fn encode_all(loaded: &LoadedModel, docs: &[Document]) -> Result<Vec<Vec<u32>>, 
     Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
 }
 
-/// Whether a JSON record has a top-level `field` (a record that is not an object has none).
+/// Whether a JSON record has a top-level `field` (a record that is not an object has none). Only
+/// records that mention the field's name at all are parsed (again: the reader parsed them once).
 fn has_field(record: &str, field: &str) -> bool {
-    matches!(serde_json::from_str::<serde_json::Value>(record), Ok(serde_json::Value::Object(o)) if o.contains_key(field))
+    record.contains(field)
+        && matches!(serde_json::from_str::<serde_json::Value>(record), Ok(serde_json::Value::Object(o)) if o.contains_key(field))
 }
 
 /// Factors (fitted on a sample of the pool), then the reference gradient and its iHVP.
