@@ -164,6 +164,9 @@ impl FromStr for Policy {
 pub enum Allocation {
     /// Each arm's quota ∝ its size × exp(estimate / T) (the default).
     Tilted,
+    /// Every document's share ∝ exp(score / T): its own score once scored, its cluster's estimate
+    /// before; scoring first (the allowance), taking after.
+    TiltedDocuments,
     /// Chunks from arms whose estimate beats γ (given, or fitted to the budget with `coverage`).
     Threshold,
 }
@@ -216,6 +219,10 @@ pub struct BanditParams {
     pub epsilon: f64,
     /// Documents scored up front to standardise scores (0: use raw scores).
     pub calibration: usize,
+    /// Documents scored in all (calibration, exploration and refinement). None (the default):
+    /// `calibration + 2 · k · b`, refinement costing at most what exploration cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowance: Option<usize>,
     /// Fraction of the budget `mix` takes from `topk` (the rest at random), in [0, 1].
     pub mix: f64,
     pub seed: u64,
@@ -237,6 +244,7 @@ impl Default for BanditParams {
             temperature: 1.0,
             epsilon: 0.1,
             calibration: 64,
+            allowance: None,
             mix: 0.5,
             seed: 0,
         }
@@ -273,7 +281,7 @@ impl BanditParams {
         if !(self.alpha >= 0.0 && self.alpha.is_finite()) {
             return bad("alpha must be a finite number ≥ 0");
         }
-        if self.gamma.is_some() && self.allocation == Allocation::Tilted {
+        if self.gamma.is_some() && self.allocation != Allocation::Threshold {
             return bad("gamma applies to allocation = \"threshold\"; the tilted allocation has no threshold");
         }
         if self.gamma.is_some_and(|g| !g.is_finite()) {
@@ -853,13 +861,19 @@ impl Bandit {
     /// unit spread over the pool), while the scoring allowance lasts; 0 after it, when decisions
     /// are made on the estimates as they stand.
     fn margin(&self, c: usize) -> f64 {
-        let non_empty = self.orders.iter().filter(|o| !o.is_empty()).count();
-        let allowance = self.params.calibration + 2 * non_empty * self.params.samples_per_arm;
-        if self.state.documents_scored < allowance {
+        if self.state.documents_scored < self.allowance() {
             self.alpha() / (self.state.arms[c].scored.max(1) as f64).sqrt()
         } else {
             0.0
         }
+    }
+
+    /// Documents to score in all: the given allowance, or `calibration + 2 · k · b` (k: non-empty arms).
+    pub fn allowance(&self) -> usize {
+        self.params.allowance.unwrap_or_else(|| {
+            let non_empty = self.orders.iter().filter(|o| !o.is_empty()).count();
+            self.params.calibration + 2 * non_empty * self.params.samples_per_arm
+        })
     }
 
     /// With `gate = Some(γ)` only arms that may beat γ are candidates: never sampled, or with
@@ -925,8 +939,12 @@ impl Bandit {
         // The exploration pass: until every available arm has been sampled once, nothing is taken.
         let exploring =
             self.params.explore_first && self.state.arms.iter().any(|a| a.available() && a.times_chosen == 0);
-        if self.params.allocation == Allocation::Tilted && !exploring && self.state.arms.iter().any(|a| a.times_chosen > 0) {
-            return self.round_tilted(scorer, &mut rng);
+        if !exploring && self.state.arms.iter().any(|a| a.times_chosen > 0) {
+            match self.params.allocation {
+                Allocation::Tilted => return self.round_tilted(scorer, &mut rng),
+                Allocation::TiltedDocuments => return self.round_documents(scorer, &mut rng),
+                Allocation::Threshold => {}
+            }
         }
         // After the exploration pass, scoring is spent only on arms that may beat γ.
         let gate = (self.params.explore_first && !exploring).then(|| self.gamma());
@@ -1016,12 +1034,7 @@ impl Bandit {
         let t = self.params.temperature;
         let k = self.problem.k();
         let n: Vec<f64> = self.orders.iter().map(|o| o.len() as f64).collect();
-        let docs = match self.problem.budget {
-            Budget::Documents(d) => d as f64,
-            Budget::Tokens(tok) => {
-                tok as f64 * self.problem.tokens.len() as f64 / self.problem.tokens.iter().sum::<usize>().max(1) as f64
-            }
-        };
+        let docs = self.budget_documents();
         let w: Vec<f64> = (0..k).map(|c| n[c] * (self.estimate(c).unwrap_or(0.0) / t).exp()).collect();
         let mut q = vec![0.0; k];
         let mut capped = vec![false; k];
@@ -1105,6 +1118,175 @@ impl Bandit {
             }
         }
         Ok(Some(picks))
+    }
+
+    /// Each arm's share of the whole budget, in documents, under the document-level tilt: every
+    /// document d is given the inclusion weight `p_d = min(1, λ · exp(z_d / T))`, with z_d its own
+    /// standardised score once scored and its cluster's estimate before (0 before the first), and λ
+    /// set so that `Σ p_d` is the budget in documents (water-filling from the largest weight down);
+    /// arm c's quota is `Σ_{d ∈ c} p_d`. It is [`Self::quotas`]' exponential tilt taken at the finest
+    /// resolution known: a scored document carries what was learnt about it, not its cluster's mean.
+    pub fn document_quotas(&self) -> Vec<f64> {
+        let t = self.params.temperature;
+        let k = self.problem.k();
+        let docs = self.budget_documents();
+        // (z, how many documents, arm): scored documents one by one, each arm's unscored ones together.
+        let mut unscored = vec![0usize; k];
+        let mut entries: Vec<(f64, f64, usize)> = Vec::new();
+        for (d, &c) in self.problem.cluster.iter().enumerate() {
+            match self.state.scores[d] {
+                Some(s) => entries.push((self.z(s), 1.0, c)),
+                None => unscored[c] += 1,
+            }
+        }
+        for (c, &u) in unscored.iter().enumerate() {
+            if u > 0 {
+                entries.push((self.estimate(c).unwrap_or(0.0), u as f64, c));
+            }
+        }
+        entries.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
+        let top = entries.first().map_or(0.0, |e| e.0);
+        // Weights relative to the largest (exp never overflows); suffix sums of count × weight.
+        let w: Vec<f64> = entries.iter().map(|e| ((e.0 - top) / t).exp()).collect();
+        let mut suffix = vec![0.0; entries.len() + 1];
+        for i in (0..entries.len()).rev() {
+            suffix[i] = suffix[i + 1] + entries[i].1 * w[i];
+        }
+        // The first j entries are capped at 1 (taken whole); λ spreads the rest over the others.
+        let mut capped = 0.0;
+        let mut lambda = f64::INFINITY;
+        for i in 0..entries.len() {
+            let l = (docs - capped) / suffix[i];
+            if l * w[i] <= 1.0 {
+                lambda = l;
+                break;
+            }
+            capped += entries[i].1;
+        }
+        let mut q = vec![0.0; k];
+        for (e, &wi) in entries.iter().zip(&w) {
+            q[e.2] += e.1 * (lambda * wi).min(1.0);
+        }
+        q
+    }
+
+    /// The budget in documents (a token budget counts documents of the pool's mean length).
+    fn budget_documents(&self) -> f64 {
+        match self.problem.budget {
+            Budget::Documents(d) => d as f64,
+            Budget::Tokens(tok) => {
+                tok as f64 * self.problem.tokens.len() as f64 / self.problem.tokens.iter().sum::<usize>().max(1) as f64
+            }
+        }
+    }
+
+    /// A round of the document-level tilt. While the scoring allowance lasts, B arms chosen by
+    /// Cluster Score have b unseen members scored each and nothing is taken (the estimates and the
+    /// scored documents then decide the quotas together); after it, B arms with room left in their
+    /// [`Self::document_quotas`] give up to m documents each, in the order of their expected score
+    /// ([`Self::take_ranked`]).
+    fn round_documents<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Result<Option<Vec<ArmPick>>, BanditError> {
+        let allowance = self.allowance();
+        if self.state.documents_scored < allowance {
+            let chosen = self.choose_among(rng, |c| self.unseen(c).next().is_some());
+            if !chosen.is_empty() {
+                let mut left = allowance - self.state.documents_scored;
+                let samples: Vec<Vec<usize>> = chosen
+                    .iter()
+                    .map(|&(c, _)| {
+                        let s: Vec<usize> = self.unseen(c).take(self.params.samples_per_arm.min(left)).collect();
+                        left -= s.len();
+                        s
+                    })
+                    .collect();
+                let all: Vec<usize> = samples.iter().flatten().copied().collect();
+                self.score(&all, scorer)?;
+                let mut picks = Vec::with_capacity(chosen.len());
+                for ((c, index), sample) in chosen.into_iter().zip(samples) {
+                    if sample.is_empty() {
+                        continue;
+                    }
+                    self.state.arms[c].times_chosen += 1;
+                    let mean = sample.iter().filter_map(|&d| self.state.scores[d]).map(|s| self.z(s)).sum::<f64>()
+                        / sample.len() as f64;
+                    self.state.arms[c].last_reward = Some(mean);
+                    self.share(c, mean);
+                    picks.push(ArmPick {
+                        arm: Some(c),
+                        index,
+                        reward: Some(mean),
+                        scored: sample.len(),
+                        accepted: 0,
+                    });
+                }
+                return Ok(Some(picks));
+            }
+        }
+        let quotas = self.document_quotas();
+        let room = |b: &Self, c: usize| quotas[c].ceil() as usize > b.state.arms[c].taken;
+        let mut chosen = self.choose_among(rng, |c| room(self, c));
+        if chosen.is_empty() {
+            // Quotas met in documents but not the token budget: the best estimate takes the rest.
+            let best = (0..self.problem.k())
+                .filter(|&c| self.state.arms[c].available())
+                .max_by(|&a, &b| self.estimate(a).unwrap_or(0.0).total_cmp(&self.estimate(b).unwrap_or(0.0)));
+            match best {
+                Some(c) => chosen.push((c, self.cluster_score(c))),
+                None => return Ok(None),
+            }
+        }
+        let mut picks = Vec::with_capacity(chosen.len());
+        for (c, index) in chosen {
+            self.state.arms[c].times_chosen += 1;
+            let want = (quotas[c].ceil() as usize).saturating_sub(self.state.arms[c].taken).clamp(1, self.chunk);
+            let accepted = self.take_ranked(c, want);
+            if accepted == 0 {
+                self.state.arms[c].exhausted = true;
+            }
+            picks.push(ArmPick {
+                arm: Some(c),
+                index,
+                reward: None,
+                scored: 0,
+                accepted,
+            });
+            if self.budget_met() {
+                break;
+            }
+        }
+        Ok(Some(picks))
+    }
+
+    /// Takes up to `limit` documents from arm c in the order of their expected score: scored
+    /// members that beat the arm's estimate (best first), then unscored members (expected: the
+    /// estimate) in the arm's seeded order, then the other scored members (best first).
+    fn take_ranked(&mut self, c: usize, limit: usize) -> usize {
+        let estimate = self.estimate(c).unwrap_or(0.0);
+        let mut scored: Vec<(usize, f64)> = self.orders[c]
+            .iter()
+            .filter(|&&d| !self.state.taken[d])
+            .filter_map(|&d| self.state.scores[d].map(|s| (d, self.z(s))))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let split = scored.partition_point(|&(_, z)| z >= estimate);
+        let order: Vec<usize> = scored[..split]
+            .iter()
+            .map(|&(d, _)| d)
+            .chain(self.unseen(c))
+            .chain(scored[split..].iter().map(|&(d, _)| d))
+            .collect();
+        let mut n = 0;
+        for d in order {
+            if n == limit || !self.take(d, None) {
+                break;
+            }
+            n += 1;
+        }
+        n
     }
 
     /// The estimated mean standardised score of arm c: the mean over every member it has had

@@ -468,3 +468,68 @@ fn tilted_quotas_follow_size_times_exp_estimate() {
     assert!(served + 2 >= entitled, "{served} of {entitled} arms with a quota got documents");
     assert!(st.arms[0].taken > st.arms[9].taken);
 }
+
+/// Per-arm sums of `p_d = min(1, λ · w_d)` with λ found by bisection (in ln λ) so that `Σ p_d = docs`:
+/// the direct, slow form of the document-level water-filling.
+fn direct_document_quotas(w: &[f64], cluster: &[usize], k: usize, docs: f64) -> Vec<f64> {
+    let fill = |ln_l: f64| w.iter().map(|&x| (ln_l.exp() * x).min(1.0)).sum::<f64>();
+    let (mut lo, mut hi) = (-700.0, 700.0);
+    for _ in 0..200 {
+        let mid = (lo + hi) / 2.0;
+        if fill(mid) < docs {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let l = ((lo + hi) / 2.0).exp();
+    let mut q = vec![0.0; k];
+    for (d, &x) in w.iter().enumerate() {
+        q[cluster[d]] += (l * x).min(1.0);
+    }
+    q
+}
+
+#[test]
+fn document_quotas_match_the_direct_water_filling() {
+    let (prob, means) = ranked_arms(10, 40, Budget::Documents(120));
+    let cluster = prob.cluster.clone();
+    let mut scorer = planted(means, cluster.clone(), 2.0);
+    let t = 0.5;
+    let params = BanditParams {
+        calibration: 0,
+        allocation: Allocation::TiltedDocuments,
+        temperature: t,
+        ..Default::default()
+    };
+    let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
+    assert_eq!(bandit.allowance(), 2 * 10 * 8);
+    // Exploration (3 rounds of 4 arms), then refinement rounds: nothing is taken while scoring.
+    for _ in 0..5 {
+        bandit.step(&mut scorer).unwrap();
+    }
+    let st = bandit.state();
+    assert_eq!(st.docs_selected, 0, "documents taken while the allowance lasts");
+    assert!(st.documents_scored > 80 && st.documents_scored <= 160, "{}", st.documents_scored);
+    let est: Vec<f64> = st.arms.iter().map(|a| a.score_sum / a.scored as f64).collect();
+    let w: Vec<f64> = (0..cluster.len())
+        .map(|d| (st.scores[d].unwrap_or(est[cluster[d]]) / t).exp())
+        .collect();
+    let direct = direct_document_quotas(&w, &cluster, 10, 120.0);
+    let q = bandit.document_quotas();
+    for c in 0..10 {
+        assert!((q[c] - direct[c]).abs() < 1e-6, "arm {c}: {} vs direct {}", q[c], direct[c]);
+    }
+    assert!((direct.iter().sum::<f64>() - 120.0).abs() < 1e-6);
+    let scores: Vec<Option<f64>> = st.scores.clone();
+    bandit.run(&mut scorer, |_, _| true).unwrap();
+    let st = bandit.state();
+    assert_eq!(st.docs_selected, 120);
+    assert!(st.documents_scored <= bandit.allowance());
+    // The best scored documents, whose own weights fill their shares, are taken.
+    let mut best: Vec<(f64, usize)> = scores.iter().enumerate().filter_map(|(d, s)| s.map(|s| (s, d))).collect();
+    best.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let top: Vec<usize> = best.iter().take(20).map(|x| x.1).collect();
+    let taken = top.iter().filter(|&&d| st.taken[d]).count();
+    assert!(taken >= 18, "{taken} of the 20 best scored documents taken");
+}

@@ -303,6 +303,10 @@ impl Iterator for LineRecords {
             }
             Ok(_) => {
                 self.line += 1;
+                // A UTF-8 byte-order mark (editors on Windows write one) is not part of the record.
+                if self.line == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+                    buf.drain(..3);
+                }
                 if buf.last() == Some(&b'\n') {
                     buf.pop();
                     if buf.last() == Some(&b'\r') {
@@ -322,9 +326,10 @@ impl Iterator for LineRecords {
 /// Parquet rows as JSON object lines, one row batch in memory at a time.
 fn parquet_records(path: &Path, file: File) -> Result<RawRecords, CorpusError> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    // The parquet crate's messages begin with "Parquet error: " already; ours adds it once.
     let perr = |e: &dyn fmt::Display| CorpusError::Parquet {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        message: e.to_string().trim_start_matches("Parquet error: ").to_string(),
     };
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| perr(&e))?
@@ -544,6 +549,16 @@ mod tests {
         assert_eq!(docs[0].id, "k1");
         assert_eq!(docs[0].text, "x");
         assert_eq!(docs[0].field("domain").as_deref(), Some("d"));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_stripped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "bom.jsonl", b"\xEF\xBB\xBF{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\",\"text\":\"y\"}\n");
+        let (docs, report) = CorpusReader::read_all(&p, CorpusConfig::default()).unwrap();
+        assert_eq!(docs.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(docs[0].record, r#"{"id":"a","text":"x"}"#);
+        assert_eq!(report.skipped_total(), 0);
     }
 
     #[test]

@@ -17,8 +17,39 @@ fn main() {
     quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", render_error(&e));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the message already
+/// ends with (library errors often print their source in their own message as well).
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_error;
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = quad_select::path_io::PathIoError::new("/nope.jsonl", io);
+        let e = anyhow::Error::new(e).context("read corpus");
+        assert_eq!(render_error(&e), "read corpus: /nope.jsonl: No such file or directory (os error 2)");
+        let e = anyhow::anyhow!("outer").context("context");
+        assert_eq!(render_error(&e), "context: outer");
     }
 }
 

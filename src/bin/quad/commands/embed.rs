@@ -165,6 +165,8 @@ fn embed_corpus(
         );
     }
     if labelled.embeddings.ids.is_empty() {
+        // Why nothing is left: the skip counts.
+        eprintln!("{}", reader.report());
         bail!("{}: no documents to embed", corpus.input.display());
     }
     Ok((labelled, reader.into_report(), started.elapsed().as_secs_f64()))
