@@ -74,6 +74,23 @@ fn strict_flag_turns_the_first_bad_line_into_an_error() {
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("read 4 documents") && stderr.contains("skipped 11"), "{stderr}");
+    // `quad select` takes --strict too, and stops at the same line before any stage runs.
+    let stderr = common::quad_fails(&[
+        "select",
+        "--strict",
+        "--input",
+        fixture.to_str().unwrap(),
+        "--reference",
+        fixture.to_str().unwrap(),
+        "--budget-tokens",
+        "100",
+        "--cache",
+        tmp.path().join("cache").to_str().unwrap(),
+        "--out",
+        tmp.path().join("s").to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("bad-lines.jsonl:3: invalid_json"), "{stderr}");
+    assert!(!tmp.path().join("s").join("selected.jsonl").exists());
 }
 
 #[test]

@@ -136,6 +136,10 @@ impl Default for InfluenceConfig {
 pub struct SelectConfig {
     pub text_field: String,
     pub id_field: String,
+    /// Stop at the first bad record instead of skipping and counting it (never changes a result,
+    /// so it is left out of the serialised form, and of the cache keys, unless set).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
     pub embed: EmbedConfig,
     pub cluster: KMeansParams,
     pub proxy: ProxyConfig,
@@ -149,6 +153,7 @@ impl Default for SelectConfig {
         Self {
             text_field: "text".into(),
             id_field: "id".into(),
+            strict: false,
             embed: EmbedConfig::default(),
             cluster: KMeansParams::default(),
             proxy: ProxyConfig::default(),
@@ -212,7 +217,7 @@ impl SelectConfig {
         let corpus = CorpusConfig {
             text_field: self.text_field.clone(),
             id_field: self.id_field.clone(),
-            strict: false,
+            strict: self.strict,
         };
         Ok(ValidSelectConfig {
             raw: self,

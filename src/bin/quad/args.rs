@@ -222,6 +222,9 @@ pub struct SelectArgs {
     /// Field holding the id.
     #[arg(long)]
     pub id_field: Option<String>,
+    /// Stop at the first bad record instead of skipping and counting it (TOML: `strict = true`).
+    #[arg(long)]
+    pub strict: bool,
     /// Number of clusters, or "auto": 2^round(log2 √(n/16)), 32 for 18k documents, 256 for 1M.
     #[arg(long)]
     pub k: Option<ClusterCount>,
@@ -268,6 +271,9 @@ impl SelectArgs {
         }
         set!(self.text_field, c.text_field);
         set!(self.id_field, c.id_field);
+        if self.strict {
+            c.strict = true;
+        }
         set!(self.k, c.cluster.k);
         set!(self.policy, c.bandit.policy);
         set!(self.alpha, c.bandit.alpha);
