@@ -15,16 +15,21 @@
 //! Stop when the budget is met — the last chunk is cut at the document that reaches it — or when
 //! no arm is left.
 //!
-//! **The default rule: the tilted allocation** (`allocation = "tilted"`). After the exploration
-//! pass (every arm sampled once, nothing taken), each arm c is given a quota of the budget
-//! `q_c ∝ n_c · exp(e_c / T)` — its size times the exponential of its estimate in units of the
-//! pool's score spread, T = 1, capped at its size and water-filled ([`Bandit::quotas`]). Rounds
-//! choose B arms with quota left by Cluster Score, sample them while the scoring allowance
-//! `calibration + 2 · k · b` lasts (the quotas follow the refined estimates), and take up to m
-//! documents of each quota. Among all allocations with a given divergence from the pool, the
-//! exponential tilt has the highest expected score (the Gibbs variational principle): every
-//! region of the pool keeps a share, good ones a larger one. It replaced the threshold rule below
-//! after the sweep in experiments/README.md ("The rule").
+//! **The default rule: the document-level tilt** (`allocation = "tilted-documents"`). Scoring
+//! comes first: a calibration sample, the exploration pass (every arm sampled once, b members),
+//! then refinement rounds of B arms chosen by Cluster Score, b unseen members each, until the
+//! scoring allowance `calibration + 2 · k · b` is spent (refinement costs what exploration cost);
+//! nothing is taken meanwhile. Then every document d gets the share
+//! `p_d = min(1, λ · exp(z_d / T))` of the budget, z_d its own standardised score when it was
+//! scored and its cluster's estimate when not, T = 1, λ fitted so the shares add up to the budget
+//! ([`Bandit::document_quotas`]); rounds of B arms by Cluster Score take up to m documents of each
+//! arm's quota `Σ_{d ∈ c} p_d`, in the order of expected score: scored members above the arm's
+//! estimate best first, then unscored ones, then the scored ones below. Among all allocations at a
+//! given divergence from the pool, the exponential tilt has the highest expected score (the Gibbs
+//! variational principle); taking it per document where a document's own score is known keeps
+//! every region of the pool while the best documents found are all taken. It replaced the
+//! cluster-level tilt (`allocation = "tilted"`: quotas `∝ n_c · exp(e_c / T)`, scoring and taking
+//! in the same rounds) after the second sweep in experiments/README.md ("The rule").
 //!
 //! **The threshold allocation** (`allocation = "threshold"`; `--gamma` selects it), which makes the
 //! budget decide how selective to be instead of a hand-set threshold when γ is left unset:
@@ -162,11 +167,11 @@ impl FromStr for Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Allocation {
-    /// Each arm's quota ∝ its size × exp(estimate / T) (the default).
-    Tilted,
-    /// Every document's share ∝ exp(score / T): its own score once scored, its cluster's estimate
-    /// before; scoring first (the allowance), taking after.
+    /// Every document's share ∝ exp(z / T): its own score once scored, its cluster's estimate
+    /// before; scoring first (the allowance), taking after (the default).
     TiltedDocuments,
+    /// Each arm's quota ∝ its size × exp(estimate / T), sampled and taken in the same rounds.
+    Tilted,
     /// Chunks from arms whose estimate beats γ (given, or fitted to the budget with `coverage`).
     Threshold,
 }
@@ -240,7 +245,7 @@ impl Default for BanditParams {
             chunk: None,
             explore_first: true,
             coverage: 2.0,
-            allocation: Allocation::Tilted,
+            allocation: Allocation::TiltedDocuments,
             temperature: 1.0,
             epsilon: 0.1,
             calibration: 64,

@@ -439,7 +439,7 @@ fn the_fitted_threshold_meets_the_budget_from_the_best_arms() {
 fn tilted_quotas_follow_size_times_exp_estimate() {
     let (prob, means) = ranked_arms(10, 40, Budget::Documents(120));
     let mut scorer = planted(means, prob.cluster.clone(), 0.3);
-    let params = BanditParams { calibration: 0, ..Default::default() };
+    let params = BanditParams { calibration: 0, allocation: Allocation::Tilted, ..Default::default() };
     let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     // After the exploration pass (3 rounds of 4 arms), every arm has an estimate.
     for _ in 0..3 {

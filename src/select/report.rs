@@ -96,6 +96,9 @@ pub struct Manifest {
     pub version: String,
     pub budget: Budget,
     pub parameters: SelectConfig,
+    /// k in force (the number of clusters; `parameters.cluster.k` may say "auto").
+    #[serde(default)]
+    pub k: Option<usize>,
     pub inputs: Inputs,
     pub model: ModelRef,
     pub factors: FactorsRef,
@@ -119,20 +122,28 @@ impl Manifest {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ManifestSummary {
     pub documents: DocumentCounts,
-    pub parameters: ParametersSummary,
+    #[serde(default)]
+    k: Option<usize>,
+    parameters: ParametersSummary,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ParametersSummary {
-    pub cluster: ClusterCount,
+struct ParametersSummary {
+    cluster: ClusterCountSummary,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ClusterCount {
-    pub k: usize,
+struct ClusterCountSummary {
+    /// A number, or "auto" in runs that recorded the k in force at the top level.
+    k: serde_json::Value,
 }
 
 impl ManifestSummary {
+    /// k in force: recorded at the top level, or (older runs) the configured number.
+    pub fn k(&self) -> Option<usize> {
+        self.k.or_else(|| self.parameters.cluster.k.as_u64().map(|k| k as usize))
+    }
+
     pub fn read(path: &Path) -> Result<Self, SelectError> {
         let text = std::fs::read_to_string(path).map_err(at(path))?;
         serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", path.display())))
@@ -325,6 +336,7 @@ pub(super) fn assemble(
         version: env!("CARGO_PKG_VERSION").to_string(),
         budget,
         parameters: config.clone(),
+        k: Some(state.arms.len()),
         inputs: Inputs {
             pool: file(inputs.pool, inputs.pool_sha256, inputs.pool_report),
             reference: file(inputs.reference, inputs.reference_sha256, inputs.reference_report),

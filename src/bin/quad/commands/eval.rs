@@ -68,9 +68,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                     let m = selection.with_file_name("manifest.json");
                     ManifestSummary::read(&m)
                         .with_context(|| format!("give --k when the selection has no manifest ({})", m.display()))?
-                        .parameters
-                        .cluster
-                        .k
+                        .k()
+                        .with_context(|| format!("{}: no k recorded; give --k", m.display()))?
                 }
             };
             let records: Vec<serde_json::Value> = sel
