@@ -49,6 +49,25 @@ fn embed_then_cluster_reuses_the_saved_embeddings() {
     assert_eq!(clusters["k"], 3);
     assert_eq!(clusters["extra"]["label_field"], "domain");
     assert!(cl_dir.join("centroids.npy").is_file());
+
+    // Embeddings of another corpus (or a missing one) are refused, not clustered.
+    let other = tmp.path().join("other.jsonl");
+    std::fs::write(&other, "{\"id\":\"x\",\"text\":\"another corpus\"}\n").unwrap();
+    for input in [other.to_str().unwrap(), "/nonexistent/pool.jsonl"] {
+        let stderr = common::quad_fails(&[
+            "cluster",
+            "--input",
+            input,
+            "--embeddings",
+            emb_dir.to_str().unwrap(),
+            "--k",
+            "3",
+            "--out",
+            tmp.path().join("c2").to_str().unwrap(),
+        ]);
+        assert!(stderr.contains("--embeddings") && stderr.contains(input), "{stderr}");
+        assert!(!tmp.path().join("c2").join("clusters.json").exists());
+    }
 }
 
 #[test]

@@ -35,6 +35,8 @@ pub enum CorpusError {
     EmptyFolder { path: PathBuf },
     #[error("document {id:?} is not in {path}")]
     MissingId { id: String, path: PathBuf },
+    #[error("{path} does not hold the documents these rows were made from: {what}")]
+    IdsDiffer { path: PathBuf, what: String },
     #[error("{path}: Parquet error: {message}")]
     Parquet { path: PathBuf, message: String },
     #[error("{location}: {reason} (--strict stops at the first bad record)")]
@@ -595,4 +597,28 @@ pub fn labels_by_id(path: &Path, config: CorpusConfig, field: &str, ids: &[Strin
             })
         })
         .collect()
+}
+
+/// Checks that the corpus at `path` yields exactly `ids`, in order (rows computed from it earlier,
+/// e.g. by `quad embed`, which writes them in reading order). One streaming pass; the first
+/// difference is the error.
+pub fn check_ids(path: &Path, config: CorpusConfig, ids: &[String]) -> Result<(), CorpusError> {
+    let differ = |what: String| CorpusError::IdsDiffer {
+        path: path.to_path_buf(),
+        what,
+    };
+    let mut n = 0;
+    for doc in CorpusReader::open(path, config)? {
+        let doc = doc?;
+        match ids.get(n) {
+            Some(id) if *id == doc.id => {}
+            Some(id) => return Err(differ(format!("row {} is {id:?}, the corpus has {:?} there", n + 1, doc.id))),
+            None => return Err(differ(format!("the corpus has more documents than the {} rows", ids.len()))),
+        }
+        n += 1;
+    }
+    if n < ids.len() {
+        return Err(differ(format!("{} rows, the corpus has {n} documents", ids.len())));
+    }
+    Ok(())
 }

@@ -86,6 +86,9 @@ pub fn cluster(
         // Left on disk and read a block at a time: memory does not grow with rows × dim.
         Some(path) => {
             let emb = embed::StoredEmbeddings::open(&path)?;
+            // The rows must be this corpus's documents, or the clusters (and labels) mean nothing.
+            corpus_mod::check_ids(&corpus.input, corpus.config(), &emb.ids)
+                .with_context(|| format!("--embeddings {} against --input", path.display()))?;
             let labels = match &label_field {
                 Some(field) => Some(corpus_mod::labels_by_id(&corpus.input, corpus.config(), field, &emb.ids)?),
                 None => None,
