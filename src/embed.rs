@@ -487,7 +487,8 @@ where
         if texts.is_empty() {
             return Ok(());
         }
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        // Each document's head (corpus::text_head): a huge document costs no more than 64 KB.
+        let refs: Vec<&str> = texts.iter().map(|t| crate::corpus::text_head(t)).collect();
         let mut rows = embedder.embed(&refs)?;
         rescaled += rows.rows_mut().into_iter().map(rescale_to_unit).filter(|&r| r).count();
         writer.push(rows.view())?;
@@ -591,7 +592,8 @@ where
         if texts.is_empty() {
             return Ok(());
         }
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        // Each document's head (corpus::text_head): a huge document costs no more than 64 KB.
+        let refs: Vec<&str> = texts.iter().map(|t| crate::corpus::text_head(t)).collect();
         let rows = embedder.embed(&refs)?;
         data.extend(rows.iter());
         on_progress(texts.len());

@@ -24,6 +24,35 @@ use serde_json::Value;
 mod store;
 pub use store::DocumentStore;
 
+/// The most of a document's text that any stage reads at once (embedding, proxy training,
+/// factors, scoring read a document's head; token counting reads it in pieces). A tokenizer's and
+/// an embedder's working memory grow with their input (an encoding keeps offsets, masks and a
+/// string per token), so one 20 MB document must not cost gigabytes; the head of 64 KB holds far
+/// more tokens than any context these stages use.
+pub const TEXT_PIECE_BYTES: usize = 1 << 16;
+
+/// The head of `text` that the stages read: all of it up to [`TEXT_PIECE_BYTES`], else cut
+/// before the last whitespace within that many bytes (at a character boundary when there is none).
+pub fn text_head(text: &str) -> &str {
+    text_split(text).0
+}
+
+/// `text` as (head, rest): see [`text_head`].
+pub fn text_split(text: &str) -> (&str, &str) {
+    if text.len() <= TEXT_PIECE_BYTES {
+        return (text, "");
+    }
+    let mut cut = TEXT_PIECE_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    // Before a whitespace: byte-level BPE joins a space to the word after it.
+    if let Some(i) = text[..cut].rfind(char::is_whitespace).filter(|&i| i > 0) {
+        cut = i;
+    }
+    text.split_at(cut)
+}
+
 /// Errors of the corpus stage.
 #[derive(Debug, thiserror::Error)]
 pub enum CorpusError {
@@ -520,6 +549,20 @@ impl Iterator for CorpusReader {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn long_texts_are_cut_before_whitespace_and_on_char_boundaries() {
+        let short = "a few words";
+        assert_eq!(text_head(short), short);
+        let words = "word ".repeat(TEXT_PIECE_BYTES / 5 + 10);
+        let head = text_head(&words);
+        assert!(head.len() <= TEXT_PIECE_BYTES && head.ends_with("word"), "{}", &head[head.len() - 10..]);
+        // No whitespace at all: cut at a character boundary (é is two bytes).
+        let solid = "é".repeat(TEXT_PIECE_BYTES);
+        let (h, t) = text_split(&solid);
+        assert!(!h.is_empty() && h.len() <= TEXT_PIECE_BYTES && h.len() % 2 == 0);
+        assert_eq!(h.len() + t.len(), solid.len());
+    }
 
     fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
         let p = dir.join(name);

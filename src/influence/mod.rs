@@ -50,7 +50,9 @@ pub fn score_documents(
     let ids = docs
         .iter()
         .map(|d| {
-            let mut ids = loaded.encode(&d.text).map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
+            let mut ids = loaded
+                .encode(crate::corpus::text_head(&d.text))
+                .map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
             crate::model::capture::truncate_predicted(&mut ids, max_tokens);
             Ok(ids)
         })

@@ -68,6 +68,19 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// Tokens in `text`, counted a [`crate::corpus::TEXT_PIECE_BYTES`] piece at a time (cut at whitespace, so the
+    /// count is that of the whole text; memory stays that of one piece).
+    pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
+        let mut rest = text;
+        let mut n = 0;
+        while !rest.is_empty() {
+            let (head, tail) = crate::corpus::text_split(rest);
+            n += self.encode(head)?.len();
+            rest = tail;
+        }
+        Ok(n)
+    }
+
     /// Token ids of a text, without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
         let enc = self
@@ -118,3 +131,4 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, M
         source: path.to_path_buf(),
     })
 }
+

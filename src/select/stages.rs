@@ -286,7 +286,16 @@ fn load_proxy(
                 let steps = raw.proxy.train.steps as u64;
                 let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
                     let docs = inputs.pool.documents(idx).map_err(|e| model::ModelError::Config(e.to_string()))?;
-                    Ok(docs.into_iter().map(|d| d.text).collect())
+                    // Each document's head only (crate::corpus::text_head): one huge document must not
+                    // take the tokenizer's memory with it.
+                    Ok(docs
+                        .into_iter()
+                        .map(|d| {
+                            let mut text = d.text;
+                            text.truncate(crate::corpus::text_head(&text).len());
+                            text
+                        })
+                        .collect())
                 };
                 train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, &tmp, |ev| {
                     if let model::train::TrainEvent::Step { step, .. } = ev {
@@ -324,7 +333,13 @@ fn tokenize(
     let all: Vec<usize> = (0..pool.len()).collect();
     for chunk in all.chunks(TOKENIZE_CHUNK) {
         let docs = pool.documents(chunk)?;
-        counts.extend(encode_all(&proxy.loaded, &docs)?.iter().map(|ids| ids.len() as u32));
+        let mut heads = encode_all(&proxy.loaded, &docs)?.into_iter();
+        for d in &docs {
+            let head = heads.next().map_or(0, |ids| ids.len());
+            // A document longer than one piece is counted piece by piece (the budget counts it whole).
+            let n = if d.text.len() > crate::corpus::TEXT_PIECE_BYTES { proxy.loaded.count_tokens(&d.text)? } else { head };
+            counts.push(u32::try_from(n).unwrap_or(u32::MAX));
+        }
         if pool.len() > TOKENIZE_CHUNK {
             let _ = observer.event(Event::Progress {
                 done: counts.len() as u64,
@@ -349,8 +364,10 @@ fn tokenize(
 /// Documents per tokenizer call of [`tokenize`].
 const TOKENIZE_CHUNK: usize = 4096;
 
+/// Token ids of each document's head ([`crate::corpus::text_head`]: every stage that reads tokens uses at
+/// most the first few hundred).
 fn encode_all(loaded: &LoadedModel, docs: &[Document]) -> Result<Vec<Vec<u32>>, SelectError> {
-    let texts: Vec<&str> = docs.iter().map(|d| d.text.as_str()).collect();
+    let texts: Vec<&str> = docs.iter().map(|d| crate::corpus::text_head(&d.text)).collect();
     let enc = loaded
         .tokenizer
         .encode_batch(texts, false)
