@@ -34,11 +34,12 @@ impl AtomicFile {
         self.tmp.as_file()
     }
 
-    /// Syncs the file and renames it over the target.
+    /// Syncs the file, renames it over the target, then syncs the folder: the rename itself is
+    /// durable (after a power loss the target is the new file or the old one, never missing).
     pub fn commit(self) -> io::Result<()> {
         self.tmp.as_file().sync_all()?;
         self.tmp.persist(&self.path).map_err(|e| e.error)?;
-        Ok(())
+        sync_parent(&self.path)
     }
 }
 
@@ -49,6 +50,21 @@ impl Write for AtomicFile {
     fn flush(&mut self) -> io::Result<()> {
         self.file().flush()
     }
+}
+
+/// Fsyncs the folder holding `path` (where the platform allows opening a folder; elsewhere a no-op).
+pub fn sync_parent(path: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Writes `path` atomically with the bytes `write` produces.

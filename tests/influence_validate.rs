@@ -25,7 +25,7 @@ fn ekfac_tracks_exact_influence_on_a_tiny_trained_model() {
     let tmp = tempfile::tempdir().unwrap();
     let params = tiny_proxy_params();
     let texts: Vec<String> = pool.iter().map(|d| d.text.clone()).collect();
-    let report = train_proxy(texts, &params, tmp.path(), |_| {}).unwrap();
+    let report = train_proxy(texts, &params, tmp.path(), |_| std::ops::ControlFlow::Continue(())).unwrap();
     eprintln!(
         "tiny model: {} parameters, validation loss {:.3} -> {:.3}",
         report.parameters, report.initial_val_loss, report.final_val_loss

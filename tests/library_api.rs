@@ -60,7 +60,7 @@ fn select_through_the_library_and_resume_after_an_observer_stop() {
         _ => ControlFlow::Continue(()),
     };
     match parted.select(&pool, &reference, budget, &mut stop_after_two) {
-        Err(SelectError::Interrupted { after_round, .. }) => assert_eq!(after_round, Some(2)),
+        Err(SelectError::Interrupted { rounds, .. }) => assert_eq!(rounds, Some(2)),
         other => panic!("expected an interruption, got {:?}", other.map(|s| s.documents.len())),
     }
     assert!(stages.iter().any(|(n, cached)| n == "embed" && *cached), "{stages:?}");

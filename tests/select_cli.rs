@@ -10,17 +10,7 @@ use std::process::Command;
 fn select(cache: &Path, out: &Path, extra: &[&str], stop_after: Option<usize>) -> (String, String) {
     let sample = common::repo().join("experiments/data/sample.jsonl");
     let config = common::repo().join("tests/fixtures/tiny-select.toml");
-    let reference = cache.parent().unwrap().join("ref.jsonl");
-    if !reference.exists() {
-        let lines: Vec<String> = std::fs::read_to_string(&sample)
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("\"domain\": \"devil\""))
-            .take(20)
-            .map(String::from)
-            .collect();
-        std::fs::write(&reference, lines.join("\n") + "\n").unwrap();
-    }
+    let reference = common::devil_reference(cache.parent().unwrap());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quad"));
     cmd.args([
         "select", "--input", sample.to_str().unwrap(), "--reference", reference.to_str().unwrap(),
@@ -33,7 +23,12 @@ fn select(cache: &Path, out: &Path, extra: &[&str], stop_after: Option<usize>) -
     }
     let o = cmd.output().unwrap();
     let (stdout, stderr) = (String::from_utf8(o.stdout).unwrap(), String::from_utf8(o.stderr).unwrap());
-    assert!(o.status.success(), "quad select failed:\n{stderr}");
+    if stop_after.is_some() {
+        // Stopped as Ctrl-C would stop it: 128 + SIGINT.
+        assert_eq!(o.status.code(), Some(130), "quad select stopped early:\n{stderr}");
+    } else {
+        assert!(o.status.success(), "quad select failed:\n{stderr}");
+    }
     (stdout, stderr)
 }
 
@@ -84,13 +79,20 @@ fn select_writes_outputs_caches_stages_and_resumes_identically() {
     }
 
     // Stopped after round 2 (as Ctrl-C would), then resumed: the same bytes.
+    // An older run's outputs in the folder are removed when the run starts.
     let parted = tmp.path().join("parted");
+    std::fs::create_dir_all(&parted).unwrap();
+    for f in ["selected.jsonl", "manifest.json", "rounds.csv", "clusters.csv"] {
+        std::fs::copy(full.join(f), parted.join(f)).unwrap();
+    }
     let (stdout, _) = select(&cache, &parted, &[], Some(2));
-    assert!(stdout.contains("continue with --resume"), "{stdout}");
-    assert!(!parted.join("selected.jsonl").exists());
+    assert!(stdout.contains("stopped after 2 rounds (the last: round 1)") && stdout.contains("continue with --resume"), "{stdout}");
+    for f in ["selected.jsonl", "manifest.json", "rounds.csv", "clusters.csv"] {
+        assert!(!parted.join(f).exists(), "a stale {f} survived the stopped run");
+    }
     assert!(parted.join("checkpoint.json").exists());
     let (stdout, stderr) = select(&cache, &parted, &["--resume"], None);
-    assert!(stderr.contains("resuming after round 2"), "{stderr}");
+    assert!(stderr.contains("resuming after 2 rounds (the last: round 1)"), "{stderr}");
     assert!(stdout.contains("budget met"), "{stdout}");
     assert_eq!(std::fs::read(parted.join("selected.jsonl")).unwrap(), selected.as_bytes());
 
@@ -127,4 +129,33 @@ fn select_rejects_bad_config() {
         "--config", cfg.to_str().unwrap(), "--out", tmp.path().join("o").to_str().unwrap(),
     ]);
     assert!(err.contains("alhpa"), "{err}");
+}
+
+#[test]
+fn editing_a_model_folder_invalidates_what_was_cached_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    select(&cache, &tmp.path().join("first"), &[], None);
+    // The proxy the first run trained, used as a given model folder.
+    let proxy = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("proxy-"))
+        .expect("a trained proxy in the cache");
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(proxy.join(f), model.join(f)).unwrap();
+    }
+    let m = model.to_str().unwrap();
+    // The same files as the trained proxy: what was computed from it is reused.
+    let (_, stderr) = select(&cache, &tmp.path().join("a"), &["--model", m], None);
+    assert!(stderr.contains("fit factors: cached") && stderr.contains("reference gradient: cached"), "{stderr}");
+    // Only config.json changes (not the weights): nothing computed from the model may be reused.
+    let cfg = model.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["rms_norm_eps"] = serde_json::json!(0.01);
+    std::fs::write(&cfg, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let (_, stderr) = select(&cache, &tmp.path().join("c"), &["--model", m], None);
+    assert!(!stderr.contains("fit factors: cached") && !stderr.contains("reference gradient: cached"), "{stderr}");
 }

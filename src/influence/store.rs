@@ -3,7 +3,7 @@
 //! per-head flag, fitting sample size).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use ndarray::{Array1, Array2};
@@ -35,15 +35,30 @@ fn empirical() -> String {
     "empirical".into()
 }
 
-/// sha256 of a model's weight file (the `.gguf`, or `model.safetensors` of a folder), or of any
-/// other file given directly.
+/// The files of a model that the loaders read, so that a cache key over them changes whenever a
+/// result could: a `.gguf` file alone (it carries its tokenizer and settings), or a folder's (or a
+/// weights file's folder's) weights, `config.json`, `tokenizer.json`, and
+/// `sentence_bert_config.json` when there is one (the embedder's sequence length).
+pub fn model_files(model_path: &Path) -> Result<Vec<std::path::PathBuf>, InfluenceError> {
+    let is_gguf = model_path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if model_path.is_file() && is_gguf {
+        return Ok(vec![model_path.to_path_buf()]);
+    }
+    let weights = crate::weights::safetensors_file(model_path).map_err(|e| InfluenceError::Input(e.to_string()))?;
+    let dir = weights.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut files = vec![weights, dir.join("config.json"), dir.join("tokenizer.json")];
+    let st = dir.join("sentence_bert_config.json");
+    if st.is_file() {
+        files.push(st);
+    }
+    Ok(files)
+}
+
+/// sha256 over every file of [`model_files`] (each as its name then its bytes): what factors,
+/// reference gradients, scores and checkpoints are keyed on. Editing a model's `config.json` or
+/// replacing its tokenizer changes it, not only new weights.
 pub fn model_fingerprint(model_path: &Path) -> Result<String, InfluenceError> {
-    let file = if model_path.is_dir() {
-        model_path.join("model.safetensors")
-    } else {
-        model_path.to_path_buf()
-    };
-    crate::hash::sha256_file(&file).map_err(|e| InfluenceError::Input(e.to_string()))
+    crate::hash::sha256_files(&model_files(model_path)?).map_err(|e| InfluenceError::Input(e.to_string()))
 }
 
 fn t2(a: &Array2<f64>) -> candle_core::Result<Tensor> {
@@ -82,10 +97,7 @@ pub fn save(factors: &Factors, header: &FactorsHeader, dir: &Path) -> Result<(),
             }
         }
     }
-    let path = dir.join("factors.safetensors");
-    let tmp: PathBuf = dir.join(".factors.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    save_tensors(&tensors, &dir.join("factors.safetensors"))?;
     let json = serde_json::to_string_pretty(header).map_err(|e| InfluenceError::Input(e.to_string()))?;
     let hp = dir.join("factors.json");
     crate::atomic::write_string_atomic(&hp, &json).map_err(|e| io(&hp, e))?;
@@ -154,9 +166,17 @@ pub fn save_layers(layers: &[(LayerId, Array2<f64>)], path: &Path) -> Result<(),
     for (id, m) in layers {
         tensors.insert(id.to_string(), t2(m)?);
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| InfluenceError::Input(format!("{}: {e}", path.display())))
+    save_tensors(&tensors, path)
+}
+
+/// Writes tensors as safetensors through a uniquely named temporary file renamed into place (two
+/// runs sharing a cache never write the same temporary file, and a reader never sees half a file);
+/// a failed write (a full disk) names the path.
+fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), InfluenceError> {
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v)).collect::<Vec<_>>(), None)
+        .map_err(|e| InfluenceError::Input(format!("{}: serialising tensors: {e}", path.display())))?;
+    crate::atomic::write_atomic(path, |w| std::io::Write::write_all(w, &bytes))
+        .map_err(|e| InfluenceError::Input(format!("{}: {e}", path.display())))
 }
 
 /// Loads matrices saved by [`save_layers`] for the given layers, in that order.

@@ -283,7 +283,7 @@ pub fn train_tiny_model(
     pool: &[String],
     dir: &std::path::Path,
 ) -> Result<crate::model::train::TrainReport, crate::model::ModelError> {
-    crate::model::train::train_proxy(pool.to_vec(), &tiny_proxy_params(), dir, |_| {})
+    crate::model::train::train_proxy(pool.to_vec(), &tiny_proxy_params(), dir, |_| std::ops::ControlFlow::Continue(()))
 }
 
 pub fn validate_texts(

@@ -51,6 +51,9 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Io(#[from] crate::path_io::PathIoError),
+    /// The caller asked training to stop (its event callback broke off); nothing was saved.
+    #[error("training stopped at step {step}; nothing was saved")]
+    Interrupted { step: usize },
 }
 
 impl ModelError {
@@ -115,13 +118,20 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, M
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
     let config: LlamaConfig = serde_json::from_str(&text)
         .map_err(|e| ModelError::Config(format!("{}: {e}", cfg_path.display())))?;
-    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, device)?;
+    let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, device)
+        .map_err(|e| ModelError::Format(format!("{}: {e}", weights.display())))?;
     // Some checkpoints store a tied lm_head anyway; drop it so the tie holds.
     let mut tensors = tensors;
     if config.tie_word_embeddings {
         tensors.remove(layers::names::LM_HEAD);
     }
-    let model = LlamaModel::from_tensors(config, tensors, dtype, device)?;
+    // Weights that do not fit the config: say which file.
+    let model = LlamaModel::from_tensors(config, tensors, dtype, device).map_err(|e| match e {
+        ModelError::Shape { .. } | ModelError::MissingTensor(_) => {
+            ModelError::Format(format!("{} (with {}): {e}", weights.display(), cfg_path.display()))
+        }
+        e => e,
+    })?;
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tok_path.display())))?;

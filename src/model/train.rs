@@ -9,6 +9,7 @@
 //! `config.json`, `model.safetensors`, `tokenizer.json`, plus `train_log.csv`.
 
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -211,7 +212,7 @@ pub fn train_proxy(
     texts: Vec<String>,
     params: &ProxyParams,
     out: &Path,
-    on_event: impl FnMut(TrainEvent),
+    on_event: impl FnMut(TrainEvent) -> ControlFlow<()>,
 ) -> Result<TrainReport, ModelError> {
     let pick = |idx: &[usize]| Ok(idx.iter().map(|&i| texts[i].clone()).collect());
     train_proxy_from(texts.len(), pick, params, out, on_event)
@@ -224,7 +225,7 @@ pub fn train_proxy_from(
     mut fetch: impl FnMut(&[usize]) -> Result<Vec<String>, ModelError>,
     params: &ProxyParams,
     out: &Path,
-    mut on_event: impl FnMut(TrainEvent),
+    mut on_event: impl FnMut(TrainEvent) -> ControlFlow<()>,
 ) -> Result<TrainReport, ModelError> {
     params.validate()?;
     let started = Instant::now();
@@ -237,7 +238,7 @@ pub fn train_proxy_from(
         None => train_bpe(&texts, params.vocab_size)?,
     };
     let vocab = tokenizer.get_vocab_size(true);
-    on_event(TrainEvent::TokenizerReady { vocab });
+    let _ = on_event(TrainEvent::TokenizerReady { vocab });
     let eos = tokenizer
         .token_to_id(EOS)
         .or_else(|| tokenizer.token_to_id("</s>"))
@@ -259,7 +260,7 @@ pub fn train_proxy_from(
     let device = Device::Cpu;
     let model = LlamaModel::random(config, DType::F32, &device, params.seed)?;
     let initial_val = eval_loss(&model, &val_windows, params.context)?;
-    on_event(TrainEvent::Validated { step: 0, val_loss: initial_val });
+    let _ = on_event(TrainEvent::Validated { step: 0, val_loss: initial_val });
     let mut log = vec![LogRow {
         step: 0,
         train_loss: f64::NAN,
@@ -276,11 +277,14 @@ pub fn train_proxy_from(
         window_tokens += params.batch_size * params.context;
         window_loss += l;
         window_steps += 1;
-        on_event(TrainEvent::Step { step, of: params.steps, loss: l });
+        // The caller may stop training at any step (Ctrl-C): nothing is saved.
+        if on_event(TrainEvent::Step { step, of: params.steps, loss: l }).is_break() {
+            return Err(ModelError::Interrupted { step });
+        }
         let out_of_time = params.time_limit.is_some_and(|t| started.elapsed() >= t);
         if step % params.eval_every == 0 || step == params.steps || out_of_time {
             last_val = eval_loss(&model, &val_windows, params.context)?;
-            on_event(TrainEvent::Validated { step, val_loss: last_val });
+            let _ = on_event(TrainEvent::Validated { step, val_loss: last_val });
             log.push(LogRow {
                 step,
                 train_loss: window_loss / window_steps as f64,

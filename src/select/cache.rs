@@ -144,7 +144,7 @@ impl StageCache {
         match observer.event(Event::StageDone { name: stage }) {
             ControlFlow::Continue(()) => Ok(()),
             ControlFlow::Break(()) => Err(SelectError::Interrupted {
-                after_round: None,
+                rounds: None,
                 docs: 0,
                 tokens: 0,
             }),
@@ -205,9 +205,16 @@ impl ScoreCache {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&self.path)
             .map_err(at(&self.path))?;
+        // One writer at a time when runs share the cache; the lock goes with the file handle.
+        lock_exclusive(&f).map_err(at(&self.path))?;
         let mut buf = String::new();
+        // A line cut by a crash is closed first, so that it spoils no line of ours.
+        if !ends_with_newline(&f).map_err(at(&self.path))? {
+            buf.push('\n');
+        }
         for (id, s) in self.pending.drain(..) {
             buf.push_str(&serde_json::to_string(&(id, s)).expect("plain data"));
             buf.push('\n');
@@ -215,6 +222,37 @@ impl ScoreCache {
         f.write_all(buf.as_bytes()).map_err(at(&self.path))?;
         Ok(())
     }
+}
+
+/// An advisory exclusive lock on `f` (flock), released when the file is closed.
+fn lock_exclusive(f: &std::fs::File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor this handle owns.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = f;
+    Ok(())
+}
+
+/// Whether the file is empty or its last byte is a newline.
+fn ends_with_newline(f: &std::fs::File) -> std::io::Result<bool> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    let mut last = [0u8; 1];
+    #[cfg(unix)]
+    std::os::unix::fs::FileExt::read_exact_at(f, &mut last, len - 1)?;
+    #[cfg(not(unix))]
+    {
+        last[0] = b'\n';
+    }
+    Ok(last[0] == b'\n')
 }
 
 /// The checkpoint file: the run's key and the bandit state after the last finished round.

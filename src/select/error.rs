@@ -23,13 +23,13 @@ pub enum SelectError {
     Config(String),
     /// The observer stopped the run. Finished stages are cached; once the bandit has started,
     /// the checkpoint (if the run has one) resumes it.
-    #[error("{}", match .after_round {
+    #[error("{}", match .rounds {
         None => "interrupted before the selection started; finished stages are cached, rerun to continue".to_string(),
-        Some(r) => format!("interrupted after round {r}: {docs} documents, {tokens} tokens so far"),
+        Some(r) => format!("interrupted after {}: {docs} documents, {tokens} tokens so far", crate::select::rounds_done(*r)),
     })]
     Interrupted {
-        /// The last finished round; none when the bandit had not started.
-        after_round: Option<usize>,
+        /// Rounds finished (the last one printed is `rounds − 1`); none when the bandit had not started.
+        rounds: Option<usize>,
         docs: usize,
         tokens: usize,
     },

@@ -29,6 +29,15 @@ pub use config::{EmbedConfig, FactorsConfig, InfluenceConfig, LayerGroup, ProxyC
 pub use error::SelectError;
 pub use report::{ClusterSummary, Manifest, ManifestSummary, SelectedDoc, Selection};
 
+/// "n rounds (the last: round n − 1)" — rounds are numbered from 0 as they are printed.
+pub fn rounds_done(n: usize) -> String {
+    match n {
+        0 => "0 rounds".to_string(),
+        1 => "1 round (round 0)".to_string(),
+        n => format!("{n} rounds (the last: round {})", n - 1),
+    }
+}
+
 use crate::bandit::{Budget, RoundLog};
 
 /// What a run tells its [`Observer`].

@@ -175,6 +175,23 @@ impl Selection {
     }
 
     /// Writes `selected.jsonl`, `rounds.csv`, `clusters.csv` and `manifest.json` into `out`.
+    /// The files [`Self::write`] writes; `manifest.json` is written last, so a folder without it
+    /// holds no finished selection.
+    pub const OUTPUT_FILES: [&'static str; 4] = ["selected.jsonl", "rounds.csv", "clusters.csv", "manifest.json"];
+
+    /// Removes the outputs of an earlier run from `out` (manifest first), so that a run that stops
+    /// early cannot leave an older selection to be taken for its own. The checkpoint stays.
+    pub fn clear_outputs(out: &Path) -> Result<(), SelectError> {
+        for name in Self::OUTPUT_FILES.iter().rev() {
+            let path = out.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(at(&path)(e).into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     pub fn write(&self, out: &Path) -> Result<(), SelectError> {
         std::fs::create_dir_all(out).map_err(at(out))?;
         let selected = out.join("selected.jsonl");

@@ -96,7 +96,7 @@ pub(super) fn run(
     cache.record("bandit", started, false, &run_key);
     if state.stop == Some(StopReason::Interrupted) {
         return Err(SelectError::Interrupted {
-            after_round: Some(state.round),
+            rounds: Some(state.round),
             docs: state.docs_selected,
             tokens: state.tokens_selected,
         });
@@ -280,8 +280,9 @@ fn load_proxy(
                 cached,
             });
             if !cached {
-                // Trained into a scratch folder, renamed whole: a half-written proxy is never cached.
-                let tmp = cache.scratch(&format!(".proxy-{key}.tmp"));
+                // Trained into a scratch folder of this run's own (runs may share the cache),
+                // renamed whole: a half-written proxy is never cached.
+                let tmp = cache.scratch(&format!(".proxy-{key}.{}.tmp", unique_suffix()));
                 let _ = std::fs::remove_dir_all(&tmp);
                 let steps = raw.proxy.train.steps as u64;
                 let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
@@ -297,15 +298,34 @@ fn load_proxy(
                         })
                         .collect())
                 };
-                train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, &tmp, |ev| {
-                    if let model::train::TrainEvent::Step { step, .. } = ev {
-                        let _ = observer.event(Event::Progress {
-                            done: step as u64,
-                            total: steps,
+                let trained = train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, &tmp, |ev| match ev {
+                    // The observer may stop the run between two steps (Ctrl-C).
+                    model::train::TrainEvent::Step { step, .. } => observer.event(Event::Progress {
+                        done: step as u64,
+                        total: steps,
+                    }),
+                    _ => std::ops::ControlFlow::Continue(()),
+                });
+                match trained {
+                    Err(model::ModelError::Interrupted { .. }) => {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                        return Err(SelectError::Interrupted {
+                            rounds: None,
+                            docs: 0,
+                            tokens: 0,
                         });
                     }
-                })?;
-                std::fs::rename(&tmp, &artifact.path).map_err(at(&artifact.path))?;
+                    other => other?,
+                };
+                match std::fs::rename(&tmp, &artifact.path) {
+                    Ok(()) => crate::atomic::sync_parent(&artifact.path).map_err(at(&artifact.path))?,
+                    // Another run on this cache finished the same proxy first (same key, same
+                    // seeded training): theirs stands, ours goes.
+                    Err(_) if artifact.marker.exists() => {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                    }
+                    Err(e) => return Err(at(&artifact.path)(e).into()),
+                }
             }
             (artifact.path, cached)
         }
@@ -314,6 +334,12 @@ fn load_proxy(
     let sha = store::model_fingerprint(&path)?;
     cache.finish(observer, "proxy", started, cached, &sha[..16])?;
     Ok(Proxy { loaded, path, sha })
+}
+
+/// A suffix no other run's scratch file has: the process id and the time in nanoseconds.
+fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// Token counts (the budget's unit) and the documents too short to score: the pool is encoded
@@ -441,7 +467,8 @@ fn reference_ihvp(
         };
         let load = |p: &Path| Ok(store::load(p)?.0);
         factors = Some(cache.stage(observer, ("factors", "fit factors"), &result.factors_key, Some(&factors_artifact), load, fit)?);
-        result.factors_sha = Some(store::model_fingerprint(&factors_artifact.path.join("factors.safetensors"))?);
+        let factors_file = factors_artifact.path.join("factors.safetensors");
+        result.factors_sha = Some(crate::hash::sha256_file(&factors_file).map_err(SelectError::Io)?);
     }
     let artifact = cache.file("refgrad", &ref_key, "safetensors");
     let layer_ids = cfg.factors.layers.layers(proxy.loaded.model.config.num_hidden_layers);
@@ -523,7 +550,7 @@ fn run_bandit(
     let mut bandit = match checkpoint.filter(|p| selector.resume && p.exists()) {
         Some(path) => {
             let state = Checkpoint::load(path, run_key)?;
-            let _ = observer.event(Event::Note(&format!("resuming after round {}", state.round)));
+            let _ = observer.event(Event::Note(&format!("resuming after {}", super::rounds_done(state.round))));
             Bandit::resume(params, problem, state)?
         }
         None => {

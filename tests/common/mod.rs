@@ -104,3 +104,20 @@ pub fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f64 {
         .to_scalar::<f64>()
         .unwrap()
 }
+
+/// A 20-document reference for `quad select` tests: the Devil's Dictionary entries of the shipped
+/// sample, written once into `dir/ref.jsonl`.
+pub fn devil_reference(dir: &Path) -> PathBuf {
+    let reference = dir.join("ref.jsonl");
+    if !reference.exists() {
+        let lines: Vec<String> = std::fs::read_to_string(repo().join("experiments/data/sample.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"domain\": \"devil\""))
+            .take(20)
+            .map(String::from)
+            .collect();
+        std::fs::write(&reference, lines.join("\n") + "\n").unwrap();
+    }
+    reference
+}

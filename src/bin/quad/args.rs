@@ -234,8 +234,8 @@ pub struct SelectArgs {
     /// α: exploration weight of the Cluster Score.
     #[arg(long)]
     pub alpha: Option<f64>,
-    /// γ: reward threshold (standardised score units); selects the threshold allocation
-    /// (default: the tilted allocation, README "The bandit").
+    /// γ: reward threshold (standardised score units); selects the threshold allocation (none:
+    /// the document-level tilt, README "The bandit").
     #[arg(long)]
     pub gamma: Option<f64>,
     /// τ: neighbour radius (centroid cosine distance).
@@ -247,7 +247,7 @@ pub struct SelectArgs {
     /// b: documents scored per chosen cluster.
     #[arg(long)]
     pub samples_per_arm: Option<usize>,
-    /// m: documents taken from a cluster whose estimate beats γ; default: ⌈budget in documents / k⌉.
+    /// m: the most documents taken from one cluster in one round.
     #[arg(long)]
     pub chunk: Option<usize>,
     /// Seed of the bandit.
@@ -547,3 +547,34 @@ pub struct EmbedderArgs {
     pub hashing_dim: usize,
 }
 
+
+/// The command line, with the default of every `quad select` setting appended to its flag's help,
+/// taken from `SelectConfig::default()` (the one place the defaults are defined; the flags are
+/// options so that a TOML file's values stand unless a flag is given).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let d = SelectConfig::default();
+    let b = &d.bandit;
+    let defaults = [
+        ("text_field", d.text_field.clone()),
+        ("id_field", d.id_field.clone()),
+        ("k", d.cluster.k.to_string()),
+        ("policy", b.policy.to_string()),
+        ("alpha", b.alpha.to_string()),
+        ("gamma", "none".to_string()),
+        ("tau", b.tau.to_string()),
+        ("arms_per_round", b.arms_per_round.to_string()),
+        ("samples_per_arm", b.samples_per_arm.to_string()),
+        ("chunk", "⌈budget in documents / k⌉".to_string()),
+        ("seed", b.seed.to_string()),
+    ];
+    Cli::command().mut_subcommand("select", |mut c| {
+        for (id, value) in defaults {
+            c = c.mut_arg(id, |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {value}]"))
+            });
+        }
+        c
+    })
+}

@@ -6,7 +6,6 @@ mod commands;
 mod progress;
 
 use anyhow::Result;
-use clap::Parser;
 
 use args::{Cli, Command, ProxyCommand};
 use commands::model::{FactorsCmd, InfluenceCmd};
@@ -16,11 +15,33 @@ fn main() {
     // Before any thread exists: it sets an environment variable (see its docs).
     quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = args::command()
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m))
+        .unwrap_or_else(|e| e.exit());
+    if let Err(e) = run(cli) {
+        if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+            std::process::exit(*code);
+        }
         eprintln!("error: {}", render_error(&e));
         std::process::exit(1);
     }
 }
+
+/// Exit status of a run stopped by Ctrl-C: 128 + SIGINT, as a shell reports a process it killed.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// A command that has said why it stops and only wants this exit status.
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// The error and its causes joined by ": ", leaving out a cause whose text the message already
 /// ends with (library errors often print their source in their own message as well).

@@ -21,13 +21,16 @@ pub fn proxy_train(corpus: &CorpusArgs, args: &ProxyArgs, out: &Path) -> Result<
         "proxy: [{bar:30}] step {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]",
     );
     let mut val = f64::NAN;
-    let report = train::train_proxy(texts, &params, out, |ev| match ev {
-        TrainEvent::TokenizerReady { vocab } => bar.println(format!("tokenizer: {vocab} tokens")),
-        TrainEvent::Step { step, loss, .. } => {
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {loss:.3} val {val:.3}"));
+    let report = train::train_proxy(texts, &params, out, |ev| {
+        match ev {
+            TrainEvent::TokenizerReady { vocab } => bar.println(format!("tokenizer: {vocab} tokens")),
+            TrainEvent::Step { step, loss, .. } => {
+                bar.set_position(step as u64);
+                bar.set_message(format!("loss {loss:.3} val {val:.3}"));
+            }
+            TrainEvent::Validated { val_loss, .. } => val = val_loss,
         }
-        TrainEvent::Validated { val_loss, .. } => val = val_loss,
+        std::ops::ControlFlow::Continue(())
     })?;
     bar.finish_and_clear();
     println!(

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use quad_select::bandit::{Budget, StopReason};
-use quad_select::select::{SelectError, Selector};
+use quad_select::select::{rounds_done, SelectError, Selection, Selector};
 
 use crate::args::SelectArgs;
 use crate::progress::{stop_on_ctrl_c, CliObserver};
@@ -17,6 +17,8 @@ pub fn run(args: &SelectArgs) -> Result<()> {
         (None, None) => bail!("give --budget-tokens or --budget-docs"),
     };
     std::fs::create_dir_all(&args.out).map_err(quad_select::path_io::at(&args.out))?;
+    // An older selection in --out must not survive a run that stops early.
+    Selection::clear_outputs(&args.out)?;
     let selector = Selector::new(config)
         .cache(&args.cache)
         .checkpoint(args.out.join("checkpoint.json"), args.resume);
@@ -27,12 +29,19 @@ pub fn run(args: &SelectArgs) -> Result<()> {
     observer.finish();
     let selection = match result {
         Err(SelectError::Interrupted {
-            after_round: Some(round),
+            rounds: Some(rounds),
             docs,
             tokens,
         }) => {
-            println!("stopped after round {round}: {docs} documents, {tokens} tokens so far; continue with --resume");
-            return Ok(());
+            println!(
+                "stopped after {}: {docs} documents, {tokens} tokens so far; continue with --resume",
+                rounds_done(rounds)
+            );
+            return Err(crate::Exit(crate::EXIT_INTERRUPTED).into());
+        }
+        Err(e @ SelectError::Interrupted { rounds: None, .. }) => {
+            eprintln!("{e}");
+            return Err(crate::Exit(crate::EXIT_INTERRUPTED).into());
         }
         other => other?,
     };

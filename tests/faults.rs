@@ -1,0 +1,288 @@
+//! Fault injection: bad inputs, kills, concurrent runs and broken model files. Every case is
+//! what a careless or hostile user did to `quad` once (the reliability issue); each must end in a
+//! clear error or a counted skip, never a panic, a lost result or a stale one.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use quad_select::corpus::{CorpusConfig, CorpusReader, SkipReason};
+
+// ---------------------------------------------------------------------------------------------
+// Bad inputs to the corpus reader: one row per finding, the expected count per reason.
+
+struct BadInput {
+    name: &'static str,
+    bytes: &'static [u8],
+    documents: u64,
+    skipped: &'static [(SkipReason, u64)],
+}
+
+const BAD_INPUTS: &[BadInput] = &[
+    BadInput {
+        name: "byte-order mark before the first record",
+        bytes: b"\xEF\xBB\xBF{\"id\":\"a\",\"text\":\"one\"}\n{\"id\":\"b\",\"text\":\"two\"}\n",
+        documents: 2,
+        skipped: &[],
+    },
+    BadInput {
+        name: "invalid UTF-8",
+        bytes: b"{\"id\":\"a\",\"text\":\"\xff\xfe\"}\n{\"id\":\"b\",\"text\":\"ok\"}\n",
+        documents: 1,
+        skipped: &[(SkipReason::InvalidUtf8, 1)],
+    },
+    BadInput {
+        name: "not JSON, a JSON array, a truncated object",
+        bytes: b"hello\n[1,2]\n{\"id\":\"a\",\"text\":\"cut\n{\"id\":\"b\",\"text\":\"ok\"}\n",
+        documents: 1,
+        skipped: &[(SkipReason::InvalidJson, 3)],
+    },
+    BadInput {
+        name: "missing, null, non-string and blank text",
+        bytes: b"{\"id\":\"a\"}\n{\"id\":\"b\",\"text\":null}\n{\"id\":\"c\",\"text\":5}\n{\"id\":\"d\",\"text\":\"  \\n\"}\n{\"id\":\"e\",\"text\":\"ok\"}\n",
+        documents: 1,
+        skipped: &[(SkipReason::MissingText, 2), (SkipReason::NonStringText, 1), (SkipReason::EmptyText, 1)],
+    },
+    BadInput {
+        name: "bad and duplicate ids",
+        bytes: b"{\"id\":[1],\"text\":\"x\"}\n{\"id\":1.5,\"text\":\"x\"}\n{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"a\",\"text\":\"y\"}\n",
+        documents: 1,
+        skipped: &[(SkipReason::InvalidId, 2), (SkipReason::DuplicateId, 1)],
+    },
+    BadInput {
+        name: "blank lines and CRLF endings",
+        bytes: b"\r\n{\"id\":\"a\",\"text\":\"x\"}\r\n\n\n{\"id\":\"b\",\"text\":\"y\"}\r\n",
+        documents: 2,
+        skipped: &[],
+    },
+    BadInput {
+        name: "no final newline",
+        bytes: b"{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\",\"text\":\"y\"}",
+        documents: 2,
+        skipped: &[],
+    },
+];
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn bad_inputs_are_counted_by_reason_and_strict_names_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, case) in BAD_INPUTS.iter().enumerate() {
+        let p = write(tmp.path(), &format!("case{i}.jsonl"), case.bytes);
+        let (docs, report) = CorpusReader::read_all(&p, CorpusConfig::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        assert_eq!(docs.len() as u64, case.documents, "{}", case.name);
+        for &(reason, n) in case.skipped {
+            assert_eq!(report.count(reason), n, "{}: {reason:?}", case.name);
+        }
+        let total: u64 = case.skipped.iter().map(|s| s.1).sum();
+        assert_eq!(report.skipped_total(), total, "{}", case.name);
+        if total > 0 {
+            let strict = CorpusConfig { strict: true, ..CorpusConfig::default() };
+            let err = CorpusReader::read_all(&p, strict).err().unwrap_or_else(|| panic!("{}: strict read passed", case.name));
+            assert!(err.to_string().contains(&format!("case{i}.jsonl:")), "{}: {err}", case.name);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random bytes: no panic, and every non-blank line is a document or a counted skip.
+    #[test]
+    fn random_bytes_never_panic_and_every_line_is_accounted_for(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = write(tmp.path(), "r.jsonl", &bytes);
+        let (docs, report) = CorpusReader::read_all(&p, CorpusConfig::default()).unwrap();
+        let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        let lines = body
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.strip_suffix(b"\r").unwrap_or(l).iter().all(u8::is_ascii_whitespace))
+            .count() as u64;
+        prop_assert_eq!(docs.len() as u64 + report.skipped_total(), lines);
+    }
+
+    /// Random JSON objects: no panic; a record is a document exactly when its text is a
+    /// non-blank string and its id usable and new.
+    #[test]
+    fn random_json_records_never_panic(records in prop::collection::vec(
+        (prop::option::of(prop_oneof![Just(serde_json::json!("t")), Just(serde_json::json!(" ")), Just(serde_json::json!(3)), Just(serde_json::Value::Null)]),
+         prop::option::of(prop_oneof![(0u8..4).prop_map(|i| serde_json::json!(format!("id{i}"))), Just(serde_json::json!(1.5)), Just(serde_json::json!([1]))])),
+        0..24)) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut text = String::new();
+        for (t, id) in &records {
+            let mut o = serde_json::Map::new();
+            if let Some(t) = t { o.insert("text".into(), t.clone()); }
+            if let Some(id) = id { o.insert("id".into(), id.clone()); }
+            text.push_str(&serde_json::Value::Object(o).to_string());
+            text.push('\n');
+        }
+        let p = write(tmp.path(), "j.jsonl", text.as_bytes());
+        let (docs, report) = CorpusReader::read_all(&p, CorpusConfig::default()).unwrap();
+        prop_assert_eq!(docs.len() as u64 + report.skipped_total(), records.len() as u64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `quad select` under kills and concurrency, on the shipped sample with the tiny config.
+
+fn select_cmd(cache: &Path, out: &Path, extra: &[&str]) -> Command {
+    let sample = common::repo().join("experiments/data/sample.jsonl");
+    let config = common::repo().join("tests/fixtures/tiny-select.toml");
+    let reference = common::devil_reference(cache.parent().unwrap());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_quad"));
+    cmd.args(["select", "--input", sample.to_str().unwrap(), "--reference", reference.to_str().unwrap()])
+        .args(["--budget-tokens", "30000", "--config", config.to_str().unwrap()])
+        .args(["--cache", cache.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run_ok(mut cmd: Command) {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "quad select failed:\n{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn killed_anywhere_then_resumed_gives_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let solo = tmp.path().join("solo");
+    let started = std::time::Instant::now();
+    run_ok(select_cmd(&tmp.path().join("solo-cache"), &solo, &[]));
+    let wall = started.elapsed();
+    let expected = std::fs::read(solo.join("selected.jsonl")).unwrap();
+    // SIGKILL at eight moments spread over a run on a fresh cache (reading, embedding, proxy
+    // training, factors, the bandit, writing), then --resume: the same selection, byte for byte.
+    let mut killed_mid_run = 0;
+    for (i, ms) in (1..=8u32).map(|j| (wall * j / 9).as_millis() as u64).enumerate() {
+        let cache = tmp.path().join(format!("cache{i}"));
+        let out = tmp.path().join(format!("out{i}"));
+        let mut child = select_cmd(&cache, &out, &[]).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        if out.join("manifest.json").exists() {
+            // It had finished: nothing to resume.
+            assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "kill at {ms} ms");
+            continue;
+        }
+        killed_mid_run += 1;
+        assert!(!out.join("selected.jsonl").exists(), "kill at {ms} ms left a selection without a manifest");
+        run_ok(select_cmd(&cache, &out, &["--resume"]));
+        assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "kill at {ms} ms");
+    }
+    assert!(killed_mid_run >= 4, "only {killed_mid_run} of 8 kills landed before the run ended ({wall:?})");
+}
+
+#[test]
+fn two_runs_sharing_one_fresh_cache_both_finish_as_if_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for alpha in ["1.0", "2.0"] {
+        let out = tmp.path().join(format!("solo-{alpha}"));
+        run_ok(select_cmd(&tmp.path().join(format!("cache-{alpha}")), &out, &["--alpha", alpha]));
+        expected.push(std::fs::read(out.join("selected.jsonl")).unwrap());
+    }
+    let shared = tmp.path().join("shared-cache");
+    let children: Vec<_> = ["1.0", "2.0"]
+        .iter()
+        .map(|alpha| select_cmd(&shared, &tmp.path().join(format!("shared-{alpha}")), &["--alpha", alpha]).spawn().unwrap())
+        .collect();
+    for (child, (alpha, want)) in children.into_iter().zip(["1.0", "2.0"].iter().zip(&expected)) {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "α = {alpha} failed beside another run:\n{}", String::from_utf8_lossy(&o.stderr));
+        let got = std::fs::read(tmp.path().join(format!("shared-{alpha}")).join("selected.jsonl")).unwrap();
+        assert_eq!(&got, want, "α = {alpha}: the selection differs from its solo run");
+    }
+    // No scratch left behind, and the score file has only whole lines.
+    for e in std::fs::read_dir(&shared).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".tmp"), "left behind: {name}");
+        if name.starts_with("scores-") {
+            let text = std::fs::read_to_string(shared.join(&name)).unwrap();
+            for line in text.lines() {
+                assert!(serde_json::from_str::<(String, f64)>(line).is_ok(), "{name}: bad line {line:?}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Broken model files: a clear error naming the file, never a panic.
+
+#[test]
+fn broken_model_files_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    run_ok(select_cmd(&cache, &tmp.path().join("first"), &[]));
+    let proxy = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("proxy-"))
+        .expect("a trained proxy in the cache");
+    let fresh = |name: &str| {
+        let m = tmp.path().join(name);
+        std::fs::create_dir_all(&m).unwrap();
+        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(proxy.join(f), m.join(f)).unwrap();
+        }
+        m
+    };
+    let weights = std::fs::read(proxy.join("model.safetensors")).unwrap();
+    // (what is broken, the file the error must name)
+    let cases: Vec<(PathBuf, &str)> = vec![
+        {
+            let m = fresh("cut-weights");
+            std::fs::write(m.join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+            (m, "model.safetensors")
+        },
+        {
+            let m = fresh("tokenizer-not-json");
+            std::fs::write(m.join("tokenizer.json"), "this is not json").unwrap();
+            (m, "tokenizer.json")
+        },
+        {
+            let m = fresh("config-not-json");
+            std::fs::write(m.join("config.json"), "{").unwrap();
+            (m, "config.json")
+        },
+        {
+            // The config says a wider model than the weights hold.
+            let m = fresh("shape-mismatch");
+            let cfg = m.join("config.json");
+            let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+            v["hidden_size"] = serde_json::json!(v["hidden_size"].as_u64().unwrap() * 2);
+            std::fs::write(&cfg, v.to_string()).unwrap();
+            (m, "model.safetensors")
+        },
+        {
+            let m = tmp.path().join("cut.gguf");
+            std::fs::write(&m, b"GGUF\x03\x00\x00\x00").unwrap();
+            (m, "cut.gguf")
+        },
+        {
+            let m = tmp.path().join("model.bin");
+            std::fs::write(&m, b"\x80\x02pickle").unwrap();
+            (m, "model.bin")
+        },
+    ];
+    for (model, names) in cases {
+        let o = select_cmd(&cache, &tmp.path().join("out-broken"), &["--model", model.to_str().unwrap()]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{}: accepted", model.display());
+        assert_eq!(o.status.code(), Some(1), "{}: {stderr}", model.display());
+        assert!(!stderr.contains("panicked"), "{}: {stderr}", model.display());
+        assert!(stderr.contains(names), "{}: the error should name {names}:\n{stderr}", model.display());
+    }
+}
