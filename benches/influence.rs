@@ -1,8 +1,11 @@
 //! Influence throughput with the default proxy architecture (4 layers, width 256, 4 heads, vocab
 //! 4096, all 28 linear layers, attention per head): EK-FAC factor fitting time (two passes over
 //! 16 documents of 256 tokens, true Fisher) and candidate scoring in documents/s (256-token
-//! documents, batches of 4 one after another, the reference iHVP computed once), as `quad influence`
-//! runs it.
+//! documents, the reference iHVP computed once): before (captures split per document, each scored on
+//! its own), batched, and batched in parallel as `quad select` runs it. Before/after, as measured:
+//!
+//!     cargo bench --bench influence -- 'score/'                             # candle's own threads
+//!     CANDLE_NUM_THREADS=1 cargo bench --bench influence -- score_parallel  # what quad sets
 //! Random weights: the cost does not depend on their values.
 
 use candle_core::{DType, Device};
@@ -54,6 +57,25 @@ fn bench_influence(c: &mut Criterion) {
         group.bench_function(format!("score_batched/16_docs_x_256_tokens/batch_{batch}"), |b| {
             b.iter(|| {
                 docs.chunks(batch)
+                    .map(|chunk| {
+                        let cap = model.capture_batch(chunk, opts.context, &opts.selection, Labels::Observed).unwrap();
+                        ihvp.score_batch(&cap).unwrap().into_iter().flatten().sum::<f64>()
+                    })
+                    .sum::<f64>()
+            })
+        });
+    }
+    // What `quad select` runs (`influence::score_documents`): batches of the default size scored
+    // in parallel, one per core. Run it with CANDLE_NUM_THREADS=1, as `quad` sets it: candle's own
+    // per-op threads would fight the batches for the cores.
+    // quad's default batch is `influence.batch` = 2.
+    for batch in [quad_select::select::InfluenceConfig::default().batch, 4] {
+        use rayon::prelude::*;
+        let docs = docs(16, 257, 2);
+        group.throughput(Throughput::Elements(docs.len() as u64));
+        group.bench_function(format!("score_parallel/16_docs_x_256_tokens/batch_{batch}"), |b| {
+            b.iter(|| {
+                docs.par_chunks(batch)
                     .map(|chunk| {
                         let cap = model.capture_batch(chunk, opts.context, &opts.selection, Labels::Observed).unwrap();
                         ihvp.score_batch(&cap).unwrap().into_iter().flatten().sum::<f64>()
