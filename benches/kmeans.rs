@@ -22,7 +22,7 @@ fn bench_kmeans(c: &mut Criterion) {
     let mut group = c.benchmark_group("kmeans_20k_x_384");
     group.sample_size(10);
     let params = KMeansParams {
-        k: 64,
+        k: 64.into(),
         n_init: 1,
         max_iter: 300,
         ..Default::default()
