@@ -137,3 +137,39 @@ fn missing_input_and_bad_params_are_clear_errors() {
     ]);
     assert!(stderr.contains("k must be at least 1"), "{stderr}");
 }
+
+#[test]
+fn every_record_skipped_still_reports_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("all-bad.jsonl");
+    std::fs::write(&bad, "{\"text\":\"\"}\n{\"id\":3}\nnot json\n").unwrap();
+    for cmd in ["embed", "cluster"] {
+        let stderr = common::quad_fails(&[cmd, "--input", bad.to_str().unwrap(), "--out", tmp.path().join(cmd).to_str().unwrap()]);
+        assert!(stderr.contains("no documents to embed"), "{cmd}: {stderr}");
+        for reason in ["empty_text", "missing_text", "invalid_json"] {
+            assert!(stderr.contains(reason), "{cmd}: no {reason} in the summary:\n{stderr}");
+        }
+    }
+    // A missing file's cause is printed once.
+    let stderr = common::quad_fails(&["embed", "--input", "/nonexistent/x.jsonl", "--out", tmp.path().join("m").to_str().unwrap()]);
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+}
+
+#[test]
+fn select_help_shows_the_defaults() {
+    let out = common::quad(&["select", "--help"]);
+    let d = quad_select::select::SelectConfig::default();
+    for (flag, value) in [
+        ("--alpha", d.bandit.alpha.to_string()),
+        ("--tau", d.bandit.tau.to_string()),
+        ("--arms-per-round", d.bandit.arms_per_round.to_string()),
+        ("--samples-per-arm", d.bandit.samples_per_arm.to_string()),
+        ("--k", d.cluster.k.to_string()),
+        ("--seed", d.bandit.seed.to_string()),
+    ] {
+        let at = out.find(&format!("{flag} <")).unwrap_or_else(|| panic!("no {flag} in:\n{out}"));
+        let entry = &out[at..];
+        let end = entry[2..].find("\n      --").map_or(entry.len(), |i| i + 2);
+        assert!(entry[..end].contains(&format!("[default: {value}]")), "{flag}: {}", &entry[..end]);
+    }
+}
