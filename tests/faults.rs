@@ -286,3 +286,35 @@ fn broken_model_files_are_clear_errors() {
         assert!(stderr.contains(names), "{}: the error should name {names}:\n{stderr}", model.display());
     }
 }
+
+#[test]
+fn ctrl_c_anywhere_exits_130_leaves_no_selection_and_resumes_to_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let solo = tmp.path().join("solo");
+    let started = std::time::Instant::now();
+    run_ok(select_cmd(&tmp.path().join("solo-cache"), &solo, &[]));
+    let wall = started.elapsed();
+    let expected = std::fs::read(solo.join("selected.jsonl")).unwrap();
+    let mut interrupted = 0;
+    for (i, ms) in (1..=4u32).map(|j| (wall * j / 5).as_millis() as u64).enumerate() {
+        let cache = tmp.path().join(format!("int-cache{i}"));
+        let out = tmp.path().join(format!("int-out{i}"));
+        let child = select_cmd(&cache, &out, &[]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        match o.status.code() {
+            Some(0) => assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "finished at {ms} ms"),
+            Some(130) => {
+                interrupted += 1;
+                assert!(!out.join("selected.jsonl").exists() && !out.join("manifest.json").exists(), "{ms} ms");
+                run_ok(select_cmd(&cache, &out, &["--resume"]));
+                assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "Ctrl-C at {ms} ms");
+            }
+            other => panic!("Ctrl-C at {ms} ms: exit {other:?}\n{stderr}"),
+        }
+    }
+    assert!(interrupted >= 2, "only {interrupted} of 4 Ctrl-Cs landed before the run ended ({wall:?})");
+}
