@@ -366,10 +366,19 @@ fn tokenize(
             let n = if d.text.len() > crate::corpus::TEXT_PIECE_BYTES { proxy.loaded.count_tokens(&d.text)? } else { head };
             counts.push(u32::try_from(n).unwrap_or(u32::MAX));
         }
-        if pool.len() > TOKENIZE_CHUNK {
-            let _ = observer.event(Event::Progress {
-                done: counts.len() as u64,
-                total: pool.len() as u64,
+        // The observer may stop the run between two chunks (Ctrl-C: minutes at a million documents).
+        if pool.len() > TOKENIZE_CHUNK
+            && observer
+                .event(Event::Progress {
+                    done: counts.len() as u64,
+                    total: pool.len() as u64,
+                })
+                .is_break()
+        {
+            return Err(SelectError::Interrupted {
+                rounds: None,
+                docs: 0,
+                tokens: 0,
             });
         }
     }
