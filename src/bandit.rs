@@ -539,12 +539,17 @@ pub struct Bandit {
 /// One cluster's even share of the budget, in documents: ⌈budget in documents / k⌉, at least 4
 /// (a token budget counts documents of the pool's mean length).
 pub fn even_share(problem: &Problem) -> usize {
-    let n = problem.tokens.len().max(1);
-    let docs = match problem.budget {
+    ((budget_documents(problem) / problem.k().max(1) as f64).ceil() as usize).max(4)
+}
+
+/// The budget in documents (a token budget counts documents of the pool's mean length).
+fn budget_documents(problem: &Problem) -> f64 {
+    match problem.budget {
         Budget::Documents(d) => d as f64,
-        Budget::Tokens(t) => t as f64 * n as f64 / problem.tokens.iter().sum::<usize>().max(1) as f64,
-    };
-    ((docs / problem.k().max(1) as f64).ceil() as usize).max(4)
+        Budget::Tokens(t) => {
+            t as f64 * problem.tokens.len().max(1) as f64 / problem.tokens.iter().sum::<usize>().max(1) as f64
+        }
+    }
 }
 
 const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -1039,7 +1044,7 @@ impl Bandit {
         let t = self.params.temperature;
         let k = self.problem.k();
         let n: Vec<f64> = self.orders.iter().map(|o| o.len() as f64).collect();
-        let docs = self.budget_documents();
+        let docs = budget_documents(&self.problem);
         let w: Vec<f64> = (0..k).map(|c| n[c] * (self.estimate(c).unwrap_or(0.0) / t).exp()).collect();
         let mut q = vec![0.0; k];
         let mut capped = vec![false; k];
@@ -1068,6 +1073,25 @@ impl Bandit {
         q
     }
 
+    /// Documents arm c may still take under `quotas` (quotas rounded up).
+    fn room_left(&self, quotas: &[f64], c: usize) -> usize {
+        (quotas[c].ceil() as usize).saturating_sub(self.state.arms[c].taken)
+    }
+
+    /// B arms with room left in their quota, by Cluster Score; when every quota is met in
+    /// documents but not the token budget, the available arm with the best estimate takes the
+    /// rest. None when no arm is available.
+    fn choose_with_room(&self, rng: &mut Xoshiro256PlusPlus, quotas: &[f64]) -> Option<Vec<(usize, f64)>> {
+        let chosen = self.choose_among(rng, |c| self.room_left(quotas, c) > 0);
+        if !chosen.is_empty() {
+            return Some(chosen);
+        }
+        (0..self.problem.k())
+            .filter(|&c| self.state.arms[c].available())
+            .max_by(|&a, &b| self.estimate(a).unwrap_or(0.0).total_cmp(&self.estimate(b).unwrap_or(0.0)))
+            .map(|c| vec![(c, self.cluster_score(c))])
+    }
+
     /// A round of the tilted allocation: B arms with room left in their quota, by Cluster Score;
     /// each is sampled while the scoring allowance lasts, then given up to m documents of its quota.
     fn round_tilted<E: fmt::Display>(
@@ -1076,18 +1100,9 @@ impl Bandit {
         rng: &mut Xoshiro256PlusPlus,
     ) -> Result<Option<Vec<ArmPick>>, BanditError> {
         let quotas = self.quotas();
-        let room = |b: &Self, c: usize| quotas[c].ceil() as usize > b.state.arms[c].taken;
-        let mut chosen = self.choose_among(rng, |c| room(self, c));
-        if chosen.is_empty() {
-            // Quotas met in documents but not the token budget: the best estimate takes the rest.
-            let best = (0..self.problem.k())
-                .filter(|&c| self.state.arms[c].available())
-                .max_by(|&a, &b| self.estimate(a).unwrap_or(0.0).total_cmp(&self.estimate(b).unwrap_or(0.0)));
-            match best {
-                Some(c) => chosen.push((c, self.cluster_score(c))),
-                None => return Ok(None),
-            }
-        }
+        let Some(chosen) = self.choose_with_room(rng, &quotas) else {
+            return Ok(None);
+        };
         let refine = chosen.iter().any(|&(c, _)| self.margin(c) > 0.0);
         let samples: Vec<Vec<usize>> = chosen
             .iter()
@@ -1106,7 +1121,7 @@ impl Bandit {
                 self.share(c, mean);
                 Some(mean)
             };
-            let want = (quotas[c].ceil() as usize).saturating_sub(self.state.arms[c].taken).clamp(1, self.chunk);
+            let want = self.room_left(&quotas, c).clamp(1, self.chunk);
             let accepted = self.take_up_to(c, reward, want);
             if accepted == 0 {
                 self.state.arms[c].exhausted = true;
@@ -1134,7 +1149,7 @@ impl Bandit {
     pub fn document_quotas(&self) -> Vec<f64> {
         let t = self.params.temperature;
         let k = self.problem.k();
-        let docs = self.budget_documents();
+        let docs = budget_documents(&self.problem);
         // (z, how many documents, arm): scored documents one by one, each arm's unscored ones together.
         let mut unscored = vec![0usize; k];
         let mut entries: Vec<(f64, f64, usize)> = Vec::new();
@@ -1173,16 +1188,6 @@ impl Bandit {
             q[e.2] += e.1 * (lambda * wi).min(1.0);
         }
         q
-    }
-
-    /// The budget in documents (a token budget counts documents of the pool's mean length).
-    fn budget_documents(&self) -> f64 {
-        match self.problem.budget {
-            Budget::Documents(d) => d as f64,
-            Budget::Tokens(tok) => {
-                tok as f64 * self.problem.tokens.len() as f64 / self.problem.tokens.iter().sum::<usize>().max(1) as f64
-            }
-        }
     }
 
     /// A round of the document-level tilt. While the scoring allowance lasts, B arms chosen by
@@ -1232,22 +1237,13 @@ impl Bandit {
             }
         }
         let quotas = self.document_quotas();
-        let room = |b: &Self, c: usize| quotas[c].ceil() as usize > b.state.arms[c].taken;
-        let mut chosen = self.choose_among(rng, |c| room(self, c));
-        if chosen.is_empty() {
-            // Quotas met in documents but not the token budget: the best estimate takes the rest.
-            let best = (0..self.problem.k())
-                .filter(|&c| self.state.arms[c].available())
-                .max_by(|&a, &b| self.estimate(a).unwrap_or(0.0).total_cmp(&self.estimate(b).unwrap_or(0.0)));
-            match best {
-                Some(c) => chosen.push((c, self.cluster_score(c))),
-                None => return Ok(None),
-            }
-        }
+        let Some(chosen) = self.choose_with_room(rng, &quotas) else {
+            return Ok(None);
+        };
         let mut picks = Vec::with_capacity(chosen.len());
         for (c, index) in chosen {
             self.state.arms[c].times_chosen += 1;
-            let want = (quotas[c].ceil() as usize).saturating_sub(self.state.arms[c].taken).clamp(1, self.chunk);
+            let want = self.room_left(&quotas, c).clamp(1, self.chunk);
             let accepted = self.take_ranked(c, want);
             if accepted == 0 {
                 self.state.arms[c].exhausted = true;

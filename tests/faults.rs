@@ -154,14 +154,19 @@ fn run_ok(mut cmd: Command) {
     assert!(o.status.success(), "quad select failed:\n{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// An uninterrupted run on a fresh cache under `dir`: its wall time (to spread faults over) and
+/// its `selected.jsonl`.
+fn solo_run(dir: &Path) -> (Duration, Vec<u8>) {
+    let solo = dir.join("solo");
+    let started = std::time::Instant::now();
+    run_ok(select_cmd(&dir.join("solo-cache"), &solo, &[]));
+    (started.elapsed(), std::fs::read(solo.join("selected.jsonl")).unwrap())
+}
+
 #[test]
 fn killed_anywhere_then_resumed_gives_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let solo = tmp.path().join("solo");
-    let started = std::time::Instant::now();
-    run_ok(select_cmd(&tmp.path().join("solo-cache"), &solo, &[]));
-    let wall = started.elapsed();
-    let expected = std::fs::read(solo.join("selected.jsonl")).unwrap();
+    let (wall, expected) = solo_run(tmp.path());
     // SIGKILL at eight moments spread over a run on a fresh cache (reading, embedding, proxy
     // training, factors, the bandit, writing), then --resume: the same selection, byte for byte.
     let mut killed_mid_run = 0;
@@ -290,11 +295,7 @@ fn broken_model_files_are_clear_errors() {
 #[test]
 fn ctrl_c_anywhere_exits_130_leaves_no_selection_and_resumes_to_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
-    let solo = tmp.path().join("solo");
-    let started = std::time::Instant::now();
-    run_ok(select_cmd(&tmp.path().join("solo-cache"), &solo, &[]));
-    let wall = started.elapsed();
-    let expected = std::fs::read(solo.join("selected.jsonl")).unwrap();
+    let (wall, expected) = solo_run(tmp.path());
     let mut interrupted = 0;
     for (i, ms) in (1..=4u32).map(|j| (wall * j / 5).as_millis() as u64).enumerate() {
         let cache = tmp.path().join(format!("int-cache{i}"));
