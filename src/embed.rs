@@ -14,6 +14,7 @@
 use crate::hash::fnv1a;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -44,6 +45,9 @@ pub enum EmbedError {
     Io(#[from] crate::path_io::PathIoError),
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
+    /// The progress callback stopped the run (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Turns texts into unit-norm vectors of a fixed dimension.
@@ -455,10 +459,12 @@ pub struct EmbeddedDir {
 /// chunk by chunk, rows scaled to unit norm, holding only one chunk of rows in memory: the
 /// streamed counterpart of [`embed_documents`], and the one writer of an embeddings folder.
 /// A folder this call creates is removed again if it fails (a bad record under `--strict`, say).
+/// `on_progress` hears the rows written after every chunk and may stop the run there
+/// ([`EmbedError::Interrupted`], Ctrl-C): a folder stopped half-way has no `embeddings.json`.
 pub fn embed_to_dir<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, on_progress: P) -> Result<EmbeddedDir, EmbedError>
 where
     I: IntoIterator<Item = Result<Document, CorpusError>>,
-    P: FnMut(usize),
+    P: FnMut(usize) -> ControlFlow<()>,
 {
     let created = !dir.exists();
     let result = write_embeddings(documents, embedder, chunk, dir, on_progress);
@@ -471,7 +477,7 @@ where
 fn write_embeddings<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, mut on_progress: P) -> Result<EmbeddedDir, EmbedError>
 where
     I: IntoIterator<Item = Result<Document, CorpusError>>,
-    P: FnMut(usize),
+    P: FnMut(usize) -> ControlFlow<()>,
 {
     use std::io::Write as _;
     std::fs::create_dir_all(dir).map_err(crate::path_io::at(dir))?;
@@ -492,9 +498,12 @@ where
         let mut rows = embedder.embed(&refs)?;
         rescaled += rows.rows_mut().into_iter().map(rescale_to_unit).filter(|&r| r).count();
         writer.push(rows.view())?;
-        on_progress(texts.len());
+        let stop = on_progress(texts.len());
         texts.clear();
-        Ok(())
+        match stop {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) => Err(EmbedError::Interrupted),
+        }
     };
     for doc in documents {
         let doc = doc?;

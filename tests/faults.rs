@@ -319,3 +319,42 @@ fn ctrl_c_anywhere_exits_130_leaves_no_selection_and_resumes_to_the_same_bytes()
     }
     assert!(interrupted >= 2, "only {interrupted} of 4 Ctrl-Cs landed before the run ended ({wall:?})");
 }
+
+/// Every file and folder a run leaves in `--out` and `--cache` has the mode an ordinary
+/// `File::create` / `create_dir` gives under the user's umask (here 027: group may read, others
+/// not), never tempfile's private 0600 / 0700.
+#[test]
+fn outputs_and_cache_entries_respect_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("out"));
+    let mut cmd = select_cmd(&cache, &out, &[]);
+    // SAFETY: umask is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o027);
+            Ok(())
+        })
+    };
+    run_ok(cmd);
+    fn walk(dir: &Path, seen: &mut Vec<(PathBuf, u32, bool)>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            seen.push((e.path(), meta.permissions().mode() & 0o777, meta.is_dir()));
+            if meta.is_dir() {
+                walk(&e.path(), seen);
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    walk(&out, &mut seen);
+    walk(&cache, &mut seen);
+    assert!(seen.iter().any(|(p, _, _)| p.ends_with("selected.jsonl")));
+    assert!(seen.iter().any(|(p, _, dir)| *dir && p.file_name().unwrap().to_string_lossy().starts_with("proxy-")));
+    for (path, mode, dir) in &seen {
+        let want = if *dir { 0o750 } else { 0o640 };
+        assert_eq!(*mode, want, "{} has mode {mode:o}", path.display());
+    }
+}

@@ -68,3 +68,52 @@ fn select_through_the_library_and_resume_after_an_observer_stop() {
     assert_eq!(resumed.documents, selection.documents);
     assert_eq!(resumed.rounds, selection.rounds);
 }
+
+/// A stop asked for inside a long stage (embedding, proxy training, factor fitting, the reference
+/// gradient) ends that stage at its next batch, before it finishes, with nothing selected; a rerun
+/// on the same cache then gives the uninterrupted selection.
+#[test]
+fn a_stop_inside_a_stage_ends_it_at_the_next_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = common::repo().join("experiments/data/sample.jsonl");
+    let reference = tmp.path().join("ref.jsonl");
+    let sample = std::fs::read_to_string(&pool).unwrap();
+    let lines: Vec<&str> = sample.lines().filter(|l| l.contains("\"domain\": \"jargon\"")).take(20).collect();
+    std::fs::write(&reference, lines.join("\n") + "\n").unwrap();
+    let budget = Budget::Tokens(30_000);
+    let solo = Selector::new(config().check().unwrap())
+        .cache(tmp.path().join("solo"))
+        .select(&pool, &reference, budget, &mut Quiet)
+        .unwrap();
+
+    let cache = tmp.path().join("cache");
+    // Each stage's label (Event::Stage) and key (Event::StageDone).
+    for (stage, key) in [("embed", "embed"), ("train proxy", "proxy"), ("fit factors", "factors"), ("reference gradient", "reference")] {
+        let (mut current, mut finished, mut progress_seen) = (String::new(), Vec::new(), false);
+        let mut stop_inside = |e: Event<'_>| match e {
+            Event::Stage { name, .. } => {
+                current = name.to_string();
+                ControlFlow::Continue(())
+            }
+            Event::StageDone { name } => {
+                finished.push(name.to_string());
+                ControlFlow::Continue(())
+            }
+            Event::Progress { .. } if current == stage => {
+                progress_seen = true;
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        };
+        let result = Selector::new(config().check().unwrap()).cache(&cache).select(&pool, &reference, budget, &mut stop_inside);
+        match result {
+            Err(SelectError::Interrupted { rounds: None, .. }) => {}
+            other => panic!("{stage}: expected a stop before the bandit, got {:?}", other.map(|s| s.documents.len())),
+        }
+        assert!(progress_seen, "{stage}: no progress reported inside the stage");
+        assert_eq!(current, stage, "{stage}: the run went on to {current}");
+        assert!(!finished.iter().any(|f| f == key), "{stage} finished: {finished:?}");
+    }
+    let rerun = Selector::new(config().check().unwrap()).cache(&cache).select(&pool, &reference, budget, &mut Quiet).unwrap();
+    assert_eq!(rerun.documents, solo.documents);
+}

@@ -41,7 +41,7 @@ fn streamed_and_in_memory_paths_agree_on_20k_documents() {
     cluster::prepare_rows(&mut in_memory).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let written = embed::embed_to_dir(as_stream(), &embedder, 1000, dir.path(), |_| {}).unwrap();
+    let written = embed::embed_to_dir(as_stream(), &embedder, 1000, dir.path(), |_| std::ops::ControlFlow::Continue(())).unwrap();
     assert_eq!((written.rows, written.dim), (20_000, 512));
     let stored = StoredEmbeddings::open(dir.path()).unwrap();
     assert_eq!(stored.ids, in_memory.ids);

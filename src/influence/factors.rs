@@ -14,6 +14,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use candle_core::{DType, Tensor};
 use ndarray::{s, Array1, Array2};
@@ -33,6 +34,30 @@ pub enum InfluenceError {
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Input(String),
+    /// The progress callback stopped the fit (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Work done of a stage's total, reported after every batch; `Break` stops the stage there
+/// ([`InfluenceError::Interrupted`]).
+pub type OnProgress<'a> = &'a mut dyn FnMut(usize, usize) -> ControlFlow<()>;
+
+/// Counts work done against a total and asks an [`OnProgress`] whether to go on.
+struct Steps<'a> {
+    on: OnProgress<'a>,
+    done: usize,
+    total: usize,
+}
+
+impl Steps<'_> {
+    fn advance(&mut self, n: usize) -> Result<(), InfluenceError> {
+        self.done += n;
+        match (self.on)(self.done, self.total) {
+            ControlFlow::Continue(()) => Ok(()),
+            ControlFlow::Break(()) => Err(InfluenceError::Interrupted),
+        }
+    }
 }
 
 /// How factors are fitted.
@@ -130,6 +155,7 @@ fn for_each_capture(
     docs: &[Vec<u32>],
     opts: &FitOptions,
     labels: Labels,
+    steps: &mut Steps<'_>,
     mut f: impl FnMut(&DocCapture) -> Result<(), InfluenceError>,
 ) -> Result<usize, InfluenceError> {
     // Longest first, so a batch's documents have similar lengths and little padding (the sums
@@ -143,6 +169,7 @@ fn for_each_capture(
             f(&cap)?;
             used += 1;
         }
+        steps.advance(chunk.len())?;
     }
     Ok(used)
 }
@@ -179,12 +206,28 @@ impl Factors {
     /// so is each distinct eigendecomposition and rotation. Same factors as accumulating every
     /// block on its own ([`FactorSums`], [`EkfacSums`]; checked in the tests).
     pub fn fit(model: &LlamaModel, docs: &[Vec<u32>], opts: &FitOptions) -> Result<Self, InfluenceError> {
+        Self::fit_with(model, docs, opts, &mut |_, _| ControlFlow::Continue(()))
+    }
+
+    /// [`Factors::fit`], reporting documents done of `2 · docs.len()` (two passes) after every
+    /// batch; `on_progress` may stop it there.
+    pub fn fit_with(
+        model: &LlamaModel,
+        docs: &[Vec<u32>],
+        opts: &FitOptions,
+        on_progress: OnProgress<'_>,
+    ) -> Result<Self, InfluenceError> {
+        let mut steps = Steps {
+            on: on_progress,
+            done: 0,
+            total: 2 * docs.len(),
+        };
         let ids = opts.selection.layers(model.config.num_hidden_layers);
         let ranges: Vec<Vec<BlockRange>> =
             ids.iter().map(|&id| block_ranges(&model.config, id, opts.per_head)).collect();
         let mut moments: Vec<Option<LayerMoments>> = vec![None; ids.len()];
         let mut tokens = 0;
-        let examples = for_each_capture(model, docs, opts, opts.labels, |cap| {
+        let examples = for_each_capture(model, docs, opts, opts.labels, &mut steps, |cap| {
             tokens += cap.predicted;
             for (l, layer) in cap.layers.iter().enumerate() {
                 let a = work_dtype(&layer.inputs)?;
@@ -232,7 +275,7 @@ impl Factors {
         } else {
             Vec::new()
         };
-        for_each_capture(model, docs, opts, opts.labels, |cap| {
+        for_each_capture(model, docs, opts, opts.labels, &mut steps, |cap| {
             for (l, layer) in cap.layers.iter().enumerate() {
                 if per_token {
                     let squares = bases[l].rotated_squares(&layer.inputs, &layer.output_grads)?;
@@ -376,6 +419,17 @@ pub fn mean_gradient(
     docs: &[Vec<u32>],
     opts: &FitOptions,
 ) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
+    mean_gradient_with(model, docs, opts, &mut |_, _| ControlFlow::Continue(()))
+}
+
+/// [`mean_gradient`], reporting windows done of their total after every batch; `on_progress`
+/// may stop it there.
+pub fn mean_gradient_with(
+    model: &LlamaModel,
+    docs: &[Vec<u32>],
+    opts: &FitOptions,
+    on_progress: OnProgress<'_>,
+) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
     let ids = opts.selection.layers(model.config.num_hidden_layers);
     let mut acc: Vec<Option<Array2<f64>>> = vec![None; ids.len()];
     // The sum needs no per-document separation: batch the windows of all documents, each
@@ -395,6 +449,11 @@ pub fn mean_gradient(
     windows.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
     // As many rows per pass as `batch` documents of the fitting context would give.
     let rows = opts.batch.max(1) * 2;
+    let mut steps = Steps {
+        on: on_progress,
+        done: 0,
+        total: windows.len(),
+    };
     for chunk in windows.chunks(rows) {
         let batch = crate::model::capture::LossBatch::from_windows(chunk, model)?;
         let logits = model.forward(&batch.ids, None)?;
@@ -411,6 +470,7 @@ pub fn mean_gradient(
                 None => *slot = Some(g),
             }
         }
+        steps.advance(chunk.len())?;
     }
     if n == 0 {
         return Err(InfluenceError::Input("no reference document has two or more tokens".into()));

@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::factors::{mean_gradient, Damping, Factors, FitOptions, InfluenceError, ReferenceIhvp};
+use super::factors::{mean_gradient_with, Damping, Factors, FitOptions, InfluenceError, OnProgress, ReferenceIhvp};
 use super::kfac::Strategy;
 use super::store::FactorsHeader;
 use crate::model::{Labels, LayerId, LayerSelection, LoadedModel};
@@ -128,11 +128,14 @@ pub fn fit_factors(
     default_damping: f64,
 ) -> Result<(Factors, FactorsHeader), InfluenceError> {
     let fetch = |idx: &[usize]| Ok(idx.iter().map(|&i| candidates[i].to_vec()).collect());
-    fit_factors_from(loaded, model_path, model_sha256, candidates.len(), fetch, args, default_damping)
+    fit_factors_from(loaded, model_path, model_sha256, candidates.len(), fetch, args, default_damping, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
 }
 
 /// [`fit_factors`] on `n` candidates that `fetch` tokenizes by index: only the sample is ever in
-/// memory. Same sample, same factors.
+/// memory. Same sample, same factors. `on_progress` hears the fit's progress and may stop it
+/// ([`Factors::fit_with`]).
 pub fn fit_factors_from(
     loaded: &LoadedModel,
     model_path: &Path,
@@ -141,12 +144,13 @@ pub fn fit_factors_from(
     fetch: impl FnOnce(&[usize]) -> Result<Vec<Vec<u32>>, InfluenceError>,
     args: &FactorArguments,
     default_damping: f64,
+    on_progress: OnProgress<'_>,
 ) -> Result<(Factors, FactorsHeader), InfluenceError> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(args.seed));
     order.truncate(args.fit_docs);
     let docs: Vec<Vec<u32>> = fetch(&order)?.iter().map(|d| truncated(d, args.max_tokens)).collect();
-    let factors = Factors::fit(&loaded.model, &docs, &args.fit_options())?;
+    let factors = Factors::fit_with(&loaded.model, &docs, &args.fit_options(), on_progress)?;
     let header = FactorsHeader {
         model_sha256: model_sha256.to_string(),
         model: model_path.display().to_string(),
@@ -162,15 +166,17 @@ pub fn fit_factors_from(
 }
 
 /// The mean loss gradient of the reference documents (token ids), each truncated to
-/// `max_tokens`, on the layers and windows of `args`.
+/// `max_tokens`, on the layers and windows of `args`; `on_progress` hears its progress and may
+/// stop it ([`mean_gradient_with`]).
 pub fn reference_gradient(
     loaded: &LoadedModel,
     reference: &[Vec<u32>],
     args: &FactorArguments,
     max_tokens: Option<usize>,
+    on_progress: OnProgress<'_>,
 ) -> Result<Vec<(LayerId, ndarray::Array2<f64>)>, InfluenceError> {
     let docs: Vec<Vec<u32>> = reference.iter().map(|d| truncated(d, max_tokens)).collect();
-    mean_gradient(&loaded.model, &docs, &args.gradient_options())
+    mean_gradient_with(&loaded.model, &docs, &args.gradient_options(), on_progress)
 }
 
 /// `(H + λI)⁻¹ ∇L(R)` block by block; without factors (the `identity` strategy) the plain gradient.

@@ -100,9 +100,17 @@ impl StageCache {
         }
     }
 
-    /// A scratch path beside the artifacts (for a folder written whole, then renamed).
-    pub fn scratch(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+    /// A scratch folder of this run's own beside the artifacts (runs may share the cache), for a
+    /// folder written whole and then renamed; removed when dropped (an error or a stop leaves none).
+    pub fn scratch_dir(&self, prefix: &str) -> Result<tempfile::TempDir, SelectError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        // 0777 less the umask, as `create_dir` gives: the folder is renamed into the cache.
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(".tmp")
+            .permissions(std::fs::Permissions::from_mode(0o777))
+            .tempdir_in(&self.dir)
+            .map_err(|e| SelectError::Io(crate::path_io::PathIoError::new(&self.dir, e)))
     }
 
     /// One stage: `load` the artifact when it is complete, otherwise `compute` it (which saves
@@ -143,11 +151,7 @@ impl StageCache {
         self.record(stage, started, cached, key);
         match observer.event(Event::StageDone { name: stage }) {
             ControlFlow::Continue(()) => Ok(()),
-            ControlFlow::Break(()) => Err(SelectError::Interrupted {
-                rounds: None,
-                docs: 0,
-                tokens: 0,
-            }),
+            ControlFlow::Break(()) => Err(SelectError::stopped()),
         }
     }
 

@@ -34,3 +34,14 @@ pub enum SelectError {
         tokens: usize,
     },
 }
+
+impl SelectError {
+    /// The observer stopped the run before the bandit started (nothing selected yet).
+    pub fn stopped() -> Self {
+        Self::Interrupted {
+            rounds: None,
+            docs: 0,
+            tokens: 0,
+        }
+    }
+}

@@ -200,9 +200,14 @@ fn cluster_pool(
         )?;
         let (total, mut done) = (docs.len() as u64, 0u64);
         let dir = p.expect("embeddings have a folder");
+        // The observer may stop the run between two chunks (Ctrl-C).
         crate::embed::embed_to_dir(docs.iter(), embedder.as_ref(), 256, dir, |n| {
             done += n as u64;
-            let _ = obs.event(Event::Progress { done, total });
+            obs.event(Event::Progress { done, total })
+        })
+        .map_err(|e| match e {
+            crate::embed::EmbedError::Interrupted => SelectError::stopped(),
+            e => e.into(),
         })?;
         Ok(StoredEmbeddings::open(dir)?)
     })?;
@@ -280,10 +285,10 @@ fn load_proxy(
                 cached,
             });
             if !cached {
-                // Trained into a scratch folder of this run's own (runs may share the cache),
-                // renamed whole: a half-written proxy is never cached.
-                let tmp = cache.scratch(&format!(".proxy-{key}.{}.tmp", unique_suffix()));
-                let _ = std::fs::remove_dir_all(&tmp);
+                // Trained into a scratch folder of this run's own, renamed whole: a half-written
+                // proxy is never cached.
+                let scratch = cache.scratch_dir(&format!(".proxy-{key}."))?;
+                let tmp = scratch.path();
                 let steps = raw.proxy.train.steps as u64;
                 let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
                     let docs = inputs.pool.documents(idx).map_err(|e| model::ModelError::Config(e.to_string()))?;
@@ -298,7 +303,7 @@ fn load_proxy(
                         })
                         .collect())
                 };
-                let trained = train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, &tmp, |ev| match ev {
+                let trained = train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, tmp, |ev| match ev {
                     // The observer may stop the run between two steps (Ctrl-C).
                     model::train::TrainEvent::Step { step, .. } => observer.event(Event::Progress {
                         done: step as u64,
@@ -307,23 +312,14 @@ fn load_proxy(
                     _ => std::ops::ControlFlow::Continue(()),
                 });
                 match trained {
-                    Err(model::ModelError::Interrupted { .. }) => {
-                        let _ = std::fs::remove_dir_all(&tmp);
-                        return Err(SelectError::Interrupted {
-                            rounds: None,
-                            docs: 0,
-                            tokens: 0,
-                        });
-                    }
+                    Err(model::ModelError::Interrupted { .. }) => return Err(SelectError::stopped()),
                     other => other?,
                 };
-                match std::fs::rename(&tmp, &artifact.path) {
+                match std::fs::rename(tmp, &artifact.path) {
                     Ok(()) => crate::atomic::sync_parent(&artifact.path).map_err(at(&artifact.path))?,
                     // Another run on this cache finished the same proxy first (same key, same
-                    // seeded training): theirs stands, ours goes.
-                    Err(_) if artifact.marker.exists() => {
-                        let _ = std::fs::remove_dir_all(&tmp);
-                    }
+                    // seeded training): theirs stands, ours goes (with `scratch`).
+                    Err(_) if artifact.marker.exists() => {}
                     Err(e) => return Err(at(&artifact.path)(e).into()),
                 }
             }
@@ -334,12 +330,6 @@ fn load_proxy(
     let sha = store::model_fingerprint(&path)?;
     cache.finish(observer, "proxy", started, cached, &sha[..16])?;
     Ok(Proxy { loaded, path, sha })
-}
-
-/// A suffix no other run's scratch file has: the process id and the time in nanoseconds.
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{}-{nanos}", std::process::id())
 }
 
 /// Token counts (the budget's unit) and the documents too short to score: the pool is encoded
@@ -375,11 +365,7 @@ fn tokenize(
                 })
                 .is_break()
         {
-            return Err(SelectError::Interrupted {
-                rounds: None,
-                docs: 0,
-                tokens: 0,
-            });
+            return Err(SelectError::stopped());
         }
     }
     let eligible: Vec<usize> = (0..pool.len()).filter(|&i| counts[i] >= 2).collect();
@@ -456,7 +442,7 @@ fn reference_ihvp(
     }
     let mut factors: Option<Factors> = None;
     if raw.influence.strategy != influence::Strategy::Identity {
-        let fit = |p: Option<&Path>, _: &mut dyn Observer| {
+        let fit = |p: Option<&Path>, obs: &mut dyn Observer| {
             let fetch = |idx: &[usize]| -> Result<Vec<Vec<u32>>, influence::InfluenceError> {
                 let picked: Vec<usize> = idx.iter().map(|&i| tokens.eligible[i]).collect();
                 let docs = inputs.pool.documents(&picked).map_err(|e| influence::InfluenceError::Input(e.to_string()))?;
@@ -470,7 +456,10 @@ fn reference_ihvp(
                 fetch,
                 &cfg.factors,
                 raw.influence.damping_rel,
-            )?;
+                // The observer may stop the fit between two batches (Ctrl-C).
+                &mut |done, total| obs.event(Event::Progress { done: done as u64, total: total as u64 }),
+            )
+            .map_err(stopped_or)?;
             store::save(&f, &header, p.expect("factors have a folder"))?;
             Ok(f)
         };
@@ -487,15 +476,27 @@ fn reference_ihvp(
         &ref_key,
         Some(&artifact),
         |p| Ok(store::load_layers(p, &layer_ids)?),
-        |p, _| {
+        |p, obs| {
             let ref_tokens = encode_all(&proxy.loaded, &inputs.ref_docs)?;
-            let g = infl::reference_gradient(&proxy.loaded, &ref_tokens, &cfg.factors, cfg.scoring.max_tokens)?;
+            let g = infl::reference_gradient(&proxy.loaded, &ref_tokens, &cfg.factors, cfg.scoring.max_tokens, &mut |done, total| {
+                obs.event(Event::Progress { done: done as u64, total: total as u64 })
+            })
+            .map_err(stopped_or)?;
             store::save_layers(&g, p.expect("the gradient has a file"))?;
             Ok(g)
         },
     )?;
     result.ihvp = Some(infl::reference_ihvp(factors.as_ref(), &grad, cfg.factors.per_head, &cfg.scoring)?);
     Ok(result)
+}
+
+/// An influence error as a selection error: a stop asked for by the observer is the run's
+/// [`SelectError::stopped`].
+fn stopped_or(e: influence::InfluenceError) -> SelectError {
+    match e {
+        influence::InfluenceError::Interrupted => SelectError::stopped(),
+        e => e.into(),
+    }
 }
 
 /// Scores bandit indices: from the score cache, or by the proxy (saved to the cache at once).

@@ -19,7 +19,8 @@ pub fn embed(corpus: &CorpusArgs, args: &EmbedderArgs, out: &Path) -> Result<()>
     let bar = spinner("embedding");
     let started = Instant::now();
     let written = embed::embed_to_dir(reader.by_ref(), embedder.as_ref(), args.batch_size.max(1) * 8, out, |n| {
-        bar.inc(n as u64)
+        bar.inc(n as u64);
+        std::ops::ControlFlow::Continue(())
     })?;
     bar.finish_and_clear();
     eprintln!("{}", reader.report());

@@ -103,7 +103,9 @@ pub fn influence(cmd: InfluenceCmd) -> Result<()> {
         max_tokens: cmd.max_tokens,
     };
     let ref_tokens = encode_all(&loaded, &read_texts(&cmd.corpus.with_input(&cmd.reference))?)?;
-    let grad = infl::reference_gradient(&loaded, &ref_tokens, &args, scoring.max_tokens)?;
+    let grad = infl::reference_gradient(&loaded, &ref_tokens, &args, scoring.max_tokens, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })?;
     let mut ihvp = infl::reference_ihvp(Some(&fitted), &grad, header.per_head, &scoring)?;
     if let Some(p) = cmd.project {
         ihvp = ihvp.project(p);
