@@ -136,7 +136,10 @@ proptest! {
 // `quad select` under kills and concurrency, on the shipped sample with the tiny config.
 
 fn select_cmd(cache: &Path, out: &Path, extra: &[&str]) -> Command {
-    let sample = common::repo().join("experiments/data/sample.jsonl");
+    select_cmd_on(&common::repo().join("experiments/data/sample.jsonl"), cache, out, extra)
+}
+
+fn select_cmd_on(sample: &Path, cache: &Path, out: &Path, extra: &[&str]) -> Command {
     let config = common::repo().join("tests/fixtures/tiny-select.toml");
     let reference = common::devil_reference(cache.parent().unwrap());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_quad"));
@@ -183,7 +186,8 @@ fn killed_anywhere_then_resumed_gives_the_same_bytes() {
             continue;
         }
         killed_mid_run += 1;
-        assert!(!out.join("selected.jsonl").exists(), "kill at {ms} ms left a selection without a manifest");
+        // (A kill between the last two renames may leave a selected.jsonl without its manifest:
+        // the manifest, written last, is what marks a finished selection.)
         run_ok(select_cmd(&cache, &out, &["--resume"]));
         assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "kill at {ms} ms");
     }
@@ -357,4 +361,63 @@ fn outputs_and_cache_entries_respect_the_umask() {
         let want = if *dir { 0o750 } else { 0o640 };
         assert_eq!(*mode, want, "{} has mode {mode:o}", path.display());
     }
+}
+
+/// A write that fails half-way (a file-size limit standing in for a full disk) is a clear error
+/// naming the file, at every kind of write: the pool's scratch copy, the embeddings, the factors'
+/// safetensors. Nothing half-written is taken for a cache entry: the run without the limit then
+/// gives the solo run's bytes.
+#[test]
+fn a_full_disk_is_an_error_that_names_the_file() {
+    use std::os::unix::process::CommandExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    // A pool of 30 documents: its scratch copy is smaller than the factors file.
+    let sample = std::fs::read_to_string(common::repo().join("experiments/data/sample.jsonl")).unwrap();
+    let pool = tmp.path().join("pool.jsonl");
+    std::fs::write(&pool, sample.lines().take(30).collect::<Vec<_>>().join("\n") + "\n").unwrap();
+    let cache = tmp.path().join("cache");
+    let cmd = |out: &str, limit: Option<u64>| {
+        let mut cmd = select_cmd_on(&pool, &cache, &tmp.path().join(out), &[]);
+        if let Some(limit) = limit {
+            // SAFETY: signal and setrlimit are async-signal-safe; they run in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    // Past the limit a write fails with EFBIG instead of killing the process.
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+                    Ok(())
+                })
+            };
+        }
+        cmd
+    };
+    let failing = |out: &str, limit: u64, names: &str| {
+        let o = cmd(out, Some(limit)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "limit {limit}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: ") && last.contains(names) && last.contains("too large"), "limit {limit}: {last}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    run_ok(cmd("solo", None));
+    let solo = std::fs::read(tmp.path().join("solo/selected.jsonl")).unwrap();
+    let pool_bytes = std::fs::metadata(&pool).unwrap().len();
+    let factors = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("factors-")).unwrap();
+    let factors_bytes = std::fs::metadata(factors.join("factors.safetensors")).unwrap().len();
+    assert!(pool_bytes < factors_bytes, "the pool ({pool_bytes} B) must be smaller than the factors ({factors_bytes} B)");
+
+    failing("a", pool_bytes / 2, "the pool's scratch copy");
+    std::fs::remove_dir_all(&factors).unwrap();
+    failing("b", (pool_bytes + factors_bytes) / 2, "factors.safetensors");
+    let embed = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).find(|p| p.file_name().unwrap().to_string_lossy().starts_with("embed-")).unwrap();
+    let embed_bytes = std::fs::metadata(embed.join("embeddings.npy")).unwrap().len();
+    std::fs::remove_dir_all(&embed).unwrap();
+    failing("c", pool_bytes.max(embed_bytes / 2), "embeddings.npy");
+
+    run_ok(cmd("after", None));
+    assert_eq!(std::fs::read(tmp.path().join("after/selected.jsonl")).unwrap(), solo);
 }

@@ -48,11 +48,13 @@ impl DocumentStore {
         let mut reader = CorpusReader::open(path, config)?;
         let mut out = BufWriter::with_capacity(1 << 20, spill);
         let (mut ends, mut ids, mut lines, mut files) = (Vec::new(), Vec::new(), Vec::new(), Vec::<PathBuf>::new());
+        // The spill has no name: say what was being written where (a full disk, say).
+        let spill_err = |e: std::io::Error| PathIoError::new(scratch, std::io::Error::new(e.kind(), format!("the pool's scratch copy: {e}")));
         let mut end = 0u64;
         for doc in reader.by_ref() {
             let doc = doc?;
             visit(&doc);
-            out.write_all(doc.record.as_bytes()).map_err(at(scratch))?;
+            out.write_all(doc.record.as_bytes()).map_err(spill_err)?;
             end += doc.record.len() as u64;
             ends.push(end);
             if files.last() != Some(&doc.location.file) {
@@ -61,7 +63,7 @@ impl DocumentStore {
             lines.push(((files.len() - 1) as u32, doc.location.line));
             ids.push(doc.id);
         }
-        let spill = out.into_inner().map_err(|e| PathIoError::new(scratch, e.into_error()))?;
+        let spill = out.into_inner().map_err(|e| spill_err(e.into_error()))?;
         ids.shrink_to_fit();
         let store = Self {
             spill,
