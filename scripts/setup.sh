@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-time machine setup for quad-select: the system BLAS (for ndarray-linalg) and the test models.
+# One-time machine setup for quad-select: the system BLAS (for ndarray-linalg), the test models and
+# the Python environment of the Python package (scripts/python-env.sh).
 # Safe to rerun: it installs and fetches only what is missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -10,3 +11,4 @@ if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
   echo "installed libopenblas-dev"
 fi
 bash "$root/scripts/fetch-models.sh"
+bash "$root/scripts/python-env.sh"

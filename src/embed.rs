@@ -447,6 +447,18 @@ pub fn rescale_to_unit(mut row: ndarray::ArrayViewMut1<f32>) -> bool {
     true
 }
 
+/// One chunk of texts as [`embed_to_dir`] embeds it (and so as `quad select` does, in chunks of
+/// 256): each text's head ([`crate::corpus::text_head`]: a huge document costs no more than
+/// 64 KB), one row per text, rows scaled to unit norm; with the number of rows that needed it.
+/// A sentence embedder batches by length inside a chunk, so the same texts chunked otherwise may
+/// differ in the last bits.
+pub fn embed_chunk(embedder: &dyn Embedder, texts: &[String]) -> Result<(Array2<f32>, usize), EmbedError> {
+    let refs: Vec<&str> = texts.iter().map(|t| crate::corpus::text_head(t)).collect();
+    let mut rows = embedder.embed(&refs)?;
+    let rescaled = rows.rows_mut().into_iter().map(rescale_to_unit).filter(|&r| r).count();
+    Ok((rows, rescaled))
+}
+
 /// What [`embed_to_dir`] wrote.
 pub struct EmbeddedDir {
     pub rows: usize,
@@ -493,10 +505,8 @@ where
         if texts.is_empty() {
             return Ok(());
         }
-        // Each document's head (corpus::text_head): a huge document costs no more than 64 KB.
-        let refs: Vec<&str> = texts.iter().map(|t| crate::corpus::text_head(t)).collect();
-        let mut rows = embedder.embed(&refs)?;
-        rescaled += rows.rows_mut().into_iter().map(rescale_to_unit).filter(|&r| r).count();
+        let (rows, fixed) = embed_chunk(embedder, texts)?;
+        rescaled += fixed;
         writer.push(rows.view())?;
         let stop = on_progress(texts.len());
         texts.clear();

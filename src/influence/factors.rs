@@ -34,6 +34,8 @@ pub enum InfluenceError {
     Candle(#[from] candle_core::Error),
     #[error("{0}")]
     Input(String),
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
     /// The progress callback stopped the fit (Ctrl-C).
     #[error("interrupted")]
     Interrupted,

@@ -46,13 +46,26 @@ pub fn score_documents(
     max_tokens: Option<usize>,
     on_done: impl Fn() + Sync,
 ) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
+    let texts: Vec<(&str, &str)> = docs.iter().map(|d| (d.id.as_str(), d.text.as_str())).collect();
+    score_texts(loaded, ihvp, &texts, opts, max_tokens, on_done)
+}
+
+/// [`score_documents`] on `(name, text)` pairs (the name only labels errors).
+pub fn score_texts(
+    loaded: &LoadedModel,
+    ihvp: &ReferenceIhvp,
+    texts: &[(&str, &str)],
+    opts: &FitOptions,
+    max_tokens: Option<usize>,
+    on_done: impl Fn() + Sync,
+) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
     use rayon::prelude::*;
-    let ids = docs
+    let ids = texts
         .iter()
-        .map(|d| {
+        .map(|(name, text)| {
             let mut ids = loaded
-                .encode(crate::corpus::text_head(&d.text))
-                .map_err(|e| InfluenceError::Input(format!("{}: {e}", d.id)))?;
+                .encode(crate::corpus::text_head(text))
+                .map_err(|e| InfluenceError::Input(format!("{name}: {e}")))?;
             crate::model::capture::truncate_predicted(&mut ids, max_tokens);
             Ok(ids)
         })

@@ -195,6 +195,70 @@ pub fn reference_ihvp(
     ReferenceIhvp::new(factors.unwrap_or(&empty), gradient, args.strategy, args.damping)
 }
 
+/// A proxy, its fitted factors and one reference set's iHVP, loaded once: scores documents
+/// against that reference. `quad select` scores through one, and so does every scoring worker of
+/// a distributed run (built from the same files and arguments, it gives the same scores).
+pub struct DocumentScorer {
+    pub loaded: LoadedModel,
+    ihvp: ReferenceIhvp,
+    gradient: FitOptions,
+    max_tokens: Option<usize>,
+}
+
+impl DocumentScorer {
+    /// A scorer from parts already loaded; `args` are the factors' (their layers and windows).
+    pub fn new(loaded: LoadedModel, ihvp: ReferenceIhvp, args: &FactorArguments, max_tokens: Option<usize>) -> Self {
+        Self {
+            loaded,
+            ihvp,
+            gradient: args.gradient_options(),
+            max_tokens,
+        }
+    }
+
+    /// Loads the model folder (or GGUF file) `model` and the factors fitted on it in `factors`,
+    /// and takes the reference gradient of `reference` (each text's head,
+    /// [`crate::corpus::text_head`]) and its iHVP. `batch` is the documents per scoring pass
+    /// (`influence.batch`): scores can differ in the last bits with another batching.
+    pub fn load(
+        model: &Path,
+        factors: &Path,
+        reference: &[String],
+        scoring: &ScoreArguments,
+        batch: usize,
+    ) -> Result<Self, InfluenceError> {
+        let loaded = crate::model::load(model, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let (fitted, header) = super::store::load_for_model(factors, model)?;
+        let args = FactorArguments {
+            batch: batch.max(1),
+            ..FactorArguments::matching(&fitted, &header)
+        };
+        let tokens = reference
+            .iter()
+            .map(|t| loaded.encode(crate::corpus::text_head(t)).map_err(InfluenceError::from))
+            .collect::<Result<Vec<_>, _>>()?;
+        let grad = reference_gradient(&loaded, &tokens, &args, scoring.max_tokens, &mut |_, _| std::ops::ControlFlow::Continue(()))?;
+        let ihvp = reference_ihvp(Some(&fitted), &grad, header.per_head, scoring)?;
+        Ok(Self::new(loaded, ihvp, &args, scoring.max_tokens))
+    }
+
+    /// Influence score and loss of each document, in order (`None`: fewer than two tokens).
+    pub fn score(&self, docs: &[crate::corpus::Document]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
+        super::score_documents(&self.loaded, &self.ihvp, docs, &self.gradient, self.max_tokens, || {})
+    }
+
+    /// [`Self::score`] on bare texts.
+    pub fn score_texts(&self, texts: &[&str]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
+        let named: Vec<(String, &str)> = texts.iter().enumerate().map(|(i, t)| (format!("text {i}"), *t)).collect();
+        let pairs: Vec<(&str, &str)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        super::score_texts(&self.loaded, &self.ihvp, &pairs, &self.gradient, self.max_tokens, || {})
+    }
+
+    pub fn ihvp(&self) -> &ReferenceIhvp {
+        &self.ihvp
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,14 @@ pub struct SelectedDoc {
     pub score: Option<f64>,
 }
 
+impl SelectedDoc {
+    /// Its line of `selected.jsonl`: the input record with the run's provenance added as a
+    /// `"quad"` field.
+    pub fn line(&self) -> String {
+        annotate(&self.record, &quad_object(self))
+    }
+}
+
 /// One cluster at the end of the run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterSummary {
@@ -197,7 +205,7 @@ impl Selection {
         let selected = out.join("selected.jsonl");
         write_atomic(&selected, |w| {
             for d in &self.documents {
-                writeln!(w, "{}", annotate(&d.record, &quad_object(d)))?;
+                writeln!(w, "{}", d.line())?;
             }
             Ok(())
         })

@@ -1,0 +1,114 @@
+"""quad-select from Python: Quad's diversity-aware, influence-based data selection.
+
+``select`` runs the whole pipeline in this process (the same library as ``quad select``, with the
+GIL released) and returns a :class:`Selection`. The stage functions a distributed run needs are
+here too: :func:`embed` (texts to unit rows), :func:`assign` (rows to their nearest centroid) and
+:class:`Scorer` (a proxy, its factors and a reference iHVP, loaded once, scoring batches of
+texts). :mod:`quad_select.ray` runs a selection on a Ray cluster.
+
+Errors of the Rust library are raised as :class:`QuadError` with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
+
+# Scoring parallelises across documents; candle's own per-op threads mostly wait on operands this
+# small (see the README). Set before the extension is loaded; a value the user set stays.
+os.environ.setdefault("CANDLE_NUM_THREADS", "1")
+
+from . import _quad  # noqa: E402
+from ._quad import QuadError, Scorer, assign, embed  # noqa: E402
+
+if TYPE_CHECKING:
+    import pyarrow
+
+__all__ = ["QuadError", "Scorer", "Selection", "assign", "embed", "select"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Selection:
+    """The result of a selection: the selected records with their provenance, the bandit's rounds,
+    the clusters at the end and the run's manifest (as ``quad select`` writes them)."""
+
+    def __init__(self, raw: "_quad.RawSelection") -> None:
+        self._raw = raw
+        self.ids: List[str] = raw.ids()
+        self.rounds: List[Dict[str, Any]] = json.loads(raw.rounds_json())
+        self.clusters: List[Dict[str, Any]] = json.loads(raw.clusters_json())
+        self.manifest: Dict[str, Any] = json.loads(raw.manifest_json())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        docs = self.manifest["documents"]
+        return (
+            f"Selection({docs['selected']} documents, {docs['tokens_selected']} tokens, "
+            f"{len(self.rounds)} rounds, scored {100 * docs['scored_fraction']:.1f}% of the pool)"
+        )
+
+    def lines(self) -> List[str]:
+        """The lines of ``selected.jsonl``: each input record, byte for byte, with a ``"quad"``
+        field (cluster, round, reward, score) added."""
+        return self._raw.lines()
+
+    def records(self) -> List[Dict[str, Any]]:
+        """The selected records as dicts, each with its ``"quad"`` provenance."""
+        return [json.loads(line) for line in self._raw.lines()]
+
+    def to_arrow(self) -> "pyarrow.Table":
+        """A pyarrow Table of the selected records (their fields as columns) plus the provenance
+        column ``quad`` (a struct of cluster, round, reward, score), in the order taken."""
+        import pyarrow as pa
+
+        return pa.Table.from_pylist(self.records())
+
+    def write(self, out: PathLike) -> None:
+        """Writes ``selected.jsonl``, ``rounds.csv``, ``clusters.csv`` and ``manifest.json`` into
+        ``out`` (atomically, the manifest last)."""
+        self._raw.write(os.fspath(out))
+
+
+def _config_args(config: Union[None, PathLike, Mapping[str, Any]]) -> Dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Mapping):
+        return {"config_json": json.dumps(dict(config))}
+    return {"config_path": os.fspath(config)}
+
+
+def select(
+    pool: PathLike,
+    reference: PathLike,
+    budget_tokens: Optional[int] = None,
+    *,
+    budget_documents: Optional[int] = None,
+    config: Union[None, PathLike, Mapping[str, Any]] = None,
+    out: Optional[PathLike] = None,
+    cache: Optional[PathLike] = None,
+    resume: bool = False,
+) -> Selection:
+    """Selects from ``pool`` (JSONL, optionally compressed, or Parquet; a file or a folder) for
+    ``reference``, up to ``budget_tokens`` proxy tokens (or ``budget_documents`` documents).
+
+    ``config`` is a TOML file or a dict of the same sections (``{"bandit": {"alpha": 2.0}}``);
+    omitted settings take their defaults. With ``out`` the four output files are written there
+    as ``quad select --out`` writes them (byte for byte the same), with a checkpoint after every
+    round that ``resume=True`` continues. ``cache`` defaults to ``.quad-cache``, as for the CLI.
+    Ctrl-C stops the run at its next step and raises KeyboardInterrupt.
+    """
+    raw = _quad.select(
+        os.fspath(pool),
+        os.fspath(reference),
+        budget_tokens=budget_tokens,
+        budget_documents=budget_documents,
+        cache=None if cache is None else os.fspath(cache),
+        out=None if out is None else os.fspath(out),
+        resume=resume,
+        **_config_args(config),
+    )
+    return Selection(raw)

@@ -1,0 +1,61 @@
+"""Type stubs of the extension module (python/src/lib.rs)."""
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+class QuadError(Exception):
+    """An error of quad-select (the Rust library's message)."""
+
+class RawSelection:
+    def ids(self) -> List[str]: ...
+    def lines(self) -> List[str]: ...
+    def rounds_json(self) -> str: ...
+    def manifest_json(self) -> str: ...
+    def clusters_json(self) -> str: ...
+    def write(self, out: str) -> None: ...
+
+def select(
+    pool: str,
+    reference: str,
+    *,
+    budget_tokens: Optional[int] = None,
+    budget_documents: Optional[int] = None,
+    config_path: Optional[str] = None,
+    config_json: Optional[str] = None,
+    cache: Optional[str] = None,
+    out: Optional[str] = None,
+    resume: bool = False,
+) -> RawSelection: ...
+def embed(
+    texts: Sequence[str],
+    *,
+    model: Optional[str] = None,
+    hashing_dim: Optional[int] = None,
+    batch_size: int = 32,
+) -> npt.NDArray[np.float32]:
+    """Unit rows, one per text: the sentence-embedding model folder ``model``, or the hashing
+    embedder of ``hashing_dim`` dimensions."""
+
+def assign(
+    embeddings: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]
+) -> Tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:
+    """Each row's nearest centroid and its cosine distance."""
+
+class Scorer:
+    """A proxy, its factors and a reference iHVP, loaded once; scores batches of texts."""
+
+    def __init__(
+        self,
+        model: str,
+        factors: str,
+        reference: Sequence[str],
+        *,
+        strategy: str = "ekfac",
+        damping_rel: float = 0.1,
+        max_tokens: Optional[int] = None,
+        batch: int = 2,
+    ) -> None: ...
+    def score(self, texts: Sequence[str]) -> List[Optional[float]]:
+        """Influence scores of ``texts`` in order (None: fewer than two tokens)."""

@@ -1,0 +1,243 @@
+//! `quad_select._quad`: the Rust side of the Python package. Thin on purpose: each function builds
+//! library types, runs the library with the GIL released, and hands back plain data (JSON text,
+//! numpy arrays); `quad_select/__init__.py` gives it its Python shape.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2};
+use pyo3::exceptions::PyKeyboardInterrupt;
+use pyo3::prelude::*;
+
+use quad_select::bandit::Budget;
+use quad_select::embed::BertOptions;
+use quad_select::influence::stage::{DocumentScorer, ScoreArguments};
+use quad_select::influence::{Damping, Strategy};
+use quad_select::select::{Event, SelectConfig, SelectError, Selection, Selector};
+
+pyo3::create_exception!(_quad, QuadError, pyo3::exceptions::PyException, "An error of quad-select (the Rust library's message).");
+
+/// The error's message with its causes, as the CLI prints them (each once).
+fn message(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn err(e: impl std::error::Error) -> PyErr {
+    QuadError::new_err(message(&e))
+}
+
+/// The config: a path to a TOML file, a dict (as JSON text, from the Python side), or the defaults.
+fn config(path: Option<PathBuf>, json: Option<&str>) -> PyResult<SelectConfig> {
+    match (path, json) {
+        (Some(_), Some(_)) => Err(QuadError::new_err("give the config as a path or as a dict, not both")),
+        (Some(p), None) => SelectConfig::from_toml_file(&p).map_err(err),
+        (None, Some(j)) => serde_json::from_str(j).map_err(|e| QuadError::new_err(format!("config: {e}"))),
+        (None, None) => Ok(SelectConfig::default()),
+    }
+}
+
+/// A finished selection (see `quad_select.Selection`).
+#[pyclass(module = "quad_select._quad", frozen)]
+struct RawSelection {
+    inner: Selection,
+}
+
+#[pymethods]
+impl RawSelection {
+    /// Selected ids, in the order taken.
+    fn ids(&self) -> Vec<String> {
+        self.inner.ids().map(str::to_string).collect()
+    }
+
+    /// The lines of `selected.jsonl`: each record with its `"quad"` provenance.
+    fn lines(&self) -> Vec<String> {
+        self.inner.documents.iter().map(|d| d.line()).collect()
+    }
+
+    fn rounds_json(&self) -> String {
+        serde_json::to_string(&self.inner.rounds).expect("plain data")
+    }
+
+    fn manifest_json(&self) -> String {
+        serde_json::to_string(&self.inner.manifest).expect("plain data")
+    }
+
+    fn clusters_json(&self) -> String {
+        serde_json::to_string(&self.inner.clusters).expect("plain data")
+    }
+
+    /// Writes the same four files as `quad select` into `out`.
+    fn write(&self, py: Python<'_>, out: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.write(&out)).map_err(err)
+    }
+}
+
+/// Runs `quad select` in this process. With `out`, as the CLI does: an older selection there is
+/// removed first, the checkpoint is `out/checkpoint.json` (continued when `resume`), and the four
+/// output files are written at the end. The GIL is released while it runs; Ctrl-C (a pending
+/// KeyboardInterrupt) stops it at the next stage step or round.
+#[pyfunction]
+#[pyo3(signature = (pool, reference, *, budget_tokens=None, budget_documents=None, config_path=None, config_json=None, cache=None, out=None, resume=false))]
+#[allow(clippy::too_many_arguments)]
+fn select(
+    py: Python<'_>,
+    pool: PathBuf,
+    reference: PathBuf,
+    budget_tokens: Option<usize>,
+    budget_documents: Option<usize>,
+    config_path: Option<PathBuf>,
+    config_json: Option<&str>,
+    cache: Option<PathBuf>,
+    out: Option<PathBuf>,
+    resume: bool,
+) -> PyResult<RawSelection> {
+    let budget = match (budget_tokens, budget_documents) {
+        (Some(t), None) => Budget::Tokens(t),
+        (None, Some(d)) => Budget::Documents(d),
+        _ => return Err(QuadError::new_err("give exactly one of budget_tokens and budget_documents")),
+    };
+    let valid = config(config_path, config_json)?.check().map_err(err)?;
+    let mut selector = Selector::new(valid);
+    if let Some(c) = cache {
+        selector = selector.cache(c);
+    }
+    if let Some(out) = &out {
+        Selection::clear_outputs(out).map_err(err)?;
+        selector = selector.checkpoint(out.join("checkpoint.json"), resume);
+    }
+    let mut interrupted = false;
+    let result = py.detach(|| {
+        let mut observer = |_: Event<'_>| {
+            // A pending Ctrl-C stops the run between steps.
+            if Python::attach(|py| py.check_signals()).is_err() {
+                interrupted = true;
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let selection = selector.select(&pool, &reference, budget, &mut observer)?;
+        if let Some(out) = &out {
+            selection.write(out)?;
+        }
+        Ok(selection)
+    });
+    match result {
+        Ok(inner) => Ok(RawSelection { inner }),
+        Err(e @ SelectError::Interrupted { .. }) if interrupted => Err(PyKeyboardInterrupt::new_err(e.to_string())),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Embeds texts as unit rows (float32, one per text): the sentence-embedding model in `model`
+/// (a folder), or the hashing embedder of `hashing_dim` dimensions.
+#[pyfunction]
+#[pyo3(signature = (texts, *, model=None, hashing_dim=None, batch_size=32))]
+fn embed<'py>(
+    py: Python<'py>,
+    texts: Vec<String>,
+    model: Option<PathBuf>,
+    hashing_dim: Option<usize>,
+    batch_size: usize,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let dim = hashing_dim.unwrap_or(SelectConfig::default().embed.hashing_dim);
+    let rows = py
+        .detach(|| {
+            let embedder = quad_select::make_embedder(
+                model.as_deref(),
+                BertOptions {
+                    batch_size: batch_size.max(1),
+                    ..Default::default()
+                },
+                dim,
+            )?;
+            quad_select::embed::embed_chunk(embedder.as_ref(), &texts).map(|(rows, _)| rows)
+        })
+        .map_err(err)?;
+    Ok(rows.into_pyarray(py))
+}
+
+/// Each row's nearest centroid (cosine on unit rows) and its distance.
+#[pyfunction]
+fn assign<'py>(
+    py: Python<'py>,
+    embeddings: PyReadonlyArray2<'py, f32>,
+    centroids: PyReadonlyArray2<'py, f32>,
+) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<f32>>)> {
+    let (rows, cents) = (embeddings.as_array().to_owned(), centroids.as_array().to_owned());
+    if rows.ncols() != cents.ncols() {
+        return Err(QuadError::new_err(format!(
+            "embeddings have {} columns, centroids {}",
+            rows.ncols(),
+            cents.ncols()
+        )));
+    }
+    if cents.nrows() == 0 {
+        return Err(QuadError::new_err("no centroids"));
+    }
+    let (labels, distances) = py.detach(|| quad_select::cluster::assign(rows.view(), cents.view()));
+    let labels: Vec<u64> = labels.into_iter().map(|l| l as u64).collect();
+    Ok((labels.into_pyarray(py), distances.into_pyarray(py)))
+}
+
+/// A proxy, its factors and a reference iHVP, loaded once; scores batches of texts.
+#[pyclass(module = "quad_select._quad", frozen)]
+struct Scorer {
+    inner: DocumentScorer,
+}
+
+#[pymethods]
+impl Scorer {
+    #[new]
+    #[pyo3(signature = (model, factors, reference, *, strategy="ekfac", damping_rel=quad_select::influence::DEFAULT_DAMPING_REL, max_tokens=None, batch=2))]
+    fn new(
+        py: Python<'_>,
+        model: PathBuf,
+        factors: PathBuf,
+        reference: Vec<String>,
+        strategy: &str,
+        damping_rel: f64,
+        max_tokens: Option<usize>,
+        batch: usize,
+    ) -> PyResult<Self> {
+        let strategy: Strategy = serde_json::from_value(serde_json::Value::String(strategy.into()))
+            .map_err(|_| QuadError::new_err(format!("unknown strategy {strategy:?}")))?;
+        let scoring = ScoreArguments {
+            strategy,
+            damping: Damping::Relative(damping_rel),
+            max_tokens,
+        };
+        let inner = py
+            .detach(|| DocumentScorer::load(&model, &factors, &reference, &scoring, batch))
+            .map_err(err)?;
+        Ok(Self { inner })
+    }
+
+    /// Influence scores of `texts`, in order (None: fewer than two tokens).
+    fn score(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<Option<f64>>> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let scored = py.detach(|| self.inner.score_texts(&refs)).map_err(err)?;
+        Ok(scored.into_iter().map(|s| s.map(|(score, _)| score)).collect())
+    }
+}
+
+#[pymodule]
+fn _quad(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("QuadError", m.py().get_type::<QuadError>())?;
+    m.add_class::<RawSelection>()?;
+    m.add_class::<Scorer>()?;
+    m.add_function(wrap_pyfunction!(select, m)?)?;
+    m.add_function(wrap_pyfunction!(embed, m)?)?;
+    m.add_function(wrap_pyfunction!(assign, m)?)?;
+    Ok(())
+}
