@@ -302,15 +302,43 @@ impl Clustering {
         params: &ValidKMeansParams,
         rows: &NpyRows,
         ids: &[String],
+        on_event: impl FnMut(KMeansEvent),
+    ) -> Result<Self, ClusterError> {
+        let mut here = |blocks: Vec<Array2<f32>>, centroids: ArrayView2<f32>| Ok(blocks.iter().map(|b| assign(b.view(), centroids)).collect());
+        Self::fit_stored_with(params, rows, ids, on_event, 1, &mut here)
+    }
+
+    /// [`Clustering::fit_stored`] with the assignment of every row to the fitted centroids handed
+    /// to `assign_blocks`, `group` blocks of [`ASSIGN_BLOCK`] rows at a time (for an executor that
+    /// assigns them in parallel elsewhere). Each block must come back as [`assign`] on it makes
+    /// it, and then the clustering is the same.
+    pub fn fit_stored_with(
+        params: &ValidKMeansParams,
+        rows: &NpyRows,
+        ids: &[String],
         mut on_event: impl FnMut(KMeansEvent),
+        group: usize,
+        assign_blocks: AssignBlocks<'_>,
     ) -> Result<Self, ClusterError> {
         let n = rows.rows();
         let k = params.k.resolve(n);
+        let mut assigner = BlockAssigner {
+            assign_blocks,
+            group: group.max(1),
+            pending: Vec::new(),
+            assignment: Vec::with_capacity(n),
+            sq: Vec::with_capacity(n),
+        };
         let Some(idx) = fit_sample(params, n, k)? else {
             // Every row is in the fit: read them once and cluster them in memory.
             let matrix = rows.read_rows(0..n)?;
             check_rows(matrix.view(), ids)?;
-            return Self::fit(params, matrix.view(), on_event);
+            let (centroids, n_iter) = fit_centroids(params, k, matrix.view(), &mut on_event)?;
+            for block in matrix.axis_chunks_iter(Axis(0), ASSIGN_BLOCK) {
+                assigner.push(block.to_owned(), centroids.view())?;
+            }
+            let (assignment, sq) = assigner.finish(centroids.view())?;
+            return Ok(Self::from_assignment(k, centroids, n_iter, assignment, sq));
         };
         let (centroids, n_iter) = {
             let sample = rows.gather(&idx)?;
@@ -319,15 +347,13 @@ impl Clustering {
             }
             fit_centroids(params, k, sample.view(), &mut on_event)?
         };
-        let (mut assignment, mut sq) = (Vec::with_capacity(n), Vec::with_capacity(n));
         // Blocks of ASSIGN_BLOCK rows from row 0: the same GEMMs as `assign` over the whole matrix.
         for block in rows.blocks(ASSIGN_BLOCK) {
             let (first, block) = block?;
             check_block(block.view(), first, ids)?;
-            let (a, d) = assign(block.view(), centroids.view());
-            assignment.extend(a);
-            sq.extend(d);
+            assigner.push(block, centroids.view())?;
         }
+        let (assignment, sq) = assigner.finish(centroids.view())?;
         Ok(Self::from_assignment(k, centroids, n_iter, assignment, sq))
     }
 
@@ -686,6 +712,54 @@ fn squared_shift(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
         .zip(b.iter())
         .map(|(x, y)| ((x - y) as f64).powi(2))
         .sum()
+}
+
+/// Assigns blocks of rows to centroids: `(blocks, centroids) → (nearest centroid, squared
+/// distance)` per block, in order ([`Clustering::fit_stored_with`]).
+pub type AssignBlocks<'a> =
+    &'a mut dyn FnMut(Vec<Array2<f32>>, ArrayView2<f32>) -> Result<Vec<(Vec<usize>, Vec<f32>)>, ClusterError>;
+
+/// Collects blocks into groups for an [`AssignBlocks`] and the results in row order.
+struct BlockAssigner<'a> {
+    assign_blocks: AssignBlocks<'a>,
+    group: usize,
+    pending: Vec<Array2<f32>>,
+    assignment: Vec<usize>,
+    sq: Vec<f32>,
+}
+
+impl BlockAssigner<'_> {
+    fn push(&mut self, block: Array2<f32>, centroids: ArrayView2<f32>) -> Result<(), ClusterError> {
+        self.pending.push(block);
+        if self.pending.len() == self.group {
+            self.flush(centroids)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, centroids: ArrayView2<f32>) -> Result<(), ClusterError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let sizes: Vec<usize> = self.pending.iter().map(|b| b.nrows()).collect();
+        let done = (self.assign_blocks)(std::mem::take(&mut self.pending), centroids)?;
+        if done.len() != sizes.len() || done.iter().zip(&sizes).any(|((a, d), &n)| a.len() != n || d.len() != n) {
+            return Err(ClusterError::KMeans("the assignment executor answered out of shape".into()));
+        }
+        for (a, d) in done {
+            if let Some(&bad) = a.iter().find(|&&c| c >= centroids.nrows()) {
+                return Err(ClusterError::KMeans(format!("the assignment executor named cluster {bad} of {}", centroids.nrows())));
+            }
+            self.assignment.extend(a);
+            self.sq.extend(d);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self, centroids: ArrayView2<f32>) -> Result<(Vec<usize>, Vec<f32>), ClusterError> {
+        self.flush(centroids)?;
+        Ok((self.assignment, self.sq))
+    }
 }
 
 /// Nearest centroid of every row and the squared distance to it, `‖x‖² − 2x·c + ‖c‖²`

@@ -48,6 +48,9 @@ pub enum EmbedError {
     /// The progress callback stopped the run (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// An executor that embeds elsewhere failed or answered out of shape.
+    #[error("embedding executor: {0}")]
+    Executor(String),
 }
 
 /// Turns texts into unit-norm vectors of a fixed dimension.
@@ -478,42 +481,82 @@ where
     I: IntoIterator<Item = Result<Document, CorpusError>>,
     P: FnMut(usize) -> ControlFlow<()>,
 {
+    let mut one_at_a_time = |chunks: Vec<Vec<String>>| chunks.iter().map(|c| embed_chunk(embedder, c)).collect();
+    embed_to_dir_grouped(documents, embedder, chunk, 1, &mut one_at_a_time, dir, on_progress)
+}
+
+/// Embeds one group of chunks ([`embed_chunk`] each, in order).
+pub type EmbedGroup<'a> = &'a mut dyn FnMut(Vec<Vec<String>>) -> Result<Vec<(Array2<f32>, usize)>, EmbedError>;
+
+/// [`embed_to_dir`] with the chunks handed to `embed_group` `group` at a time (the last group may
+/// be shorter), for an executor that embeds chunks in parallel elsewhere. `embedder` names the
+/// embeddings and gives their dimension; every chunk must come back as [`embed_chunk`] on it
+/// would make it, and then the folder is the same.
+pub fn embed_to_dir_grouped<I, P>(
+    documents: I,
+    embedder: &dyn Embedder,
+    chunk: usize,
+    group: usize,
+    embed_group: EmbedGroup<'_>,
+    dir: &Path,
+    on_progress: P,
+) -> Result<EmbeddedDir, EmbedError>
+where
+    I: IntoIterator<Item = Result<Document, CorpusError>>,
+    P: FnMut(usize) -> ControlFlow<()>,
+{
     let created = !dir.exists();
-    let result = write_embeddings(documents, embedder, chunk, dir, on_progress);
+    let result = write_embeddings(documents, embedder, chunk, group, embed_group, dir, on_progress);
     if result.is_err() && created {
         let _ = std::fs::remove_dir_all(dir);
     }
     result
 }
 
-fn write_embeddings<I, P>(documents: I, embedder: &dyn Embedder, chunk: usize, dir: &Path, mut on_progress: P) -> Result<EmbeddedDir, EmbedError>
+fn write_embeddings<I, P>(
+    documents: I,
+    embedder: &dyn Embedder,
+    chunk: usize,
+    group: usize,
+    embed_group: EmbedGroup<'_>,
+    dir: &Path,
+    mut on_progress: P,
+) -> Result<EmbeddedDir, EmbedError>
 where
     I: IntoIterator<Item = Result<Document, CorpusError>>,
     P: FnMut(usize) -> ControlFlow<()>,
 {
     use std::io::Write as _;
     std::fs::create_dir_all(dir).map_err(crate::path_io::at(dir))?;
-    let chunk = chunk.max(1);
+    let (chunk, group) = (chunk.max(1), group.max(1));
     let dim = embedder.dim();
     let mut writer = crate::npy::NpyRowWriter::create(&dir.join(Embeddings::MATRIX_FILE), dim)?;
     let ids_path = dir.join(Embeddings::IDS_FILE);
     let ids_file = crate::atomic::AtomicFile::create(&ids_path).map_err(crate::path_io::at(&ids_path))?;
     let mut ids_out = std::io::BufWriter::new(ids_file);
     let mut texts: Vec<String> = Vec::with_capacity(chunk);
+    let mut pending: Vec<Vec<String>> = Vec::with_capacity(group);
     let mut rescaled = 0;
-    let mut flush = |texts: &mut Vec<String>, writer: &mut crate::npy::NpyRowWriter| -> Result<(), EmbedError> {
-        if texts.is_empty() {
+    let mut flush = |pending: &mut Vec<Vec<String>>, writer: &mut crate::npy::NpyRowWriter| -> Result<(), EmbedError> {
+        if pending.is_empty() {
             return Ok(());
         }
-        let (rows, fixed) = embed_chunk(embedder, texts)?;
-        rescaled += fixed;
-        writer.push(rows.view())?;
-        let stop = on_progress(texts.len());
-        texts.clear();
-        match stop {
-            ControlFlow::Continue(()) => Ok(()),
-            ControlFlow::Break(()) => Err(EmbedError::Interrupted),
+        let sizes: Vec<usize> = pending.iter().map(Vec::len).collect();
+        let embedded = embed_group(std::mem::take(pending))?;
+        if embedded.len() != sizes.len() {
+            return Err(EmbedError::Executor(format!("{} chunks embedded of {}", embedded.len(), sizes.len())));
         }
+        for ((rows, fixed), n) in embedded.into_iter().zip(sizes) {
+            if rows.dim() != (n, dim) {
+                return Err(EmbedError::Executor(format!("a chunk of {n} texts came back as {:?} rows (dimension {dim})", rows.dim())));
+            }
+            rescaled += fixed;
+            writer.push(rows.view())?;
+            if on_progress(n).is_break() {
+                return Err(EmbedError::Interrupted);
+            }
+        }
+        Ok(())
     };
     for doc in documents {
         let doc = doc?;
@@ -521,10 +564,16 @@ where
         ids_out.write_all(b"\n").map_err(crate::path_io::at(&ids_path))?;
         texts.push(doc.text);
         if texts.len() == chunk {
-            flush(&mut texts, &mut writer)?;
+            pending.push(std::mem::replace(&mut texts, Vec::with_capacity(chunk)));
+            if pending.len() == group {
+                flush(&mut pending, &mut writer)?;
+            }
         }
     }
-    flush(&mut texts, &mut writer)?;
+    if !texts.is_empty() {
+        pending.push(texts);
+    }
+    flush(&mut pending, &mut writer)?;
     let rows = writer.finish()?;
     let ids_file = ids_out.into_inner().map_err(|e| crate::path_io::PathIoError::new(&ids_path, e.into_error()))?;
     ids_file.commit().map_err(crate::path_io::at(&ids_path))?;

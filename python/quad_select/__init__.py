@@ -91,6 +91,7 @@ def select(
     out: Optional[PathLike] = None,
     cache: Optional[PathLike] = None,
     resume: bool = False,
+    executor: Optional[object] = None,
 ) -> Selection:
     """Selects from ``pool`` (JSONL, optionally compressed, or Parquet; a file or a folder) for
     ``reference``, up to ``budget_tokens`` proxy tokens (or ``budget_documents`` documents).
@@ -99,7 +100,8 @@ def select(
     omitted settings take their defaults. With ``out`` the four output files are written there
     as ``quad select --out`` writes them (byte for byte the same), with a checkpoint after every
     round that ``resume=True`` continues. ``cache`` defaults to ``.quad-cache``, as for the CLI.
-    Ctrl-C stops the run at its next step and raises KeyboardInterrupt.
+    Ctrl-C stops the run at its next step and raises KeyboardInterrupt. ``executor`` runs the
+    parallel units elsewhere (:class:`quad_select.ray.RayExecutor`); the selection is the same.
     """
     raw = _quad.select(
         os.fspath(pool),
@@ -109,6 +111,7 @@ def select(
         cache=None if cache is None else os.fspath(cache),
         out=None if out is None else os.fspath(out),
         resume=resume,
+        executor=executor,
         **_config_args(config),
     )
     return Selection(raw)

@@ -27,6 +27,7 @@ def select(
     cache: Optional[str] = None,
     out: Optional[str] = None,
     resume: bool = False,
+    executor: Optional[object] = None,
 ) -> RawSelection: ...
 def embed(
     texts: Sequence[str],
@@ -41,7 +42,8 @@ def embed(
 def assign(
     embeddings: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]
 ) -> Tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:
-    """Each row's nearest centroid and its cosine distance."""
+    """Each row's nearest centroid and the squared Euclidean distance to it (2 − 2·cos on unit
+    rows)."""
 
 class Scorer:
     """A proxy, its factors and a reference iHVP, loaded once; scores batches of texts."""
@@ -57,5 +59,10 @@ class Scorer:
         max_tokens: Optional[int] = None,
         batch: int = 2,
     ) -> None: ...
+    @staticmethod
+    def for_run(setup_json: str) -> "Scorer":
+        """The scorer of a run's scoring worker, from the ScoringSetup JSON its executor received."""
+    def score_batches(self, batches: Sequence[Sequence[Sequence[int]]]) -> List[List[Optional[float]]]:
+        """Raw scores of batches of token ids, each batch one pass."""
     def score(self, texts: Sequence[str]) -> List[Optional[float]]:
         """Influence scores of ``texts`` in order (None: fewer than two tokens)."""

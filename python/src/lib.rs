@@ -5,7 +5,8 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray2};
+use ndarray::{Array2, ArrayView2};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
@@ -13,7 +14,7 @@ use quad_select::bandit::Budget;
 use quad_select::embed::BertOptions;
 use quad_select::influence::stage::{DocumentScorer, ScoreArguments};
 use quad_select::influence::{Damping, Strategy};
-use quad_select::select::{Event, SelectConfig, SelectError, Selection, Selector};
+use quad_select::select::{Event, Executor, Local, ScoringSetup, SelectConfig, SelectError, Selection, Selector};
 
 pyo3::create_exception!(_quad, QuadError, pyo3::exceptions::PyException, "An error of quad-select (the Rust library's message).");
 
@@ -87,7 +88,7 @@ impl RawSelection {
 /// output files are written at the end. The GIL is released while it runs; Ctrl-C (a pending
 /// KeyboardInterrupt) stops it at the next stage step or round.
 #[pyfunction]
-#[pyo3(signature = (pool, reference, *, budget_tokens=None, budget_documents=None, config_path=None, config_json=None, cache=None, out=None, resume=false))]
+#[pyo3(signature = (pool, reference, *, budget_tokens=None, budget_documents=None, config_path=None, config_json=None, cache=None, out=None, resume=false, executor=None))]
 #[allow(clippy::too_many_arguments)]
 fn select(
     py: Python<'_>,
@@ -100,6 +101,7 @@ fn select(
     cache: Option<PathBuf>,
     out: Option<PathBuf>,
     resume: bool,
+    executor: Option<Py<PyAny>>,
 ) -> PyResult<RawSelection> {
     let budget = match (budget_tokens, budget_documents) {
         (Some(t), None) => Budget::Tokens(t),
@@ -116,6 +118,10 @@ fn select(
         selector = selector.checkpoint(out.join("checkpoint.json"), resume);
     }
     let mut interrupted = false;
+    let mut remote = match executor {
+        Some(obj) => Some(PyExecutor::new(py, obj)?),
+        None => None,
+    };
     let result = py.detach(|| {
         let mut observer = |_: Event<'_>| {
             // A pending Ctrl-C stops the run between steps.
@@ -126,7 +132,10 @@ fn select(
                 ControlFlow::Continue(())
             }
         };
-        let selection = selector.select(&pool, &reference, budget, &mut observer)?;
+        let selection = match remote.as_mut() {
+            Some(ex) => selector.select_with(&pool, &reference, budget, &mut observer, ex)?,
+            None => selector.select_with(&pool, &reference, budget, &mut observer, &mut Local)?,
+        };
         if let Some(out) = &out {
             selection.write(out)?;
         }
@@ -136,6 +145,81 @@ fn select(
         Ok(inner) => Ok(RawSelection { inner }),
         Err(e @ SelectError::Interrupted { .. }) if interrupted => Err(PyKeyboardInterrupt::new_err(e.to_string())),
         Err(e) => Err(err(e)),
+    }
+}
+
+/// An executor written in Python (`quad_select.ray.RayExecutor`): an object with `parallelism()`,
+/// `embed(chunks, embed_config_json)`, `assign(blocks, centroids)`, `prepare_scoring(setup_json)`
+/// and `score(batches)`. Each call takes the GIL for the call only.
+struct PyExecutor {
+    obj: Py<PyAny>,
+    parallelism: usize,
+}
+
+impl PyExecutor {
+    fn new(py: Python<'_>, obj: Py<PyAny>) -> PyResult<Self> {
+        let parallelism: usize = obj.call_method0(py, "parallelism")?.extract(py)?;
+        Ok(Self { obj, parallelism })
+    }
+}
+
+/// A Python exception as text (type and message).
+fn py_message(py: Python<'_>, e: PyErr) -> String {
+    let kind = e.get_type(py).name().map(|n| n.to_string()).unwrap_or_default();
+    format!("{kind}: {}", e.value(py))
+}
+
+impl Executor for PyExecutor {
+    fn parallelism(&self) -> usize {
+        self.parallelism.max(1)
+    }
+
+    fn embed(
+        &mut self,
+        chunks: Vec<Vec<String>>,
+        _embedder: &dyn quad_select::embed::Embedder,
+        config: &SelectConfig,
+    ) -> Result<Vec<(Array2<f32>, usize)>, quad_select::embed::EmbedError> {
+        let embed = serde_json::to_string(&config.embed).expect("plain data");
+        Python::attach(|py| -> PyResult<Vec<(Array2<f32>, usize)>> {
+            let out = self.obj.call_method1(py, "embed", (chunks, embed))?;
+            let arrays: Vec<PyReadonlyArray2<f32>> = out.extract(py)?;
+            Ok(arrays.into_iter().map(|a| (a.as_array().to_owned(), 0)).collect())
+        })
+        .map_err(|e| quad_select::embed::EmbedError::Executor(Python::attach(|py| py_message(py, e))))
+    }
+
+    fn assign(
+        &mut self,
+        blocks: Vec<Array2<f32>>,
+        centroids: ArrayView2<f32>,
+    ) -> Result<Vec<(Vec<usize>, Vec<f32>)>, quad_select::cluster::ClusterError> {
+        Python::attach(|py| -> PyResult<Vec<(Vec<usize>, Vec<f32>)>> {
+            let blocks: Vec<Bound<'_, PyArray2<f32>>> = blocks.into_iter().map(|b| b.into_pyarray(py)).collect();
+            let cents = centroids.to_owned().into_pyarray(py);
+            let out = self.obj.call_method1(py, "assign", (blocks, cents))?;
+            let pairs: Vec<(PyReadonlyArray1<u64>, PyReadonlyArray1<f32>)> = out.extract(py)?;
+            Ok(pairs
+                .into_iter()
+                .map(|(a, d)| (a.as_array().iter().map(|&c| c as usize).collect(), d.as_array().to_vec()))
+                .collect())
+        })
+        .map_err(|e| quad_select::cluster::ClusterError::KMeans(format!("assignment executor: {}", Python::attach(|py| py_message(py, e)))))
+    }
+
+    fn prepare_scoring(&mut self, setup: &ScoringSetup) -> Result<(), SelectError> {
+        let json = serde_json::to_string(setup).expect("plain data");
+        Python::attach(|py| self.obj.call_method1(py, "prepare_scoring", (json,)).map(|_| ()))
+            .map_err(|e| SelectError::Config(format!("scoring executor: {}", Python::attach(|py| py_message(py, e)))))
+    }
+
+    fn score(
+        &mut self,
+        batches: Vec<Vec<Vec<u32>>>,
+        _here: &(dyn Fn(&[Vec<u32>]) -> Result<Vec<Option<f64>>, quad_select::influence::InfluenceError> + Sync),
+    ) -> Result<Vec<Vec<Option<f64>>>, SelectError> {
+        Python::attach(|py| -> PyResult<Vec<Vec<Option<f64>>>> { self.obj.call_method1(py, "score", (batches,))?.extract(py) })
+            .map_err(|e| SelectError::Config(format!("scoring executor: {}", Python::attach(|py| py_message(py, e)))))
     }
 }
 
@@ -167,7 +251,7 @@ fn embed<'py>(
     Ok(rows.into_pyarray(py))
 }
 
-/// Each row's nearest centroid (cosine on unit rows) and its distance.
+/// Each row's nearest centroid and the squared Euclidean distance to it (2 − 2·cos on unit rows).
 #[pyfunction]
 fn assign<'py>(
     py: Python<'py>,
@@ -221,6 +305,26 @@ impl Scorer {
             .detach(|| DocumentScorer::load(&model, &factors, &reference, &scoring, batch))
             .map_err(err)?;
         Ok(Self { inner })
+    }
+
+    /// The scorer a scoring worker of a run holds: built from the run's `ScoringSetup` (JSON, as
+    /// the executor's `prepare_scoring` receives it), it gives the run's bits.
+    #[staticmethod]
+    fn for_run(py: Python<'_>, setup_json: &str) -> PyResult<Self> {
+        let setup: ScoringSetup = serde_json::from_str(setup_json).map_err(|e| QuadError::new_err(format!("scoring setup: {e}")))?;
+        let inner = py.detach(|| setup.scorer()).map_err(err)?;
+        Ok(Self { inner })
+    }
+
+    /// Raw scores of batches of token ids, each batch one pass (None: fewer than two tokens).
+    fn score_batches(&self, py: Python<'_>, batches: Vec<Vec<Vec<u32>>>) -> PyResult<Vec<Vec<Option<f64>>>> {
+        py.detach(|| {
+            batches
+                .iter()
+                .map(|b| Ok(self.inner.score_batch(b)?.into_iter().map(|s| s.map(|(score, _)| score)).collect()))
+                .collect::<Result<Vec<_>, quad_select::influence::InfluenceError>>()
+        })
+        .map_err(err)
     }
 
     /// Influence scores of `texts`, in order (None: fewer than two tokens).

@@ -62,35 +62,62 @@ pub fn score_texts(
     use rayon::prelude::*;
     let ids = texts
         .iter()
-        .map(|(name, text)| {
-            let mut ids = loaded
-                .encode(crate::corpus::text_head(text))
-                .map_err(|e| InfluenceError::Input(format!("{name}: {e}")))?;
-            crate::model::capture::truncate_predicted(&mut ids, max_tokens);
-            Ok(ids)
-        })
+        .map(|(name, text)| encode_for_scoring(loaded, name, text, max_tokens))
         .collect::<Result<Vec<_>, InfluenceError>>()?;
-    // Longest first, so that each batch holds documents of similar length; scores go back in
-    // input order.
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
-    let scored = order
-        .par_chunks(opts.batch.max(1))
+    let plan = plan_batches(&ids, opts.batch);
+    let scored = plan
+        .par_iter()
         .map(|chunk| {
             let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-            let cap = loaded.model.capture_batch(&batch, opts.context, &opts.selection, crate::model::Labels::Observed)?;
-            let scores = ihvp.score_batch(&cap)?;
+            let scores = score_token_batch(loaded, ihvp, &batch, opts)?;
             chunk.iter().for_each(|_| on_done());
-            Ok(scores.into_iter().zip(cap.losses).map(|(s, l)| s.zip(l)).collect::<Vec<_>>())
+            Ok(scores)
         })
         .collect::<Result<Vec<_>, InfluenceError>>()?;
-    let mut out: Vec<Option<(f64, f64)>> = vec![None; ids.len()];
-    for (chunk, scores) in order.chunks(opts.batch.max(1)).zip(scored) {
+    Ok(scatter(&plan, scored, ids.len()))
+}
+
+/// A text's token ids as scoring takes them: its head ([`crate::corpus::text_head`]), then its
+/// first `max_tokens` predicted tokens.
+pub fn encode_for_scoring(loaded: &LoadedModel, name: &str, text: &str, max_tokens: Option<usize>) -> Result<Vec<u32>, InfluenceError> {
+    let mut ids = loaded
+        .encode(crate::corpus::text_head(text))
+        .map_err(|e| InfluenceError::Input(format!("{name}: {e}")))?;
+    crate::model::capture::truncate_predicted(&mut ids, max_tokens);
+    Ok(ids)
+}
+
+/// The batches scoring runs: indices into `ids`, longest first, `batch` at a time (so that each
+/// batch holds documents of similar length). A batch is the unit of work: scored on its own
+/// ([`score_token_batch`]), it gives the same bits wherever it runs.
+pub fn plan_batches(ids: &[Vec<u32>], batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+    order.chunks(batch.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+/// Influence score and loss of each document of one batch: one forward/backward pass scored whole
+/// ([`ReferenceIhvp::score_batch`]).
+pub fn score_token_batch(
+    loaded: &LoadedModel,
+    ihvp: &ReferenceIhvp,
+    batch: &[Vec<u32>],
+    opts: &FitOptions,
+) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
+    let cap = loaded.model.capture_batch(batch, opts.context, &opts.selection, crate::model::Labels::Observed)?;
+    let scores = ihvp.score_batch(&cap)?;
+    Ok(scores.into_iter().zip(cap.losses).map(|(s, l)| s.zip(l)).collect())
+}
+
+/// Per-batch results back in input order.
+pub fn scatter<T: Clone>(plan: &[Vec<usize>], results: Vec<Vec<Option<T>>>, n: usize) -> Vec<Option<T>> {
+    let mut out = vec![None; n];
+    for (chunk, scores) in plan.iter().zip(results) {
         for (&i, s) in chunk.iter().zip(scores) {
             out[i] = s;
         }
     }
-    Ok(out)
+    out
 }
 
 /// Turns off candle's per-op threads (`CANDLE_NUM_THREADS=1`) unless the user has set it, so that

@@ -247,6 +247,11 @@ impl DocumentScorer {
         super::score_documents(&self.loaded, &self.ihvp, docs, &self.gradient, self.max_tokens, || {})
     }
 
+    /// Raw scores and losses of one batch of token ids (one pass; [`super::score_token_batch`]).
+    pub fn score_batch(&self, batch: &[Vec<u32>]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
+        super::score_token_batch(&self.loaded, &self.ihvp, batch, &self.gradient)
+    }
+
     /// [`Self::score`] on bare texts.
     pub fn score_texts(&self, texts: &[&str]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
         let named: Vec<(String, &str)> = texts.iter().enumerate().map(|(i, t)| (format!("text {i}"), *t)).collect();

@@ -18,6 +18,7 @@
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod executor;
 pub mod report;
 mod stages;
 
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 pub use cache::StageTiming;
 pub use config::{EmbedConfig, FactorsConfig, InfluenceConfig, LayerGroup, ProxyConfig, SelectConfig, ValidSelectConfig};
 pub use error::SelectError;
+pub use executor::{Executor, Local, ScoringSetup};
 pub use report::{ClusterSummary, Manifest, ManifestSummary, SelectedDoc, Selection};
 
 /// "n rounds (the last: round n − 1)" — rounds are numbered from 0 as they are printed.
@@ -128,6 +130,19 @@ impl Selector {
         budget: Budget,
         observer: &mut impl Observer,
     ) -> Result<Selection, SelectError> {
-        stages::run(self, pool, reference, budget, observer)
+        stages::run(self, pool, reference, budget, observer, &mut Local)
+    }
+
+    /// [`Selector::select`] with the parallel units of the run (embedding chunks, assignment
+    /// blocks, scoring batches) handed to `executor`: the same selection, whatever the executor.
+    pub fn select_with(
+        &self,
+        pool: &Path,
+        reference: &Path,
+        budget: Budget,
+        observer: &mut impl Observer,
+        executor: &mut dyn Executor,
+    ) -> Result<Selection, SelectError> {
+        stages::run(self, pool, reference, budget, observer, executor)
     }
 }

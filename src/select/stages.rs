@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::cache::{Checkpoint, ScoreCache, StageCache, StageClock};
 use super::report::{self, RunInputs, Selection};
+use super::executor::{Executor, ScoringSetup};
 use super::{Event, Observer, SelectError, Selector, ValidSelectConfig};
 use crate::bandit::{Bandit, BanditState, Budget, Problem, StopReason};
 use crate::cluster::{self, Clustering};
@@ -54,6 +55,8 @@ struct Tokens {
 /// The reference iHVP (for policies that score) and the keys of what it came from.
 struct Influence {
     ihvp: Option<ReferenceIhvp>,
+    /// Where a scoring worker finds what `ihvp` came from (policies that score).
+    setup: Option<ScoringSetup>,
     factors_key: String,
     factors_sha: Option<String>,
     score_key: String,
@@ -65,11 +68,12 @@ pub(super) fn run(
     reference: &Path,
     budget: Budget,
     observer: &mut dyn Observer,
+    executor: &mut dyn Executor,
 ) -> Result<Selection, SelectError> {
     let cfg = &selector.config;
     let mut cache = StageCache::open(&selector.cache)?;
     let inputs = read_inputs(cfg, pool, reference, &selector.cache, &mut cache, observer)?;
-    let clusters = cluster_pool(cfg, &inputs, &mut cache, observer)?;
+    let clusters = cluster_pool(cfg, &inputs, &mut cache, observer, executor)?;
     let proxy = load_proxy(cfg, &inputs, &mut cache, observer)?;
     let tokens = tokenize(&proxy, &inputs.pool, &mut cache, observer)?;
     let influence = reference_ihvp(cfg, &inputs, &proxy, &tokens, &mut cache, observer)?;
@@ -90,6 +94,8 @@ pub(super) fn run(
         pool: &inputs.pool,
         eligible: &tokens.eligible,
         ihvp: influence.ihvp.as_ref(),
+        setup: influence.setup.clone(),
+        executor,
         scores: ScoreCache::open(&selector.cache.join(format!("scores-{}.jsonl", influence.score_key)))?,
     };
     let state = run_bandit(selector, problem, &run_key, scorer, observer)?;
@@ -177,7 +183,9 @@ fn cluster_pool(
     inputs: &Inputs,
     cache: &mut StageCache,
     observer: &mut dyn Observer,
+    executor: &mut dyn Executor,
 ) -> Result<Clusters, SelectError> {
+    let group = executor.parallelism().max(1);
     let raw = &cfg.raw;
     let embedder_id = match &raw.embed.model {
         Some(m) => json!(["bert", store::model_fingerprint(m)?]),
@@ -201,7 +209,8 @@ fn cluster_pool(
         let (total, mut done) = (docs.len() as u64, 0u64);
         let dir = p.expect("embeddings have a folder");
         // The observer may stop the run between two chunks (Ctrl-C).
-        crate::embed::embed_to_dir(docs.iter(), embedder.as_ref(), 256, dir, |n| {
+        let mut embed_group = |chunks: Vec<Vec<String>>| executor.embed(chunks, embedder.as_ref(), raw);
+        crate::embed::embed_to_dir_grouped(docs.iter(), embedder.as_ref(), 256, group, &mut embed_group, dir, |n| {
             done += n as u64;
             obs.event(Event::Progress { done, total })
         })
@@ -233,14 +242,16 @@ fn cluster_pool(
                 docs.len()
             )));
         }
-        let fitted = Clustering::fit_stored(valid, &emb.rows, &emb.ids, |ev| {
+        let mut assign_group = |blocks, centroids: ndarray::ArrayView2<f32>| executor.assign(blocks, centroids);
+        let on_event = |ev| {
             if let cluster::KMeansEvent::Iteration { iter, .. } = ev {
                 let _ = obs.event(Event::Progress {
                     done: iter as u64,
                     total: valid.max_iter as u64,
                 });
             }
-        })?;
+        };
+        let fitted = Clustering::fit_stored_with(valid, &emb.rows, &emb.ids, on_event, group, &mut assign_group)?;
         let d: Vec<Vec<f64>> = fitted
             .centroid_distances
             .rows()
@@ -433,6 +444,7 @@ fn reference_ihvp(
     let factors_artifact = cache.folder("factors", &factors_key, "factors.json");
     let mut result = Influence {
         ihvp: None,
+        setup: None,
         factors_sha: None,
         factors_key,
         score_key,
@@ -487,6 +499,12 @@ fn reference_ihvp(
         },
     )?;
     result.ihvp = Some(infl::reference_ihvp(factors.as_ref(), &grad, cfg.factors.per_head, &cfg.scoring)?);
+    result.setup = Some(ScoringSetup {
+        proxy: proxy.path.clone(),
+        factors: factors.is_some().then(|| factors_artifact.path.clone()),
+        reference_gradient: artifact.path.clone(),
+        config: raw.clone(),
+    });
     Ok(result)
 }
 
@@ -506,6 +524,9 @@ struct Scorer<'a> {
     pool: &'a DocumentStore,
     eligible: &'a [usize],
     ihvp: Option<&'a ReferenceIhvp>,
+    /// Handed to the executor before the first document is scored (then `None`).
+    setup: Option<ScoringSetup>,
+    executor: &'a mut dyn Executor,
     scores: ScoreCache,
 }
 
@@ -525,13 +546,32 @@ impl Scorer<'_> {
         // keeps what it scored.
         let total = todo.len() as u64;
         let opts = self.cfg.factors.gradient_options();
+        if !todo.is_empty() {
+            if let Some(setup) = self.setup.take() {
+                self.executor.prepare_scoring(&setup)?;
+            }
+        }
+        let loaded = &self.proxy.loaded;
+        let here = |batch: &[Vec<u32>]| -> Result<Vec<Option<f64>>, influence::InfluenceError> {
+            Ok(influence::score_token_batch(loaded, ihvp, batch, &opts)?.into_iter().map(|s| s.map(|(score, _)| score)).collect())
+        };
         for (piece, ks) in todo.chunks(64).enumerate() {
             let picked: Vec<usize> = ks.iter().map(|&k| self.eligible[idx[k]]).collect();
-            let batch = self.pool.documents(&picked)?;
-            let scored =
-                influence::score_documents(&self.proxy.loaded, ihvp, &batch, &opts, self.cfg.scoring.max_tokens, || {})?;
+            let docs = self.pool.documents(&picked)?;
+            let ids = docs
+                .iter()
+                .map(|d| influence::encode_for_scoring(loaded, &d.id, &d.text, self.cfg.scoring.max_tokens))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Batches of similar length, each scored in one pass wherever the executor runs it.
+            let plan = influence::plan_batches(&ids, opts.batch);
+            let batches: Vec<Vec<Vec<u32>>> = plan.iter().map(|b| b.iter().map(|&i| ids[i].clone()).collect()).collect();
+            let results = self.executor.score(batches, &here)?;
+            if results.len() != plan.len() || results.iter().zip(&plan).any(|(r, b)| r.len() != b.len()) {
+                return Err(SelectError::Config("the scoring executor answered out of shape".into()));
+            }
+            let scored = influence::scatter(&plan, results, ids.len());
             for (&k, s) in ks.iter().zip(scored) {
-                let (score, _) = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
+                let score = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
                 out[k] = score;
                 self.scores.put(id(idx[k]), score);
             }
