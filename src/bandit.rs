@@ -246,7 +246,7 @@ impl Default for BanditParams {
             explore_first: true,
             coverage: 2.0,
             allocation: Allocation::TiltedDocuments,
-            temperature: 1.0,
+            temperature: 0.5,
             epsilon: 0.1,
             calibration: 64,
             allowance: None,
