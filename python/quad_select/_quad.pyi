@@ -62,6 +62,8 @@ class Scorer:
     @staticmethod
     def for_run(setup_json: str) -> "Scorer":
         """The scorer of a run's scoring worker, from the ScoringSetup JSON its executor received."""
+    def encode(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token ids of ``texts`` as scoring takes them."""
     def score_batches(self, batches: Sequence[Sequence[Sequence[int]]]) -> List[List[Optional[float]]]:
         """Raw scores of batches of token ids, each batch one pass."""
     def score(self, texts: Sequence[str]) -> List[Optional[float]]:

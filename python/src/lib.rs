@@ -316,6 +316,13 @@ impl Scorer {
         Ok(Self { inner })
     }
 
+    /// Token ids of `texts` as scoring takes them (each text's head, its first `max_tokens`
+    /// predicted tokens).
+    fn encode(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<Vec<u32>>> {
+        py.detach(|| texts.iter().enumerate().map(|(i, t)| self.inner.encode(&format!("text {i}"), t)).collect::<Result<Vec<_>, _>>())
+            .map_err(err)
+    }
+
     /// Raw scores of batches of token ids, each batch one pass (None: fewer than two tokens).
     fn score_batches(&self, py: Python<'_>, batches: Vec<Vec<Vec<u32>>>) -> PyResult<Vec<Vec<Option<f64>>>> {
         py.detach(|| {

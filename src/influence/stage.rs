@@ -247,6 +247,11 @@ impl DocumentScorer {
         super::score_documents(&self.loaded, &self.ihvp, docs, &self.gradient, self.max_tokens, || {})
     }
 
+    /// A text's token ids as this scorer takes them ([`super::encode_for_scoring`]).
+    pub fn encode(&self, name: &str, text: &str) -> Result<Vec<u32>, InfluenceError> {
+        super::encode_for_scoring(&self.loaded, name, text, self.max_tokens)
+    }
+
     /// Raw scores and losses of one batch of token ids (one pass; [`super::score_token_batch`]).
     pub fn score_batch(&self, batch: &[Vec<u32>]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
         super::score_token_batch(&self.loaded, &self.ihvp, batch, &self.gradient)
