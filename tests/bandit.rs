@@ -449,12 +449,13 @@ fn tilted_quotas_follow_size_times_exp_estimate() {
     let q = bandit.quotas();
     assert!((q.iter().sum::<f64>() - 120.0).abs() < 1e-9, "{q:?}");
     let est: Vec<f64> = st.arms.iter().map(|a| a.score_sum / a.scored as f64).collect();
-    // Uncapped arms: q_c ∝ 40 · exp(e_c), checked pairwise against the direct formula.
+    // Uncapped arms: q_c ∝ 40 · exp(e_c / T), checked pairwise against the direct formula.
+    let t = BanditParams::default().temperature;
     for a in 0..10 {
         assert!(q[a] <= 40.0 + 1e-9);
         for b in 0..10 {
             if q[a] < 40.0 && q[b] < 40.0 {
-                assert!(((q[a] / q[b]).ln() - (est[a] - est[b])).abs() < 1e-9, "arms {a}, {b}");
+                assert!(((q[a] / q[b]).ln() - (est[a] - est[b]) / t).abs() < 1e-9, "arms {a}, {b}");
             }
         }
     }

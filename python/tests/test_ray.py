@@ -53,9 +53,11 @@ def driver(address: str, pool: Path, reference: Path, out: Path, cache: Path, *e
     )
 
 
-def test_two_node_run_matches_the_cli_byte_for_byte(tmp_path, cluster, pool_small, reference, cli_run):
+@pytest.mark.parametrize("workers", [None, "1"])
+def test_two_node_run_matches_the_cli_byte_for_byte(tmp_path, cluster, pool_small, reference, cli_run, workers):
     _, _, expected = cli_run
-    p = driver(cluster, pool_small, reference, tmp_path / "out", tmp_path / "cache")
+    extra = ["--workers", workers] if workers else []  # default: one actor per CPU of the cluster (2)
+    p = driver(cluster, pool_small, reference, tmp_path / "out", tmp_path / "cache", *extra)
     stdout, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr
     assert (tmp_path / "out" / "selected.jsonl").read_bytes() == expected
