@@ -162,6 +162,7 @@ fn select_help_shows_the_defaults() {
     for (flag, value) in [
         ("--alpha", d.bandit.alpha.to_string()),
         ("--tau", d.bandit.tau.to_string()),
+        ("--temperature", d.bandit.temperature.to_string()),
         ("--arms-per-round", d.bandit.arms_per_round.to_string()),
         ("--samples-per-arm", d.bandit.samples_per_arm.to_string()),
         ("--k", d.cluster.k.to_string()),
@@ -172,4 +173,38 @@ fn select_help_shows_the_defaults() {
         let end = entry[2..].find("\n      --").map_or(entry.len(), |i| i + 2);
         assert!(entry[..end].contains(&format!("[default: {value}]")), "{flag}: {}", &entry[..end]);
     }
+}
+
+#[test]
+fn temperature_flag_is_checked_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = common::repo().join("experiments/data/sample.jsonl");
+    let base = |extra: &[&str]| {
+        let mut a = vec![
+            "select".to_string(),
+            "--input".into(),
+            sample.to_str().unwrap().into(),
+            "--reference".into(),
+            sample.to_str().unwrap().into(),
+            "--budget-docs".into(),
+            "10".into(),
+            "--cache".into(),
+            tmp.path().join("cache").to_str().unwrap().into(),
+            "--out".into(),
+            tmp.path().join("out").to_str().unwrap().into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    for bad in ["0", "-1", "inf", "NaN"] {
+        let args = base(&["--temperature", bad]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let stderr = common::quad_fails(&args);
+        assert!(stderr.contains("temperature must be a finite number > 0"), "{bad}: {stderr}");
+    }
+    let args = base(&["--temperature", "1", "--gamma", "0.5"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = common::quad_fails(&args);
+    assert!(stderr.contains("--temperature") && stderr.contains("--gamma"), "{stderr}");
+    assert!(!tmp.path().join("cache").exists(), "nothing was computed");
 }

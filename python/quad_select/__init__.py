@@ -88,6 +88,7 @@ def select(
     *,
     budget_documents: Optional[int] = None,
     config: Union[None, PathLike, Mapping[str, Any]] = None,
+    temperature: Optional[float] = None,
     out: Optional[PathLike] = None,
     cache: Optional[PathLike] = None,
     resume: bool = False,
@@ -97,7 +98,10 @@ def select(
     ``reference``, up to ``budget_tokens`` proxy tokens (or ``budget_documents`` documents).
 
     ``config`` is a TOML file or a dict of the same sections (``{"bandit": {"alpha": 2.0}}``);
-    omitted settings take their defaults. With ``out`` the four output files are written there
+    omitted settings take their defaults. ``temperature`` (T, in units of the pool's score
+    spread; default 0.5) is the quality/diversity knob of the tilt, as ``quad select
+    --temperature``: lower leans towards the best-scored documents, higher stays closer to the
+    pool; it overrides ``config``'s ``bandit.temperature``. With ``out`` the four output files are written there
     as ``quad select --out`` writes them (byte for byte the same), with a checkpoint after every
     round that ``resume=True`` continues. ``cache`` defaults to ``.quad-cache``, as for the CLI.
     Ctrl-C stops the run at its next step and raises KeyboardInterrupt. ``executor`` runs the
@@ -112,6 +116,7 @@ def select(
         out=None if out is None else os.fspath(out),
         resume=resume,
         executor=executor,
+        temperature=temperature,
         **_config_args(config),
     )
     return Selection(raw)

@@ -24,6 +24,7 @@ def select(
     budget_documents: Optional[int] = None,
     config_path: Optional[str] = None,
     config_json: Optional[str] = None,
+    temperature: Optional[float] = None,
     cache: Optional[str] = None,
     out: Optional[str] = None,
     resume: bool = False,

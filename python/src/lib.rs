@@ -88,7 +88,7 @@ impl RawSelection {
 /// output files are written at the end. The GIL is released while it runs; Ctrl-C (a pending
 /// KeyboardInterrupt) stops it at the next stage step or round.
 #[pyfunction]
-#[pyo3(signature = (pool, reference, *, budget_tokens=None, budget_documents=None, config_path=None, config_json=None, cache=None, out=None, resume=false, executor=None))]
+#[pyo3(signature = (pool, reference, *, budget_tokens=None, budget_documents=None, config_path=None, config_json=None, temperature=None, cache=None, out=None, resume=false, executor=None))]
 #[allow(clippy::too_many_arguments)]
 fn select(
     py: Python<'_>,
@@ -98,6 +98,7 @@ fn select(
     budget_documents: Option<usize>,
     config_path: Option<PathBuf>,
     config_json: Option<&str>,
+    temperature: Option<f64>,
     cache: Option<PathBuf>,
     out: Option<PathBuf>,
     resume: bool,
@@ -108,7 +109,16 @@ fn select(
         (None, Some(d)) => Budget::Documents(d),
         _ => return Err(QuadError::new_err("give exactly one of budget_tokens and budget_documents")),
     };
-    let valid = config(config_path, config_json)?.check().map_err(err)?;
+    let mut cfg = config(config_path, config_json)?;
+    if let Some(t) = temperature {
+        if cfg.bandit.allocation == quad_select::bandit::Allocation::Threshold {
+            return Err(QuadError::new_err(
+                "temperature applies to the tilted allocations; the configuration selects allocation = \"threshold\"",
+            ));
+        }
+        cfg.bandit.temperature = t;
+    }
+    let valid = cfg.check().map_err(err)?;
     let mut selector = Selector::new(valid);
     if let Some(c) = cache {
         selector = selector.cache(c);

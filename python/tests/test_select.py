@@ -4,6 +4,7 @@ errors as exceptions and the GIL released while Rust works."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import quad_select
-from conftest import TINY
+from conftest import TINY, quad_bin
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +60,24 @@ def test_config_as_a_dict_is_the_config_as_a_file(pool_small, reference, cli_run
     config = tomllib.loads(TINY.read_text())
     sel = quad_select.select(pool_small, reference, 40_000, config=config, cache=cache)
     assert "".join(line + "\n" for line in sel.lines()).encode() == expected
+
+
+def test_temperature_is_the_cli_flag(tmp_path, pool_small, reference, cli_run):
+    _, cache, default = cli_run
+    out = tmp_path / "cli-t2"
+    subprocess.run(
+        [str(quad_bin()), "select", "--input", str(pool_small), "--reference", str(reference),
+         "--budget-tokens", "40000", "--config", str(TINY), "--cache", str(cache), "--out", str(out),
+         "--temperature", "2"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    expected = (out / "selected.jsonl").read_bytes()
+    sel = quad_select.select(pool_small, reference, 40_000, config=TINY, cache=cache, temperature=2.0)
+    assert "".join(line + "\n" for line in sel.lines()).encode() == expected
+    assert sel.manifest["parameters"]["bandit"]["temperature"] == 2.0
+    assert expected != default, "a hotter tilt takes another selection"
+    with pytest.raises(quad_select.QuadError, match="temperature"):
+        quad_select.select(pool_small, reference, 40_000, config=TINY, cache=cache, temperature=0.0)
 
 
 def test_errors_are_exceptions_with_the_rust_message(tmp_path, reference):

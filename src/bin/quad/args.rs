@@ -238,6 +238,12 @@ pub struct SelectArgs {
     /// the document-level tilt, README "The bandit").
     #[arg(long)]
     pub gamma: Option<f64>,
+    /// T: temperature of the tilt, the quality/diversity knob (standardised score units): a
+    /// document one spread better than another gets exp(1/T) times its share. Lower leans towards
+    /// the best-scored documents (quality), higher stays closer to the pool (diversity); README
+    /// "The temperature".
+    #[arg(long, conflicts_with = "gamma", allow_negative_numbers = true)]
+    pub temperature: Option<f64>,
     /// τ: neighbour radius (centroid cosine distance).
     #[arg(long)]
     pub tau: Option<f64>,
@@ -281,6 +287,12 @@ impl SelectArgs {
             // A threshold is only meaningful for the threshold allocation.
             c.bandit.gamma = self.gamma;
             c.bandit.allocation = quad_select::bandit::Allocation::Threshold;
+        }
+        if let Some(t) = self.temperature {
+            if c.bandit.allocation == quad_select::bandit::Allocation::Threshold {
+                anyhow::bail!("--temperature applies to the tilted allocations; the configuration selects allocation = \"threshold\"");
+            }
+            c.bandit.temperature = t;
         }
         set!(self.tau, c.bandit.tau);
         set!(self.arms_per_round, c.bandit.arms_per_round);
@@ -562,6 +574,7 @@ pub fn command() -> clap::Command {
         ("policy", b.policy.to_string()),
         ("alpha", b.alpha.to_string()),
         ("gamma", "none".to_string()),
+        ("temperature", b.temperature.to_string()),
         ("tau", b.tau.to_string()),
         ("arms_per_round", b.arms_per_round.to_string()),
         ("samples_per_arm", b.samples_per_arm.to_string()),

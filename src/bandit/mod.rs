@@ -68,6 +68,8 @@
 //! with [`Bandit::resume`]; every random draw derives from the seed and the round number, so a
 //! resumed run makes the same choices as an uninterrupted one.
 
+pub mod estimate;
+
 use std::fmt;
 use std::str::FromStr;
 
