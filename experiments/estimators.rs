@@ -227,7 +227,7 @@ fn main() -> Result<()> {
                     let truth: Vec<f64> = rest.iter().map(|&d| z[d]).collect();
                     oracle.top10.push(top_mean(&truth, &truth, 0.1));
                     oracle.top30.push(top_mean(&truth, &truth, 0.3));
-                    let sample = Sample { features: f.rows.view(), cluster: &f.cluster, k: f.distances.len(), scored: &scored };
+                    let sample = Sample { features: &f.rows, cluster: &f.cluster, k: f.distances.len(), scored: &scored };
                     for (e, m) in estimators.iter().zip(per.iter_mut()) {
                         let all = e.predict(&sample)?;
                         let pred: Vec<f64> = rest.iter().map(|&d| all[d]).collect();

@@ -10,7 +10,8 @@
 //! a budget). Selectors: `random`, `uniform`, `topk`, `mix-P` (a fraction P of the budget from
 //! `topk`, the rest at random), `ucb` (the tool's defaults) and `ucb:KEY=V+KEY=V...` (the
 //! defaults with bandit keys changed, for sweeps; values in TOML syntax, e.g.
-//! `ucb:gamma=0.0+chunk=32+explore_first=false`).
+//! `ucb:gamma=0.0+chunk=32+explore_first=false`), and `predicted` / `predicted:KEY=V...` (the
+//! learned-estimator peer at Quad's scoring allowance, `Policy::Predicted`).
 //!
 //! ```sh
 //! # The grid of the issue (2 references × 3 budgets), 3 seeds, evaluations 2 at a time.
@@ -153,8 +154,8 @@ impl Selector {
             "random" => Some(0.0),
             "topk" => Some(1.0),
             s if s.starts_with("mix-") => Some(s[4..].parse::<f64>().with_context(|| format!("selector {s}"))?),
-            "uniform" | "ucb" | "greedy" | "thompson" => None,
-            s if s.starts_with("ucb:") => None,
+            "uniform" | "ucb" | "greedy" | "thompson" | "predicted" => None,
+            s if s.starts_with("ucb:") || s.starts_with("predicted:") => None,
             s => bail!("unknown selector {s:?}"),
         };
         Ok(Self { name: spec.to_string(), mix })
@@ -170,13 +171,14 @@ impl Selector {
             "uniform" => Policy::Uniform,
             "greedy" => Policy::Greedy,
             "thompson" => Policy::Thompson,
+            s if s == "predicted" || s.starts_with("predicted:") => Policy::Predicted,
             s if s.starts_with("mix-") => {
                 c.bandit.mix = self.mix.expect("parsed");
                 Policy::Mix
             }
             _ => Policy::Ucb,
         };
-        if let Some(keys) = self.name.strip_prefix("ucb:") {
+        if let Some(keys) = self.name.strip_prefix("ucb:").or_else(|| self.name.strip_prefix("predicted:")) {
             // Keys as TOML: bandit keys by name (ucb:gamma=1.0+chunk=16), others by section
             // (ucb:cluster.k=64).
             let mut table = toml::Table::try_from(&c)?;
@@ -549,11 +551,11 @@ fn table(s: &Setting, rows: &[Row], o: &Opts) -> Result<String> {
             sel.name, x.reference.0, x.reference.1, x.heldout.0, x.heldout.1, x.entropy, x.scored, x.seeds
         ));
     }
-    // Verdicts for every non-mixture selector that scores (the ucb rows).
+    // Verdicts for every non-mixture selector that scores (the ucb and predicted rows).
     let mix: Vec<(f64, (f64, f64), (f64, f64))> =
         s.selectors.iter().filter_map(|sel| Some((sel.mix?, st.get(&sel.name)?.heldout, st.get(&sel.name)?.reference))).collect();
     md.push('\n');
-    for sel in s.selectors.iter().filter(|sel| sel.name.starts_with("ucb")) {
+    for sel in s.selectors.iter().filter(|sel| sel.name.starts_with("ucb") || sel.name.starts_with("predicted")) {
         let Some(q) = st.get(&sel.name) else { continue };
         if let Some(r) = st.get("random") {
             let sd = q.reference.1.max(r.reference.1);

@@ -534,3 +534,117 @@ fn document_quotas_match_the_direct_water_filling() {
     let taken = top.iter().filter(|&&d| st.taken[d]).count();
     assert!(taken >= 18, "{taken} of the 20 best scored documents taken");
 }
+
+/// Features of a synthetic pool: unit rows in 8 dimensions from a seeded hash; the score of
+/// document d is linear in its row (`4 · x_d · u`), so an estimator on the rows can see what the
+/// cluster mean cannot.
+fn linear_pool(n: usize, seed: u64) -> (ndarray::Array2<f32>, Vec<f64>) {
+    let mut h = seed.wrapping_add(7);
+    let mut next = || {
+        h ^= h << 13;
+        h ^= h >> 7;
+        h ^= h << 17;
+        (h % 20_001) as f32 / 10_000.0 - 1.0
+    };
+    let mut x = ndarray::Array2::from_shape_fn((n, 8), |_| next());
+    for mut r in x.outer_iter_mut() {
+        let norm = r.dot(&r).sqrt();
+        r /= norm;
+    }
+    let u = [0.6, -0.3, 0.5, 0.1, -0.4, 0.2, 0.3, 0.0];
+    let s = x.outer_iter().map(|r| 4.0 * r.iter().zip(u).map(|(a, b)| f64::from(*a) * b).sum::<f64>()).collect();
+    (x, s)
+}
+
+fn by_index(scores: Vec<f64>) -> impl FnMut(&[usize]) -> Result<Vec<f64>, String> {
+    move |docs: &[usize]| Ok(docs.iter().map(|&d| scores[d]).collect())
+}
+
+#[test]
+fn predicted_scores_a_uniform_sample_of_the_allowance_whatever_the_scores() {
+    let sizes = [120, 80, 200, 60, 140];
+    let make = || problem(&sizes, Budget::Documents(100), 3);
+    let n: usize = sizes.iter().sum();
+    let params = BanditParams { policy: Policy::Predicted, ..Default::default() };
+    let scored_set = |scores: Vec<f64>| {
+        let mut b = Bandit::new(params.clone().check().unwrap(), make()).unwrap();
+        b.run(&mut by_index(scores), |_, _| true).unwrap();
+        assert_eq!(b.state().stop, Some(StopReason::BudgetMet));
+        assert_eq!(b.state().documents_scored, b.allowance(), "scores exactly Quad's allowance");
+        b.state().scores.iter().enumerate().filter_map(|(d, s)| s.map(|_| d)).collect::<Vec<_>>()
+    };
+    // What is scored does not depend on what the scores turn out to be (not adaptive).
+    let a = scored_set((0..n).map(|d| d as f64).collect());
+    let b = scored_set((0..n).map(|d| -(d as f64) * 0.5 + 3.0).collect());
+    assert_eq!(a, b);
+    // Quad's bandit, given the same scores, scores where they are high.
+    let mut quad = Bandit::new(BanditParams::default().check().unwrap(), make()).unwrap();
+    quad.run(&mut by_index((0..n).map(|d| d as f64).collect()), |_, _| true).unwrap();
+    assert_eq!(quad.state().documents_scored, quad.allowance());
+}
+
+#[test]
+fn a_document_level_estimator_takes_the_documents_it_expects_to_be_best() {
+    use quad_select::bandit::Estimator;
+    let sizes = [150, 150, 150, 150];
+    let n: usize = sizes.iter().sum();
+    let (x, s) = linear_pool(n, 11);
+    let make = || problem(&sizes, Budget::Documents(120), 5);
+    let run = |estimator: Estimator, policy: Policy| {
+        let params = BanditParams { estimator, policy, ..Default::default() };
+        let mut b = Bandit::new(params.check().unwrap(), make()).unwrap().with_features(Box::new(x.clone())).unwrap();
+        b.run(&mut by_index(s.clone()), |_, _| true).unwrap();
+        assert_eq!(b.state().stop, Some(StopReason::BudgetMet));
+        assert_eq!(b.state().docs_selected, 120);
+        b.state().selected.iter().map(|t| s[t.doc]).sum::<f64>() / 120.0
+    };
+    // The clusters here carry no signal; the rows carry all of it.
+    for policy in [Policy::Ucb, Policy::Predicted] {
+        let mean = run(Estimator::ClusterMean, policy);
+        let ridge = run(Estimator::Ridge, policy);
+        assert!(ridge > mean + 0.3, "{policy}: ridge {ridge:.3} vs cluster mean {mean:.3}");
+    }
+    // Without the rows, an estimator that needs them is a clear error, not a panic.
+    let params = BanditParams { estimator: Estimator::Ridge, ..Default::default() };
+    let mut b = Bandit::new(params.check().unwrap(), make()).unwrap();
+    let err = b.run(&mut by_index(s.clone()), |_, _| true).unwrap_err();
+    assert!(err.to_string().contains("needs the pool's embeddings"), "{err}");
+    // Rows that do not match the pool are refused up front.
+    let params = BanditParams { estimator: Estimator::Ridge, ..Default::default() };
+    assert!(Bandit::new(params.check().unwrap(), make()).unwrap().with_features(Box::new(x.slice(ndarray::s![..10, ..]).to_owned())).is_err());
+}
+
+#[test]
+fn a_resumed_run_with_a_document_level_estimator_continues_identically() {
+    use quad_select::bandit::Estimator;
+    let sizes = [90, 60, 120, 30];
+    let n: usize = sizes.iter().sum();
+    let (x, s) = linear_pool(n, 2);
+    let make = || problem(&sizes, Budget::Tokens(2000), 9);
+    let params = BanditParams { estimator: Estimator::ClusterRidge, chunk: Some(5), ..Default::default() };
+    let fresh = || Bandit::new(params.clone().check().unwrap(), make()).unwrap().with_features(Box::new(x.clone())).unwrap();
+    let mut whole = fresh();
+    whole.run(&mut by_index(s.clone()), |_, _| true).unwrap();
+    for stop_after in [3, 12] {
+        let mut first = fresh();
+        let mut rounds = 0;
+        first.run(&mut by_index(s.clone()), |_, _| { rounds += 1; rounds < stop_after }).unwrap();
+        let state = serde_json::from_str(&serde_json::to_string(first.state()).unwrap()).unwrap();
+        let mut resumed = Bandit::resume(params.clone().check().unwrap(), make(), state).unwrap().with_features(Box::new(x.clone())).unwrap();
+        resumed.run(&mut by_index(s.clone()), |_, _| true).unwrap();
+        assert!(resumed.state() == whole.state(), "resumed after {stop_after} rounds: differs");
+    }
+}
+
+#[test]
+fn the_default_estimator_is_not_written_into_parameters() {
+    let json = serde_json::to_value(BanditParams::default()).unwrap();
+    assert!(json.get("estimator").is_none(), "manifests of default runs keep their bytes");
+    let p: BanditParams = toml::from_str("estimator = \"ridge\"").unwrap();
+    assert_eq!(p.estimator, quad_select::bandit::Estimator::Ridge);
+    let p: BanditParams = toml::from_str("estimator = { knn = { k = 20 } }").unwrap();
+    assert_eq!(p.estimator, quad_select::bandit::Estimator::Knn { k: 20 });
+    assert!(toml::from_str::<BanditParams>("estimator = \"oracle\"").is_err());
+    let zero: BanditParams = toml::from_str("estimator = { knn = { k = 0 } }").unwrap();
+    assert!(zero.check().is_err());
+}

@@ -22,12 +22,89 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::{Deserialize, Serialize};
 
 use super::BanditError;
 
-/// How an unscored document's score is estimated (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The pool's embedding rows as an estimator reads them: a block or a few rows at a time, so that
+/// a pool of millions is never in memory whole (the `.npy` on disk, [`crate::npy::NpyRows`]).
+pub trait FeatureRows: Send + Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// Rows `range`, in order.
+    fn read(&self, range: std::ops::Range<usize>) -> Result<Array2<f32>, BanditError>;
+    /// The given rows, in the given order.
+    fn gather(&self, rows: &[usize]) -> Result<Array2<f32>, BanditError>;
+}
+
+impl FeatureRows for Array2<f32> {
+    fn rows(&self) -> usize {
+        self.nrows()
+    }
+    fn cols(&self) -> usize {
+        self.ncols()
+    }
+    fn read(&self, range: std::ops::Range<usize>) -> Result<Array2<f32>, BanditError> {
+        Ok(self.slice(s![range, ..]).to_owned())
+    }
+    fn gather(&self, rows: &[usize]) -> Result<Array2<f32>, BanditError> {
+        Ok(self.select(Axis(0), rows))
+    }
+}
+
+impl FeatureRows for crate::npy::NpyRows {
+    fn rows(&self) -> usize {
+        crate::npy::NpyRows::rows(self)
+    }
+    fn cols(&self) -> usize {
+        crate::npy::NpyRows::cols(self)
+    }
+    fn read(&self, range: std::ops::Range<usize>) -> Result<Array2<f32>, BanditError> {
+        self.read_rows(range).map_err(|e| BanditError::Problem(e.to_string()))
+    }
+    fn gather(&self, rows: &[usize]) -> Result<Array2<f32>, BanditError> {
+        crate::npy::NpyRows::gather(self, rows).map_err(|e| BanditError::Problem(e.to_string()))
+    }
+}
+
+/// Rows of an underlying matrix picked by an index: row i is `inner`'s row `index[i]` (the
+/// bandit's documents are the pool's documents long enough to score).
+pub struct Reindexed<R> {
+    pub inner: R,
+    pub index: Vec<usize>,
+}
+
+impl<R: FeatureRows> FeatureRows for Reindexed<R> {
+    fn rows(&self) -> usize {
+        self.index.len()
+    }
+    fn cols(&self) -> usize {
+        self.inner.cols()
+    }
+    fn read(&self, range: std::ops::Range<usize>) -> Result<Array2<f32>, BanditError> {
+        let idx = &self.index[range];
+        // Contiguous runs (the usual case: few documents are too short) are one read.
+        match (idx.first(), idx.last()) {
+            (Some(&a), Some(&b)) if b + 1 - a == idx.len() => self.inner.read(a..b + 1),
+            _ => self.inner.gather(idx),
+        }
+    }
+    fn gather(&self, rows: &[usize]) -> Result<Array2<f32>, BanditError> {
+        let idx: Vec<usize> = rows.iter().map(|&r| self.index[r]).collect();
+        self.inner.gather(&idx)
+    }
+}
+
+/// Rows are read this many at a time.
+const BLOCK: usize = 4096;
+
+/// How an unscored document's score is estimated (see the module docs). In TOML:
+/// `estimator = "cluster-mean"` (the default), `"ridge"`, `"cluster-ridge"`,
+/// `{ knn = { k = 20 } }` or `{ mlp = { hidden = 64, seed = 0 } }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Estimator {
+    #[default]
     ClusterMean,
     Ridge,
     ClusterRidge,
@@ -36,6 +113,10 @@ pub enum Estimator {
 }
 
 impl Estimator {
+    pub fn is_cluster_mean(&self) -> bool {
+        *self == Estimator::ClusterMean
+    }
+
     /// The name used in tables.
     pub fn name(&self) -> String {
         match self {
@@ -57,7 +138,7 @@ impl Estimator {
 /// may be empty for [`Estimator::ClusterMean`]), each document's cluster, and the scored
 /// documents with their standardised scores.
 pub struct Sample<'a> {
-    pub features: ArrayView2<'a, f32>,
+    pub features: &'a dyn FeatureRows,
     pub cluster: &'a [usize],
     pub k: usize,
     pub scored: &'a [(usize, f64)],
@@ -66,10 +147,10 @@ pub struct Sample<'a> {
 impl Sample<'_> {
     fn check(&self, needs_features: bool) -> Result<(), BanditError> {
         let n = self.cluster.len();
-        if needs_features && self.features.nrows() != n {
+        if needs_features && self.features.rows() != n {
             return Err(BanditError::Problem(format!(
                 "{} embedding rows for {n} documents",
-                self.features.nrows()
+                self.features.rows()
             )));
         }
         if let Some(&c) = self.cluster.iter().find(|&&c| c >= self.k) {
@@ -88,14 +169,21 @@ impl Sample<'_> {
         self.scored.iter().map(|&(_, z)| z).collect()
     }
 
-    /// The scored documents' embedding rows, in f64.
-    fn scored_rows(&self) -> Array2<f64> {
-        let d = self.features.ncols();
-        let mut x = Array2::zeros((self.scored.len(), d));
-        for (i, &(doc, _)) in self.scored.iter().enumerate() {
-            x.row_mut(i).assign(&self.features.row(doc).mapv(f64::from));
+    /// The scored documents' embedding rows.
+    fn scored_rows(&self) -> Result<Array2<f32>, BanditError> {
+        let idx: Vec<usize> = self.scored.iter().map(|&(d, _)| d).collect();
+        self.features.gather(&idx)
+    }
+
+    /// `f` of every block of rows, concatenated.
+    fn per_block(&self, mut f: impl FnMut(ArrayView2<'_, f32>) -> Vec<f64>) -> Result<Vec<f64>, BanditError> {
+        let n = self.features.rows();
+        let mut out = Vec::with_capacity(n);
+        for start in (0..n).step_by(BLOCK) {
+            let block = self.features.read(start..(start + BLOCK).min(n))?;
+            out.extend(f(block.view()));
         }
-        x
+        Ok(out)
     }
 }
 
@@ -109,17 +197,20 @@ impl Estimator {
         Ok(match *self {
             Estimator::ClusterMean => cluster_means(sample, &sample.targets()),
             Estimator::Ridge => {
-                let y = sample.targets();
-                RidgeFit::fit(sample.scored_rows().view(), y.view()).predict(sample.features)
+                let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), sample.targets().view());
+                sample.per_block(|b| fit.predict(b))?
             }
             Estimator::ClusterRidge => {
                 let base = cluster_means(sample, &sample.targets());
                 let residual: Array1<f64> = sample.scored.iter().map(|&(d, z)| z - base[d]).collect();
-                let fit = RidgeFit::fit(sample.scored_rows().view(), residual.view());
-                fit.predict(sample.features).into_iter().zip(base).map(|(r, b)| r + b).collect()
+                let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), residual.view());
+                sample.per_block(|b| fit.predict(b))?.into_iter().zip(base).map(|(r, b)| r + b).collect()
             }
-            Estimator::Knn { k } => knn(sample, k.max(1)),
-            Estimator::Mlp { hidden, seed } => Mlp::fit(sample, hidden.max(1), seed).predict(sample.features),
+            Estimator::Knn { k } => knn(sample, k.max(1))?,
+            Estimator::Mlp { hidden, seed } => {
+                let net = Mlp::fit(sample, hidden.max(1), seed)?;
+                sample.per_block(|b| net.predict(b))?
+            }
         })
     }
 }
@@ -205,22 +296,14 @@ impl RidgeFit {
 
 /// The mean z of the k scored documents most similar (cosine; rows are unit norm) to each
 /// document, a scored document excluded from its own neighbours.
-fn knn(sample: &Sample<'_>, k: usize) -> Vec<f64> {
+fn knn(sample: &Sample<'_>, k: usize) -> Result<Vec<f64>, BanditError> {
     let n = sample.cluster.len();
-    let xs = {
-        let d = sample.features.ncols();
-        let mut x = Array2::<f32>::zeros((sample.scored.len(), d));
-        for (i, &(doc, _)) in sample.scored.iter().enumerate() {
-            x.row_mut(i).assign(&sample.features.row(doc));
-        }
-        x
-    };
+    let xs = sample.scored_rows()?;
     let z: Vec<f64> = sample.scored.iter().map(|&(_, z)| z).collect();
     let mut out = vec![0.0; n];
-    const BLOCK: usize = 2048;
     for start in (0..n).step_by(BLOCK) {
         let end = (start + BLOCK).min(n);
-        let sims = sample.features.slice(s![start..end, ..]).dot(&xs.t());
+        let sims = sample.features.read(start..end)?.dot(&xs.t());
         for (r, row) in sims.outer_iter().enumerate() {
             let doc = start + r;
             let mut order: Vec<(f32, usize)> = row
@@ -237,7 +320,7 @@ fn knn(sample: &Sample<'_>, k: usize) -> Vec<f64> {
             out[doc] = order[..kk].iter().map(|&(_, j)| z[j]).sum::<f64>() / kk as f64;
         }
     }
-    out
+    Ok(out)
 }
 
 /// A one-hidden-layer regression network `ẑ = ȳ + σ_y · (v · tanh(W x + b) + c)` on centred,
@@ -253,8 +336,8 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn fit(sample: &Sample<'_>, hidden: usize, seed: u64) -> Self {
-        let x_all = sample.scored_rows();
+    fn fit(sample: &Sample<'_>, hidden: usize, seed: u64) -> Result<Self, BanditError> {
+        let x_all = sample.scored_rows()?.mapv(f64::from);
         let y_all = sample.targets();
         let mean_y = y_all.mean().unwrap_or(0.0);
         let scale_y = y_all.std(0.0).max(1e-12);
@@ -309,7 +392,7 @@ impl Mlp {
             }
         }
         let (w, b, v, c) = best.1;
-        Mlp { w, b, v, c, mean_y, scale_y }
+        Ok(Mlp { w, b, v, c, mean_y, scale_y })
     }
 
     fn snapshot(&self) -> (Array2<f64>, Array1<f64>, Array1<f64>, f64) {
@@ -322,12 +405,7 @@ impl Mlp {
     }
 
     fn predict(&self, x: ArrayView2<'_, f32>) -> Vec<f64> {
-        let mut out = Vec::with_capacity(x.nrows());
-        for block in x.axis_chunks_iter(Axis(0), 2048) {
-            let raw = self.raw(block.mapv(f64::from).view());
-            out.extend(raw.iter().map(|r| self.mean_y + self.scale_y * r));
-        }
-        out
+        self.raw(x.mapv(f64::from).view()).iter().map(|r| self.mean_y + self.scale_y * r).collect()
     }
 }
 
@@ -419,7 +497,7 @@ mod tests {
         let x = unit_rows(6, 4, 3);
         let cluster = [0, 0, 1, 1, 2, 2];
         let scored = [(0, 1.0), (1, 3.0), (2, -1.0)];
-        let sample = Sample { features: x.view(), cluster: &cluster, k: 3, scored: &scored };
+        let sample = Sample { features: &x, cluster: &cluster, k: 3, scored: &scored };
         let cm = Estimator::ClusterMean.predict(&sample).unwrap();
         assert_eq!(cm, vec![2.0, 2.0, -1.0, -1.0, 1.0, 1.0]);
         let knn1 = Estimator::Knn { k: 1 }.predict(&sample).unwrap();
@@ -444,7 +522,7 @@ mod tests {
         let z: Vec<f64> = x.outer_iter().map(|r| 4.0 * r.mapv(f64::from).dot(&dir)).collect();
         let cluster: Vec<usize> = (0..n).map(|d| d % 4).collect();
         let scored: Vec<(usize, f64)> = (0..n).step_by(3).map(|d| (d, z[d])).collect();
-        let sample = Sample { features: x.view(), cluster: &cluster, k: 4, scored: &scored };
+        let sample = Sample { features: &x, cluster: &cluster, k: 4, scored: &scored };
         let corr = |p: &[f64]| {
             let held: Vec<usize> = (0..n).filter(|d| d % 3 != 0).collect();
             let (a, b): (Vec<f64>, Vec<f64>) = held.iter().map(|&d| (p[d], z[d])).unzip();
@@ -466,7 +544,7 @@ mod tests {
         let bad = Sample { scored: &out_of_range, ..sample };
         assert!(Estimator::Ridge.predict(&bad).is_err());
         let nan = [(0, f64::NAN)];
-        let bad = Sample { features: x.view(), cluster: &cluster, k: 4, scored: &nan };
+        let bad = Sample { features: &x, cluster: &cluster, k: 4, scored: &nan };
         assert!(Estimator::ClusterMean.predict(&bad).is_err());
     }
 }

@@ -71,6 +71,8 @@
 pub mod estimate;
 
 use std::fmt;
+
+pub use estimate::{Estimator, FeatureRows};
 use std::str::FromStr;
 
 use rand::seq::SliceRandom;
@@ -113,10 +115,15 @@ pub enum Policy {
     /// A fraction `mix` of the budget from `topk`, the rest uniformly at random (no document
     /// twice): the baseline frontier between `random` (mix = 0) and `topk` (mix = 1).
     Mix,
+    /// The learned-estimator peer (MATES-style): score a uniform random sample of the pool as
+    /// large as Quad's scoring allowance, estimate every other document with `estimator`, and
+    /// take by the same document-level tilt at the same T. Quad without the bandit's choice of
+    /// what to score.
+    Predicted,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 8] = [
+    pub const ALL: [Policy; 9] = [
         Policy::Ucb,
         Policy::Thompson,
         Policy::EpsilonGreedy,
@@ -125,6 +132,7 @@ impl Policy {
         Policy::Random,
         Policy::Topk,
         Policy::Mix,
+        Policy::Predicted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +145,7 @@ impl Policy {
             Policy::Random => "random",
             Policy::Topk => "topk",
             Policy::Mix => "mix",
+            Policy::Predicted => "predicted",
         }
     }
 
@@ -232,6 +241,10 @@ pub struct BanditParams {
     pub allowance: Option<usize>,
     /// Fraction of the budget `mix` takes from `topk` (the rest at random), in [0, 1].
     pub mix: f64,
+    /// How the document-level tilt (and `predicted`) estimates an unscored document's score
+    /// ([`estimate::Estimator`]); the cluster mean needs no embeddings.
+    #[serde(skip_serializing_if = "Estimator::is_cluster_mean")]
+    pub estimator: Estimator,
     pub seed: u64,
 }
 
@@ -253,6 +266,7 @@ impl Default for BanditParams {
             calibration: 64,
             allowance: None,
             mix: 0.5,
+            estimator: Estimator::ClusterMean,
             seed: 0,
         }
     }
@@ -311,6 +325,9 @@ impl BanditParams {
         }
         if !(0.0..=1.0).contains(&self.mix) {
             return bad("mix must be in [0, 1]");
+        }
+        if let Estimator::Knn { k: 0 } | Estimator::Mlp { hidden: 0, .. } = self.estimator {
+            return bad("estimator: knn's k and mlp's hidden must be positive");
         }
         Ok(())
     }
@@ -536,6 +553,11 @@ pub struct Bandit {
     /// m in force (see [`BanditParams::chunk`]).
     chunk: usize,
     state: BanditState,
+    /// The pool's embedding rows, one per document (estimators that read them).
+    features: Option<Box<dyn FeatureRows>>,
+    /// Every document's estimated z once scoring is over (estimators other than the cluster
+    /// mean); derived from the state, so a resumed run computes the same.
+    doc_estimates: Option<Vec<f64>>,
 }
 
 /// One cluster's even share of the budget, in documents: ⌈budget in documents / k⌉, at least 4
@@ -622,6 +644,53 @@ impl Bandit {
             pool_order,
             chunk,
             state,
+            features: None,
+            doc_estimates: None,
+        }
+    }
+
+    /// Gives the bandit the pool's embedding rows (row d: document d), which estimators other
+    /// than the cluster mean read.
+    pub fn with_features(mut self, features: Box<dyn FeatureRows>) -> Result<Self, BanditError> {
+        if features.rows() != self.problem.tokens.len() {
+            return Err(BanditError::Problem(format!(
+                "{} embedding rows for {} documents",
+                features.rows(),
+                self.problem.tokens.len()
+            )));
+        }
+        self.features = Some(features);
+        Ok(self)
+    }
+
+    /// Fits the estimator on every scored document, once scoring is over (estimators other
+    /// than the cluster mean, whose estimate is kept per arm).
+    fn fit_estimates(&mut self) -> Result<(), BanditError> {
+        if self.params.estimator.is_cluster_mean() || self.doc_estimates.is_some() {
+            return Ok(());
+        }
+        let features = self.features.as_deref().ok_or_else(|| {
+            BanditError::Problem(format!("the estimator '{}' needs the pool's embeddings", self.params.estimator.name()))
+        })?;
+        let scored: Vec<(usize, f64)> =
+            self.state.scores.iter().enumerate().filter_map(|(d, s)| s.map(|s| (d, self.z(s)))).collect();
+        let sample = estimate::Sample {
+            features,
+            cluster: &self.problem.cluster,
+            k: self.problem.k(),
+            scored: &scored,
+        };
+        self.doc_estimates = Some(self.params.estimator.predict(&sample)?);
+        Ok(())
+    }
+
+    /// What document d is expected to score (standardised): its own z once scored, else its
+    /// estimate (the estimator's prediction, or its cluster's mean; 0 before anything is known).
+    fn expected(&self, d: usize) -> f64 {
+        match (self.state.scores[d], &self.doc_estimates) {
+            (Some(s), _) => self.z(s),
+            (None, Some(e)) => e[d],
+            (None, None) => self.estimate(self.problem.cluster[d]).unwrap_or(0.0),
         }
     }
 
@@ -798,6 +867,16 @@ impl Bandit {
             Policy::Random => self.round_random(self.chunk * self.params.arms_per_round),
             Policy::Uniform => self.round_uniform(),
             Policy::Topk => self.round_topk(scorer, self.problem.budget.limit())?,
+            Policy::Predicted => {
+                let mut rng = self.rng();
+                match self.round_predicted(scorer, &mut rng)? {
+                    Some(p) => p,
+                    None => {
+                        self.state.stop = Some(StopReason::PoolExhausted);
+                        return Ok(None);
+                    }
+                }
+            }
             Policy::Mix => {
                 let part = (self.params.mix * self.problem.budget.limit() as f64).round() as usize;
                 let mut picks = self.round_topk(scorer, part)?;
@@ -1156,9 +1235,10 @@ impl Bandit {
         let mut unscored = vec![0usize; k];
         let mut entries: Vec<(f64, f64, usize)> = Vec::new();
         for (d, &c) in self.problem.cluster.iter().enumerate() {
-            match self.state.scores[d] {
-                Some(s) => entries.push((self.z(s), 1.0, c)),
-                None => unscored[c] += 1,
+            match (self.state.scores[d], &self.doc_estimates) {
+                (Some(s), _) => entries.push((self.z(s), 1.0, c)),
+                (None, Some(e)) => entries.push((e[d], 1.0, c)),
+                (None, None) => unscored[c] += 1,
             }
         }
         for (c, &u) in unscored.iter().enumerate() {
@@ -1238,6 +1318,41 @@ impl Bandit {
                 return Ok(Some(picks));
             }
         }
+        self.take_by_quotas(rng)
+    }
+
+    /// A round of `predicted`: while the scoring allowance lasts, the next B · b unscored
+    /// documents of the pool's seeded order are scored (a uniform random sample); after it, the
+    /// document-level tilt takes ([`Self::take_by_quotas`]).
+    fn round_predicted<E: fmt::Display>(
+        &mut self,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+        rng: &mut Xoshiro256PlusPlus,
+    ) -> Result<Option<Vec<ArmPick>>, BanditError> {
+        let allowance = self.allowance();
+        if self.state.documents_scored < allowance {
+            let want = (self.params.arms_per_round * self.params.samples_per_arm).min(allowance - self.state.documents_scored);
+            let sample: Vec<usize> =
+                self.pool_order.iter().copied().filter(|&d| self.state.scores[d].is_none()).take(want).collect();
+            if !sample.is_empty() {
+                self.score(&sample, scorer)?;
+                return Ok(Some(vec![ArmPick {
+                    arm: None,
+                    index: 0.0,
+                    reward: None,
+                    scored: sample.len(),
+                    accepted: 0,
+                }]));
+            }
+        }
+        self.take_by_quotas(rng)
+    }
+
+    /// A taking round of the document-level tilt: B arms with room left in their
+    /// [`Self::document_quotas`] give up to m documents each, in the order of their expected
+    /// score ([`Self::take_ranked`]).
+    fn take_by_quotas(&mut self, rng: &mut Xoshiro256PlusPlus) -> Result<Option<Vec<ArmPick>>, BanditError> {
+        self.fit_estimates()?;
         let quotas = self.document_quotas();
         let Some(chosen) = self.choose_with_room(rng, &quotas) else {
             return Ok(None);
@@ -1268,6 +1383,19 @@ impl Bandit {
     /// members that beat the arm's estimate (best first), then unscored members (expected: the
     /// estimate) in the arm's seeded order, then the other scored members (best first).
     fn take_ranked(&mut self, c: usize, limit: usize) -> usize {
+        if self.doc_estimates.is_some() {
+            // Best expected first; ties in the arm's seeded order (the sort is stable).
+            let mut order: Vec<usize> = self.orders[c].iter().copied().filter(|&d| !self.state.taken[d]).collect();
+            order.sort_by(|&a, &b| self.expected(b).total_cmp(&self.expected(a)));
+            let mut n = 0;
+            for d in order {
+                if n == limit || !self.take(d, None) {
+                    break;
+                }
+                n += 1;
+            }
+            return n;
+        }
         let estimate = self.estimate(c).unwrap_or(0.0);
         let mut scored: Vec<(usize, f64)> = self.orders[c]
             .iter()

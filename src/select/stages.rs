@@ -36,6 +36,8 @@ struct Clusters {
     assignment: Vec<usize>,
     distances: Vec<Vec<f64>>,
     key: String,
+    /// The pool's embedding rows (read by estimators other than the cluster mean).
+    embeddings: crate::npy::NpyRows,
 }
 
 /// The proxy model and its fingerprint.
@@ -98,7 +100,12 @@ pub(super) fn run(
         executor,
         scores: ScoreCache::open(&selector.cache.join(format!("scores-{}.jsonl", influence.score_key)))?,
     };
-    let state = run_bandit(selector, problem, &run_key, scorer, observer)?;
+    // The bandit's documents are the eligible ones: its row d is the pool's row eligible[d].
+    let features = Box::new(crate::bandit::estimate::Reindexed {
+        inner: clusters.embeddings,
+        index: tokens.eligible.clone(),
+    });
+    let state = run_bandit(selector, problem, features, &run_key, scorer, observer)?;
     cache.record("bandit", started, false, &run_key);
     if state.stop == Some(StopReason::Interrupted) {
         return Err(SelectError::Interrupted {
@@ -267,6 +274,7 @@ fn cluster_pool(
         assignment,
         distances,
         key,
+        embeddings: emb.rows,
     })
 }
 
@@ -590,6 +598,7 @@ impl Scorer<'_> {
 fn run_bandit(
     selector: &Selector,
     problem: Problem,
+    features: Box<dyn crate::bandit::FeatureRows>,
     run_key: &str,
     mut scorer: Scorer<'_>,
     observer: &mut dyn Observer,
@@ -601,13 +610,13 @@ fn run_bandit(
         Some(path) => {
             let state = Checkpoint::load(path, run_key)?;
             let _ = observer.event(Event::Note(&format!("resuming after {}", super::rounds_done(state.round))));
-            Bandit::resume(params, problem, state)?
+            Bandit::resume(params, problem, state)?.with_features(features)?
         }
         None => {
             if selector.resume {
                 let _ = observer.event(Event::Note("no checkpoint to resume; starting from the first round"));
             }
-            Bandit::new(params, problem)?
+            Bandit::new(params, problem)?.with_features(features)?
         }
     };
     let policy = format!("select ({})", selector.config.raw.bandit.policy);
