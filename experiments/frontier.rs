@@ -582,6 +582,29 @@ fn table(s: &Setting, rows: &[Row], o: &Opts) -> Result<String> {
             if q.scored <= 0.05 { "PASS" } else { "FAIL" }
         ));
     }
+    // (d) Quad against its learned-estimator peer at each temperature: at least 1 SD lower
+    // reference loss at equal or better held-out loss.
+    for q_sel in s.selectors.iter().filter(|sel| sel.name.starts_with("ucb")) {
+        let (Some((qf, t)), Some(q)) = (curve_of(&q_sel.name), st.get(&q_sel.name)) else { continue };
+        let peer = s.selectors.iter().find(|p| {
+            curve_of(&p.name).is_some_and(|(pf, pt)| pt == t && pf.strip_prefix("predicted") == qf.strip_prefix("ucb"))
+        });
+        let Some(p) = peer.and_then(|p| Some((p, st.get(&p.name)?))) else { continue };
+        let sd = q.reference.1.max(p.1.reference.1);
+        let gap = p.1.reference.0 - q.reference.0;
+        let held = q.heldout.0 <= p.1.heldout.0 + q.heldout.1.max(p.1.heldout.1);
+        md.push_str(&format!(
+            "- (d) T = {t}: {} reference {:.4} vs {} {:.4}, {gap:.4} below ({}); held-out {:.4} vs {:.4}: **{}**\n",
+            q_sel.name,
+            q.reference.0,
+            p.0.name,
+            p.1.reference.0,
+            in_sd(gap, sd),
+            q.heldout.0,
+            p.1.heldout.0,
+            if held { verdict(gap, sd, 1.0) } else { "FAIL (worse held-out loss)" }
+        ));
+    }
     Ok(md)
 }
 
@@ -605,6 +628,25 @@ fn verdict(gap: f64, sd: f64, need: f64) -> &'static str {
     }
 }
 
+/// The temperature curve a selector lies on: (family, T) for `ucb` and `predicted` runs whose
+/// only difference from their family is `temperature=…` (the family keeps the other keys).
+fn curve_of(name: &str) -> Option<(String, f64)> {
+    let (base, keys) = name.split_once(':').unwrap_or((name, ""));
+    if !matches!(base, "ucb" | "predicted") {
+        return None;
+    }
+    let mut t = quad_select::bandit::BanditParams::default().temperature;
+    let mut rest = Vec::new();
+    for kv in keys.split('+').filter(|k| !k.is_empty()) {
+        match kv.split_once('=') {
+            Some(("temperature", v)) => t = v.parse().ok()?,
+            _ => rest.push(kv),
+        }
+    }
+    let family = if rest.is_empty() { base.to_string() } else { format!("{base}:{}", rest.join("+")) };
+    Some((family, t))
+}
+
 fn frontier_plot(s: &Setting, rows: &[Row]) -> Result<()> {
     let st = stats(rows);
     let points: Vec<plot::FrontierPoint> = s
@@ -612,7 +654,7 @@ fn frontier_plot(s: &Setting, rows: &[Row]) -> Result<()> {
         .iter()
         .filter_map(|sel| {
             let x = st.get(&sel.name)?;
-            Some(plot::FrontierPoint { label: sel.name.clone(), x: x.heldout, y: x.reference, mix: sel.mix })
+            Some(plot::FrontierPoint { label: sel.name.clone(), x: x.heldout, y: x.reference, mix: sel.mix, curve: curve_of(&sel.name) })
         })
         .collect();
     if points.is_empty() {

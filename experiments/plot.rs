@@ -148,6 +148,9 @@ pub struct FrontierPoint {
     pub y: (f64, f64),
     /// Its top-k fraction when it is a mixture point (random = 0, topk = 1).
     pub mix: Option<f64>,
+    /// The curve it lies on and its place there: (family, T) for a selector run at several
+    /// temperatures (`ucb:temperature=…`); points of one family are joined in order of T.
+    pub curve: Option<(String, f64)>,
 }
 
 /// Every selector as a point with ±1 SD error bars (x = held-out loss, y = evaluation-reference
@@ -169,8 +172,29 @@ pub fn frontier(path: &Path, title: &str, x_desc: &str, y_desc: &str, points: &[
         .draw_series(LineSeries::new(mix.iter().map(|p| (p.x.0, p.y.0)), grey.stroke_width(2)))?
         .label("random/top-k mixtures")
         .legend(move |(x, y)| PathElement::new([(x - 10, y), (x + 10, y)], grey.stroke_width(2)));
+    let mut families: Vec<&str> = points.iter().filter_map(|p| p.curve.as_ref().map(|c| c.0.as_str())).collect();
+    families.sort();
+    families.dedup();
+    for (f, family) in families.iter().enumerate() {
+        let mut on: Vec<&FrontierPoint> = points.iter().filter(|p| p.curve.as_ref().is_some_and(|c| c.0 == *family)).collect();
+        if on.len() < 2 {
+            continue;
+        }
+        on.sort_by(|a, b| a.curve.as_ref().expect("on a curve").1.total_cmp(&b.curve.as_ref().expect("on a curve").1));
+        let color = Palette99::pick(f + 1).to_rgba();
+        let (lo, hi) = (on[0].curve.as_ref().expect("on a curve").1, on[on.len() - 1].curve.as_ref().expect("on a curve").1);
+        chart
+            .draw_series(LineSeries::new(on.iter().map(|p| (p.x.0, p.y.0)), color.stroke_width(2)))?
+            .label(format!("{family}, T = {lo}…{hi}"))
+            .legend(move |(x, y)| PathElement::new([(x - 10, y), (x + 10, y)], color.stroke_width(2)));
+    }
     for (i, p) in points.iter().enumerate() {
-        let color = if p.mix.is_some() { grey.to_rgba() } else { Palette99::pick(i).to_rgba() };
+        let family = p.curve.as_ref().and_then(|c| families.iter().position(|f| *f == c.0));
+        let color = match (p.mix, family) {
+            (Some(_), _) => grey.to_rgba(),
+            (None, Some(f)) => Palette99::pick(f + 1).to_rgba(),
+            (None, None) => Palette99::pick(i + families.len() + 1).to_rgba(),
+        };
         chart.draw_series([ErrorBar::new_vertical(p.x.0, p.y.0 - p.y.1, p.y.0, p.y.0 + p.y.1, color.filled(), 8)])?;
         chart.draw_series([ErrorBar::new_horizontal(p.y.0, p.x.0 - p.x.1, p.x.0, p.x.0 + p.x.1, color.filled(), 8)])?;
         chart.draw_series([Circle::new((p.x.0, p.y.0), 5, color.filled())])?;
