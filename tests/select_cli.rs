@@ -58,6 +58,15 @@ fn select_writes_outputs_caches_stages_and_resumes_identically() {
     assert!(tokens >= 30000, "{manifest}");
     assert_eq!(manifest["documents"]["selected"].as_u64().unwrap() as usize, ids.len());
     assert!(manifest["documents"]["scored_fraction"].as_f64().unwrap() > 0.0);
+    // Scoring compute is counted in the tokens scoring reads, near the count's fraction.
+    let compute = manifest["documents"]["scored_compute_fraction"].as_f64().unwrap();
+    let count = manifest["documents"]["scored_fraction"].as_f64().unwrap();
+    assert!(compute > 0.0 && compute < 1.0 && (compute / count - 1.0).abs() < 0.5, "{compute} vs {count}");
+    // The scoring done in this run, and its speed, measured inside it.
+    let s = &manifest["scoring"];
+    assert_eq!(s["documents"].as_u64().unwrap(), manifest["documents"]["scored"].as_u64().unwrap(), "a fresh cache scores every document here");
+    assert!(s["tokens"].as_u64().unwrap() > 0 && s["seconds"].as_f64().unwrap() > 0.0 && s["docs_per_second"].as_f64().unwrap() > 0.0);
+    assert!(stdout.contains("docs/s") && stdout.contains("of the pool's scoring compute"), "{stdout}");
     assert_eq!(manifest["parameters"]["bandit"]["chunk"], 4);
     assert_eq!(manifest["stop"], "budget_met");
     let stages: Vec<&str> = manifest["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
@@ -73,7 +82,11 @@ fn select_writes_outputs_caches_stages_and_resumes_identically() {
     assert_eq!(clusters.lines().count(), 1 + 6, "{clusters}");
 
     // A new α reuses every stage.
-    let (_, stderr) = select(&cache, &tmp.path().join("alpha"), &["--alpha", "0.3"], None);
+    let (stdout, stderr) = select(&cache, &tmp.path().join("alpha"), &["--alpha", "0.3"], None);
+    let m = common::read_json(&tmp.path().join("alpha").join("manifest.json"));
+    // Scores read from the cache are not scoring done here.
+    let here = m["scoring"]["documents"].as_u64().unwrap_or(0);
+    assert!(here < m["documents"]["scored"].as_u64().unwrap(), "{stdout}");
     for s in ["embed: cached", "cluster: cached", "train proxy: cached", "fit factors: cached", "reference gradient: cached"] {
         assert!(stderr.contains(s), "{s} missing:\n{stderr}");
     }

@@ -98,6 +98,15 @@ impl<R: FeatureRows> FeatureRows for Reindexed<R> {
 /// Rows are read this many at a time.
 const BLOCK: usize = 4096;
 
+/// The learned estimators (ridge, its residual form, the MLP) fit targets clipped to ±3 pool
+/// spreads: influence scores are heavy-tailed (on the wiki reference the largest z is 32, and 1%
+/// of the pool lies above 3), and a squared loss would let those few set the whole fit.
+pub const TARGET_CLIP: f64 = 3.0;
+
+fn clipped(y: &Array1<f64>) -> Array1<f64> {
+    y.mapv(|v| v.clamp(-TARGET_CLIP, TARGET_CLIP))
+}
+
 /// How an unscored document's score is estimated (see the module docs). In TOML:
 /// `estimator = "cluster-mean"` (the default), `"ridge"`, `"cluster-ridge"`,
 /// `{ knn = { k = 20 } }` or `{ mlp = { hidden = 64, seed = 0 } }`.
@@ -197,13 +206,13 @@ impl Estimator {
         Ok(match *self {
             Estimator::ClusterMean => cluster_means(sample, &sample.targets()),
             Estimator::Ridge => {
-                let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), sample.targets().view());
+                let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), clipped(&sample.targets()).view());
                 sample.per_block(|b| fit.predict(b))?
             }
             Estimator::ClusterRidge => {
                 let base = cluster_means(sample, &sample.targets());
                 let residual: Array1<f64> = sample.scored.iter().map(|&(d, z)| z - base[d]).collect();
-                let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), residual.view());
+                let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), clipped(&residual).view());
                 sample.per_block(|b| fit.predict(b))?.into_iter().zip(base).map(|(r, b)| r + b).collect()
             }
             Estimator::Knn { k } => knn(sample, k.max(1))?,
@@ -338,7 +347,7 @@ struct Mlp {
 impl Mlp {
     fn fit(sample: &Sample<'_>, hidden: usize, seed: u64) -> Result<Self, BanditError> {
         let x_all = sample.scored_rows()?.mapv(f64::from);
-        let y_all = sample.targets();
+        let y_all = clipped(&sample.targets());
         let mean_y = y_all.mean().unwrap_or(0.0);
         let scale_y = y_all.std(0.0).max(1e-12);
         let y_all = y_all.mapv(|v| (v - mean_y) / scale_y);

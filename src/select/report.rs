@@ -90,6 +90,21 @@ pub struct DocumentCounts {
     /// Tokens of every selectable document (what a budget of 100% would take).
     #[serde(default)]
     pub tokens_selectable: usize,
+    /// The scoring compute spent, as a fraction of scoring every selectable document: predicted
+    /// tokens scored (each document's first `influence.max_tokens`) over those of the whole pool
+    /// (a forward and backward pass costs in proportion to its tokens).
+    #[serde(default)]
+    pub scored_compute_fraction: f64,
+}
+
+/// How fast this process scored: documents and predicted tokens scored here (not read from
+/// the score cache) and the seconds it took.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScoringThroughput {
+    pub documents: usize,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub docs_per_second: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -115,6 +130,9 @@ pub struct Manifest {
     pub stop: Option<StopReason>,
     pub calibration: Option<Calibration>,
     pub stages: Vec<StageTiming>,
+    /// Scoring inside this run (none when nothing was scored here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoring: Option<ScoringThroughput>,
 }
 
 impl Manifest {
@@ -296,6 +314,9 @@ pub(super) struct RunInputs<'a> {
     /// Cluster and token count of each selectable document (the bandit's indices).
     pub cluster_of: &'a [usize],
     pub tokens: &'a [usize],
+    /// Predicted tokens scoring reads of each selectable document.
+    pub scoring_tokens: &'a [usize],
+    pub scoring: Option<ScoringThroughput>,
 }
 
 /// The selected documents of a finished bandit run, their records read back from the pool.
@@ -383,11 +404,18 @@ pub(super) fn assemble(
             selected: state.docs_selected,
             tokens_selected: state.tokens_selected,
             tokens_selectable: inputs.tokens.iter().sum(),
+            scored_compute_fraction: {
+                let all: usize = inputs.scoring_tokens.iter().sum();
+                let scored: usize =
+                    state.scores.iter().zip(inputs.scoring_tokens).filter(|(s, _)| s.is_some()).map(|(_, &t)| t).sum();
+                scored as f64 / all.max(1) as f64
+            },
         },
         rounds: state.round,
         stop: state.stop.clone(),
         calibration: state.calibration.map(|(median, std)| Calibration { median, std }),
         stages: timings,
+        scoring: inputs.scoring,
     };
     Selection {
         documents,

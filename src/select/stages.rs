@@ -90,7 +90,7 @@ pub(super) fn run(
         budget,
     };
     let (cluster_of, doc_tokens) = (problem.cluster.clone(), problem.tokens.clone());
-    let scorer = Scorer {
+    let mut scorer = Scorer {
         cfg,
         proxy: &proxy,
         pool: &inputs.pool,
@@ -99,13 +99,23 @@ pub(super) fn run(
         setup: influence.setup.clone(),
         executor,
         scores: ScoreCache::open(&selector.cache.join(format!("scores-{}.jsonl", influence.score_key)))?,
+        scored_here: (0, 0, 0.0),
     };
     // The bandit's documents are the eligible ones: its row d is the pool's row eligible[d].
     let features = Box::new(crate::bandit::estimate::Reindexed {
         inner: clusters.embeddings,
         index: tokens.eligible.clone(),
     });
-    let state = run_bandit(selector, problem, features, &run_key, scorer, observer)?;
+    let state = run_bandit(selector, problem, features, &run_key, &mut scorer, observer)?;
+    let (docs_here, tokens_here, seconds_here) = scorer.scored_here;
+    let scoring = (docs_here > 0).then(|| report::ScoringThroughput {
+        documents: docs_here,
+        tokens: tokens_here,
+        seconds: seconds_here,
+        docs_per_second: docs_here as f64 / seconds_here.max(1e-9),
+    });
+    let cap = cfg.scoring.max_tokens.unwrap_or(usize::MAX);
+    let scoring_tokens: Vec<usize> = doc_tokens.iter().map(|&t| t.saturating_sub(1).min(cap)).collect();
     cache.record("bandit", started, false, &run_key);
     if state.stop == Some(StopReason::Interrupted) {
         return Err(SelectError::Interrupted {
@@ -131,6 +141,8 @@ pub(super) fn run(
         too_short: tokens.too_short,
         cluster_of: &cluster_of,
         tokens: &doc_tokens,
+        scoring_tokens: &scoring_tokens,
+        scoring,
     };
     Ok(report::assemble(&cfg.raw, budget, documents, inputs.pool.len(), tokens.eligible.len(), state, &run, cache.timings))
 }
@@ -536,6 +548,8 @@ struct Scorer<'a> {
     setup: Option<ScoringSetup>,
     executor: &'a mut dyn Executor,
     scores: ScoreCache,
+    /// Documents, predicted tokens and seconds scored here (cache hits not counted).
+    scored_here: (usize, usize, f64),
 }
 
 impl Scorer<'_> {
@@ -564,6 +578,7 @@ impl Scorer<'_> {
             Ok(influence::score_token_batch(loaded, ihvp, batch, &opts)?.into_iter().map(|s| s.map(|(score, _)| score)).collect())
         };
         for (piece, ks) in todo.chunks(64).enumerate() {
+            let clock = std::time::Instant::now();
             let picked: Vec<usize> = ks.iter().map(|&k| self.eligible[idx[k]]).collect();
             let docs = self.pool.documents(&picked)?;
             let ids = docs
@@ -578,6 +593,9 @@ impl Scorer<'_> {
                 return Err(SelectError::Config("the scoring executor answered out of shape".into()));
             }
             let scored = influence::scatter(&plan, results, ids.len());
+            self.scored_here.0 += ids.len();
+            self.scored_here.1 += ids.iter().map(|d| d.len().saturating_sub(1)).sum::<usize>();
+            self.scored_here.2 += clock.elapsed().as_secs_f64();
             for (&k, s) in ks.iter().zip(scored) {
                 let score = s.ok_or_else(|| SelectError::Config("a scored document had no tokens".into()))?;
                 out[k] = score;
@@ -600,7 +618,7 @@ fn run_bandit(
     problem: Problem,
     features: Box<dyn crate::bandit::FeatureRows>,
     run_key: &str,
-    mut scorer: Scorer<'_>,
+    scorer: &mut Scorer<'_>,
     observer: &mut dyn Observer,
 ) -> Result<BanditState, SelectError> {
     let params = selector.config.bandit.clone();

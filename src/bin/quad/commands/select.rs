@@ -55,12 +55,14 @@ pub fn run(args: &SelectArgs) -> Result<()> {
         }
         other => format!("{other:?}"),
     };
+    let speed = m.scoring.map_or(String::new(), |t| format!(", {} here at {:.1} docs/s", t.documents, t.docs_per_second));
     println!(
-        "selected {} documents, {} tokens in {} rounds ({why}); scored {} documents; {:.1} s -> {}",
+        "selected {} documents, {} tokens in {} rounds ({why}); scored {} documents ({:.1}% of the pool's scoring compute{speed}); {:.1} s -> {}",
         m.documents.selected,
         m.documents.tokens_selected,
         m.rounds,
         m.documents.scored,
+        100.0 * m.documents.scored_compute_fraction,
         started.elapsed().as_secs_f64(),
         args.out.join("selected.jsonl").display()
     );
