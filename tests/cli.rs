@@ -206,5 +206,11 @@ fn temperature_flag_is_checked_before_anything_runs() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let stderr = common::quad_fails(&args);
     assert!(stderr.contains("--temperature") && stderr.contains("--gamma"), "{stderr}");
+    let toml = tmp.path().join("threshold.toml");
+    std::fs::write(&toml, "[bandit]\nallocation = \"threshold\"\n").unwrap();
+    let args = base(&["--temperature", "1", "--config", toml.to_str().unwrap()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stderr = common::quad_fails(&args);
+    assert!(stderr.contains("temperature applies to the tilted allocations"), "{stderr}");
     assert!(!tmp.path().join("cache").exists(), "nothing was computed");
 }

@@ -111,12 +111,7 @@ fn select(
     };
     let mut cfg = config(config_path, config_json)?;
     if let Some(t) = temperature {
-        if cfg.bandit.allocation == quad_select::bandit::Allocation::Threshold {
-            return Err(QuadError::new_err(
-                "temperature applies to the tilted allocations; the configuration selects allocation = \"threshold\"",
-            ));
-        }
-        cfg.bandit.temperature = t;
+        cfg.bandit = cfg.bandit.with_temperature(t).map_err(err)?;
     }
     let valid = cfg.check().map_err(err)?;
     let mut selector = Selector::new(valid);

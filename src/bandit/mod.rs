@@ -21,7 +21,8 @@
 //! scoring allowance `calibration + 2 · k · b` is spent (refinement costs what exploration cost);
 //! nothing is taken meanwhile. Then every document d gets the share
 //! `p_d = min(1, λ · exp(z_d / T))` of the budget, z_d its own standardised score when it was
-//! scored and its cluster's estimate when not, T = 1, λ fitted so the shares add up to the budget
+//! scored and its cluster's estimate when not (or, with another `estimator`, its own estimate from
+//! the embeddings: [`estimate`]), T = 0.5, λ fitted so the shares add up to the budget
 //! ([`Bandit::document_quotas`]); rounds of B arms by Cluster Score take up to m documents of each
 //! arm's quota `Σ_{d ∈ c} p_d`, in the order of expected score: scored members above the arm's
 //! estimate best first, then unscored ones, then the scored ones below. Among all allocations at a
@@ -62,7 +63,9 @@
 //! `epsilon-greedy`, `greedy` (α = 0), `uniform` (round-robin over clusters, no scoring), `random`
 //! (documents at random, no clusters, no scoring), `topk` (score everything, take the best) and
 //! `mix` (a fraction `mix` of the budget from `topk`, the rest at random: the quality/diversity
-//! frontier that can be had without clusters).
+//! frontier that can be had without clusters) and `predicted` (a uniform sample of the scoring
+//! allowance, then the document-level tilt: the learned-estimator peer, Quad without the bandit's
+//! choice of what to score).
 //!
 //! The state is plain data ([`BanditState`], serde): checkpoint it after every round and resume
 //! with [`Bandit::resume`]; every random draw derives from the seed and the round number, so a
@@ -291,6 +294,19 @@ impl ValidBanditParams {
 }
 
 impl BanditParams {
+    /// These parameters at temperature `t` (`--temperature`, `temperature=`): refused where the
+    /// allocation has no temperature (the threshold rule); the value itself is checked by
+    /// [`Self::check`].
+    pub fn with_temperature(mut self, t: f64) -> Result<Self, BanditError> {
+        if self.allocation == Allocation::Threshold {
+            return Err(BanditError::Params(
+                "temperature applies to the tilted allocations; this configuration uses allocation = \"threshold\"".into(),
+            ));
+        }
+        self.temperature = t;
+        Ok(self)
+    }
+
     /// Checks the parameters once; the bandit takes only the checked type.
     pub fn check(self) -> Result<ValidBanditParams, BanditError> {
         self.problems()?;
@@ -1223,7 +1239,8 @@ impl Bandit {
 
     /// Each arm's share of the whole budget, in documents, under the document-level tilt: every
     /// document d is given the inclusion weight `p_d = min(1, λ · exp(z_d / T))`, with z_d its own
-    /// standardised score once scored and its cluster's estimate before (0 before the first), and λ
+    /// standardised score once scored and, before, its estimate (its cluster's mean, 0 before the
+    /// first; or the `estimator`'s prediction for the document), and λ
     /// set so that `Σ p_d` is the budget in documents (water-filling from the largest weight down);
     /// arm c's quota is `Σ_{d ∈ c} p_d`. It is [`Self::quotas`]' exponential tilt taken at the finest
     /// resolution known: a scored document carries what was learnt about it, not its cluster's mean.
@@ -1231,7 +1248,8 @@ impl Bandit {
         let t = self.params.temperature;
         let k = self.problem.k();
         let docs = budget_documents(&self.problem);
-        // (z, how many documents, arm): scored documents one by one, each arm's unscored ones together.
+        // (z, how many documents, arm): scored documents one by one, each arm's unscored ones
+        // together (one by one too when each has its own estimate).
         let mut unscored = vec![0usize; k];
         let mut entries: Vec<(f64, f64, usize)> = Vec::new();
         for (d, &c) in self.problem.cluster.iter().enumerate() {

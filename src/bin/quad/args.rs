@@ -228,7 +228,7 @@ pub struct SelectArgs {
     /// Number of clusters, or "auto": 2^round(log2 √(n/16)), 32 for 18k documents, 256 for 1M.
     #[arg(long)]
     pub k: Option<ClusterCount>,
-    /// ucb, thompson, epsilon-greedy, greedy, uniform, random or topk.
+    /// ucb, thompson, epsilon-greedy, greedy, uniform, random, topk, mix or predicted.
     #[arg(long)]
     pub policy: Option<quad_select::bandit::Policy>,
     /// α: exploration weight of the Cluster Score.
@@ -289,10 +289,7 @@ impl SelectArgs {
             c.bandit.allocation = quad_select::bandit::Allocation::Threshold;
         }
         if let Some(t) = self.temperature {
-            if c.bandit.allocation == quad_select::bandit::Allocation::Threshold {
-                anyhow::bail!("--temperature applies to the tilted allocations; the configuration selects allocation = \"threshold\"");
-            }
-            c.bandit.temperature = t;
+            c.bandit = c.bandit.with_temperature(t)?;
         }
         set!(self.tau, c.bandit.tau);
         set!(self.arms_per_round, c.bandit.arms_per_round);
