@@ -20,6 +20,7 @@ use clap::Parser;
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::influence::stage::{self as infl, DocumentScorer};
 use quad_select::influence::store;
+use quad_select::influence::validate::spearman;
 use quad_select::model;
 use quad_select::select::SelectConfig;
 use rand::seq::SliceRandom;
@@ -49,25 +50,6 @@ struct Args {
     /// Predicted-token prefixes to try.
     #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
     prefixes: Vec<usize>,
-}
-
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    for (rank, &i) in idx.iter().enumerate() {
-        r[i] = rank as f64;
-    }
-    r
-}
-
-fn spearman(a: &[f64], b: &[f64]) -> f64 {
-    let (ra, rb) = (ranks(a), ranks(b));
-    let n = ra.len() as f64;
-    let m = (n - 1.0) / 2.0;
-    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - m) * (y - m)).sum();
-    let var: f64 = ra.iter().map(|x| (x - m).powi(2)).sum();
-    cov / var
 }
 
 fn top_mean(signal: &[f64], truth: &[f64], frac: f64) -> f64 {

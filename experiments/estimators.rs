@@ -22,6 +22,7 @@ use clap::Parser;
 use ndarray::Array2;
 use quad_select::bandit::estimate::{Estimator, Sample};
 use quad_select::bandit::{Bandit, BanditParams, Budget, Problem};
+use quad_select::influence::validate::spearman;
 use quad_select::npy::NpyRows;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -112,38 +113,6 @@ fn uniform_draw(n: usize, size: usize, seed: u64) -> Vec<usize> {
     order
 }
 
-/// Average ranks (ties share their mean rank).
-fn ranks(v: &[f64]) -> Vec<f64> {
-    let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
-    let mut r = vec![0.0; v.len()];
-    let mut i = 0;
-    while i < idx.len() {
-        let mut j = i;
-        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
-            j += 1;
-        }
-        for &k in &idx[i..=j] {
-            r[k] = (i + j) as f64 / 2.0;
-        }
-        i = j + 1;
-    }
-    r
-}
-
-fn pearson(a: &[f64], b: &[f64]) -> f64 {
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-    if va == 0.0 || vb == 0.0 {
-        0.0
-    } else {
-        cov / (va * vb).sqrt()
-    }
-}
-
 /// Mean true z of the top `frac` of documents by `pred`.
 fn top_mean(pred: &[f64], truth: &[f64], frac: f64) -> f64 {
     let mut idx: Vec<usize> = (0..pred.len()).collect();
@@ -231,7 +200,7 @@ fn main() -> Result<()> {
                     for (e, m) in estimators.iter().zip(per.iter_mut()) {
                         let all = e.predict(&sample)?;
                         let pred: Vec<f64> = rest.iter().map(|&d| all[d]).collect();
-                        m.spearman.push(pearson(&ranks(&pred), &ranks(&truth)));
+                        m.spearman.push(spearman(&pred, &truth));
                         let tm = truth.iter().sum::<f64>() / truth.len() as f64;
                         let sse: f64 = pred.iter().zip(&truth).map(|(p, t)| (p - t).powi(2)).sum();
                         let sst: f64 = truth.iter().map(|t| (t - tm).powi(2)).sum();
