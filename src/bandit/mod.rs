@@ -1401,33 +1401,27 @@ impl Bandit {
     /// members that beat the arm's estimate (best first), then unscored members (expected: the
     /// estimate) in the arm's seeded order, then the other scored members (best first).
     fn take_ranked(&mut self, c: usize, limit: usize) -> usize {
-        if self.doc_estimates.is_some() {
+        let order: Vec<usize> = if self.doc_estimates.is_some() {
             // Best expected first; ties in the arm's seeded order (the sort is stable).
             let mut order: Vec<usize> = self.orders[c].iter().copied().filter(|&d| !self.state.taken[d]).collect();
             order.sort_by(|&a, &b| self.expected(b).total_cmp(&self.expected(a)));
-            let mut n = 0;
-            for d in order {
-                if n == limit || !self.take(d, None) {
-                    break;
-                }
-                n += 1;
-            }
-            return n;
-        }
-        let estimate = self.estimate(c).unwrap_or(0.0);
-        let mut scored: Vec<(usize, f64)> = self.orders[c]
-            .iter()
-            .filter(|&&d| !self.state.taken[d])
-            .filter_map(|&d| self.state.scores[d].map(|s| (d, self.z(s))))
-            .collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let split = scored.partition_point(|&(_, z)| z >= estimate);
-        let order: Vec<usize> = scored[..split]
-            .iter()
-            .map(|&(d, _)| d)
-            .chain(self.unseen(c))
-            .chain(scored[split..].iter().map(|&(d, _)| d))
-            .collect();
+            order
+        } else {
+            let estimate = self.estimate(c).unwrap_or(0.0);
+            let mut scored: Vec<(usize, f64)> = self.orders[c]
+                .iter()
+                .filter(|&&d| !self.state.taken[d])
+                .filter_map(|&d| self.state.scores[d].map(|s| (d, self.z(s))))
+                .collect();
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let split = scored.partition_point(|&(_, z)| z >= estimate);
+            scored[..split]
+                .iter()
+                .map(|&(d, _)| d)
+                .chain(self.unseen(c))
+                .chain(scored[split..].iter().map(|&(d, _)| d))
+                .collect()
+        };
         let mut n = 0;
         for d in order {
             if n == limit || !self.take(d, None) {
