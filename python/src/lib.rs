@@ -119,8 +119,8 @@ fn select(
         selector = selector.cache(c);
     }
     if let Some(out) = &out {
-        Selection::clear_outputs(out).map_err(err)?;
         selector = selector.checkpoint(out.join("checkpoint.json"), resume);
+        selector.prepare_out(&pool, &reference, out).map_err(err)?;
     }
     let mut interrupted = false;
     let mut remote = match executor {

@@ -19,6 +19,8 @@ pub enum SelectError {
     Bandit(#[from] BanditError),
     #[error(transparent)]
     Io(#[from] crate::path_io::PathIoError),
+    #[error(transparent)]
+    Overlap(#[from] crate::path_io::OverlapError),
     #[error("{0}")]
     Config(String),
     /// The observer stopped the run. Finished stages are cached; once the bandit has started,

@@ -121,6 +121,43 @@ impl Selector {
         &self.config
     }
 
+    /// Refuses a run whose outputs (the cache, the checkpoint, and `out` when given) are, contain,
+    /// or lie inside one of its inputs (the pool, the reference, the given models): what a run
+    /// writes or clears must never touch what it reads. [`Selector::select`] checks this first.
+    pub fn check_paths(&self, pool: &Path, reference: &Path, out: Option<&Path>) -> Result<(), SelectError> {
+        use crate::path_io::{refuse_output_over_input, Named};
+        let mut inputs = vec![Named::new("the pool", pool), Named::new("the reference", reference)];
+        if let Some(m) = &self.config.raw.proxy.model {
+            inputs.push(Named::new("the proxy model", m));
+        }
+        if let Some(m) = &self.config.raw.embed.model {
+            inputs.push(Named::new("the embedding model", m));
+        }
+        let mut outputs = vec![Named::new("the cache", &self.cache)];
+        if let Some(c) = &self.checkpoint {
+            outputs.push(Named::new("the checkpoint", c));
+        }
+        if let Some(o) = out {
+            outputs.push(Named::new("the output folder", o));
+        }
+        refuse_output_over_input(&outputs, &inputs)?;
+        crate::path_io::check_output_folder("the cache", &self.cache)?;
+        if let Some(o) = out {
+            crate::path_io::check_output_folder("the output folder", o)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `out` ready for this run's [`Selection::write`]: checked against the inputs
+    /// ([`Selector::check_paths`]), created, and cleared of an earlier run's outputs (only the
+    /// files a selection writes; the checkpoint stays), so that a run that stops early cannot leave
+    /// an older selection to be taken for its own.
+    pub fn prepare_out(&self, pool: &Path, reference: &Path, out: &Path) -> Result<(), SelectError> {
+        self.check_paths(pool, reference, Some(out))?;
+        std::fs::create_dir_all(out).map_err(crate::path_io::at(out))?;
+        Selection::clear_outputs(out)
+    }
+
     /// Runs every stage (reusing cached ones) and the bandit until the budget is met, the pool
     /// is exhausted, or the observer stops the run ([`SelectError::Interrupted`]).
     pub fn select(

@@ -72,6 +72,7 @@ pub(super) fn run(
     observer: &mut dyn Observer,
     executor: &mut dyn Executor,
 ) -> Result<Selection, SelectError> {
+    selector.check_paths(pool, reference, None)?;
     let cfg = &selector.config;
     let mut cache = StageCache::open(&selector.cache)?;
     let inputs = read_inputs(cfg, pool, reference, &selector.cache, &mut cache, observer)?;

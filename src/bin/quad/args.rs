@@ -588,3 +588,110 @@ pub fn command() -> clap::Command {
         c
     })
 }
+
+impl Command {
+    /// What the command writes (`outputs`) and reads (`inputs`), each with its flag: checked
+    /// before anything is written or removed, so that no output can replace or clear an input.
+    pub fn check_paths(&self) -> Result<()> {
+        use quad_select::path_io::{check_output_folder, refuse_output_over_input, Named};
+        let n = Named::new;
+        // `eval run` reads the manifest beside the selection (for k) when there is one.
+        let manifest = match self {
+            Command::Eval(EvalCommand::Run { selection, .. }) => Some(selection.with_file_name("manifest.json")),
+            _ => None,
+        };
+        let mut inputs: Vec<Named<'_>> = Vec::new();
+        let mut outputs: Vec<Named<'_>> = Vec::new();
+        let mut folders: Vec<Named<'_>> = Vec::new();
+        match self {
+            Command::Select(a) => {
+                inputs.extend([n("--input", &a.input), n("--reference", &a.reference)]);
+                inputs.extend(a.config.as_deref().map(|p| n("--config", p)));
+                inputs.extend(a.model.as_deref().map(|p| n("--model", p)));
+                inputs.extend(a.embed_model.as_deref().map(|p| n("--embed-model", p)));
+                outputs.extend([n("--out", &a.out), n("--cache", &a.cache)]);
+                folders.extend([n("--out", &a.out), n("--cache", &a.cache)]);
+            }
+            Command::Eval(EvalCommand::Split { corpus, out, .. }) => {
+                inputs.push(n("--input", &corpus.input));
+                outputs.push(n("--out", out));
+                folders.push(n("--out", out));
+            }
+            Command::Eval(EvalCommand::Run {
+                selection,
+                reference,
+                split,
+                out,
+                ..
+            }) => {
+                inputs.extend([n("--selection", selection), n("--split", split)]);
+                inputs.extend(reference.iter().map(|r| n("--reference", r)));
+                inputs.extend(manifest.as_deref().map(|p| n("the manifest beside --selection", p)));
+                outputs.extend(out.iter().map(|o| n("--out", o)));
+            }
+            Command::Embed { corpus, embedder, out } => {
+                inputs.push(n("--input", &corpus.input));
+                inputs.extend(embedder.model.as_deref().map(|p| n("--model", p)));
+                outputs.push(n("--out", out));
+                folders.push(n("--out", out));
+            }
+            Command::Cluster {
+                corpus,
+                embedder,
+                embeddings,
+                out,
+                ..
+            } => {
+                inputs.push(n("--input", &corpus.input));
+                inputs.extend(embedder.model.as_deref().map(|p| n("--model", p)));
+                inputs.extend(embeddings.as_deref().map(|p| n("--embeddings", p)));
+                outputs.push(n("--out", out));
+                folders.push(n("--out", out));
+            }
+            Command::Proxy(ProxyCommand::Train { corpus, proxy, out }) => {
+                inputs.push(n("--input", &corpus.input));
+                inputs.extend(proxy.tokenizer.as_deref().map(|p| n("--tokenizer", p)));
+                outputs.push(n("--out", out));
+                folders.push(n("--out", out));
+            }
+            Command::Factors { corpus, model, out, .. } => {
+                inputs.extend([n("--input", &corpus.input), n("--model", model)]);
+                outputs.push(n("--out", out));
+                folders.push(n("--out", out));
+            }
+            Command::Influence {
+                corpus,
+                model,
+                factors,
+                reference,
+                out,
+                ..
+            } => {
+                inputs.extend([
+                    n("--input", &corpus.input),
+                    n("--model", model),
+                    n("--factors", factors),
+                    n("--reference", reference),
+                ]);
+                outputs.push(n("--out", out));
+            }
+            Command::Validate {
+                corpus,
+                reference,
+                model,
+                out,
+                ..
+            } => {
+                inputs.extend([n("--input", &corpus.input), n("--reference", reference)]);
+                inputs.extend(model.as_deref().map(|p| n("--model", p)));
+                outputs.push(n("--out", out));
+                folders.push(n("--out", out));
+            }
+        }
+        refuse_output_over_input(&outputs, &inputs)?;
+        for f in folders {
+            check_output_folder(f.flag, f.path)?;
+        }
+        Ok(())
+    }
+}

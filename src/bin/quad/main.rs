@@ -75,6 +75,7 @@ mod tests {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    cli.command.check_paths()?;
     match cli.command {
         Command::Select(args) => commands::select::run(&args),
         Command::Eval(cmd) => commands::eval::run(cmd),

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use quad_select::bandit::{Budget, StopReason};
-use quad_select::select::{rounds_done, SelectError, Selection, Selector};
+use quad_select::select::{rounds_done, SelectError, Selector};
 
 use crate::args::SelectArgs;
 use crate::progress::{stop_on_ctrl_c, CliObserver};
@@ -16,12 +16,10 @@ pub fn run(args: &SelectArgs) -> Result<()> {
         (None, Some(d)) => Budget::Documents(d),
         (None, None) => bail!("give --budget-tokens or --budget-docs"),
     };
-    std::fs::create_dir_all(&args.out).map_err(quad_select::path_io::at(&args.out))?;
-    // An older selection in --out must not survive a run that stops early.
-    Selection::clear_outputs(&args.out)?;
     let selector = Selector::new(config)
         .cache(&args.cache)
         .checkpoint(args.out.join("checkpoint.json"), args.resume);
+    selector.prepare_out(&args.input, &args.reference, &args.out)?;
     stop_on_ctrl_c();
     let mut observer = CliObserver::new();
     let started = Instant::now();
