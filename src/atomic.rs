@@ -18,7 +18,9 @@ impl AtomicFile {
             _ => Path::new("."),
         };
         std::fs::create_dir_all(dir)?;
+        let prefix = temp_prefix();
         let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(TEMP_SUFFIX);
         // Mode 0666 at open(2), so the kernel applies the user's umask as for any file the user
         // writes (tempfile's default, 0600, would make outputs private whatever the umask).
         #[cfg(unix)]
@@ -67,6 +69,67 @@ pub fn sync_parent(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Every temporary this crate writes is named `.quad-PID-….tmp`: the process that owns it can be
+/// told from its name, so a later run removes what a killed one left ([`remove_stale_temporaries`]).
+pub const TEMP_PREFIX: &str = ".quad-";
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// `.quad-PID-`: the start of this process's temporaries' names.
+pub fn temp_prefix() -> String {
+    format!("{TEMP_PREFIX}{}-", std::process::id())
+}
+
+/// The process id in a temporary's name, if the name is one of ours.
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    if !name.ends_with(TEMP_SUFFIX) {
+        return None;
+    }
+    let (pid, _) = rest.split_once('-')?;
+    pid.parse().ok()
+}
+
+/// Whether a process with this id runs (a pid reused by another process counts as alive: its
+/// temporaries are kept, never removed while their owner might write them).
+fn alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+        // Signal 0 checks that the process exists; EPERM means it exists under another user.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    true
+}
+
+/// Removes the temporaries (files and folders named by [`temp_prefix`]) that processes no longer
+/// running left in `dir` and in its sub-folders, `depth` levels down; returns how many. A killed
+/// run leaves them (an atomic file's partial bytes, a half-trained model's scratch folder) and
+/// nothing else ever would.
+pub fn remove_stale_temporaries(dir: &Path, depth: usize) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        match temp_owner(&name) {
+            Some(pid) if !alive(pid) => {
+                let gone = if is_dir { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+                removed += usize::from(gone.is_ok());
+            }
+            Some(_) => {}
+            None if is_dir && depth > 0 => removed += remove_stale_temporaries(&e.path(), depth - 1),
+            None => {}
+        }
+    }
+    removed
+}
+
 /// Writes `path` atomically with the bytes `write` produces.
 pub fn write_atomic<F>(path: &Path, write: F) -> io::Result<()>
 where
@@ -105,6 +168,28 @@ mod tests {
         write_string_atomic(&p, "x").unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask, "mode {mode:o} under umask {umask:o}");
+    }
+
+    #[test]
+    fn only_dead_processes_temporaries_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("embed-x");
+        std::fs::create_dir_all(&sub).unwrap();
+        // A pid above the kernel's limit (2^22) belongs to no process.
+        let dead = format!("{TEMP_PREFIX}99999999-abc{TEMP_SUFFIX}");
+        let mine = format!("{}abc{TEMP_SUFFIX}", temp_prefix());
+        std::fs::write(sub.join(&dead), "partial").unwrap();
+        std::fs::create_dir_all(dir.path().join(&dead)).unwrap();
+        std::fs::write(dir.path().join(&dead).join("model.safetensors"), "x").unwrap();
+        std::fs::write(sub.join(&mine), "mine").unwrap();
+        std::fs::write(sub.join("ids.jsonl"), "kept").unwrap();
+        std::fs::write(dir.path().join(".tmp-not-ours.tmp"), "kept").unwrap();
+        assert_eq!(remove_stale_temporaries(dir.path(), 1), 2);
+        assert!(!sub.join(&dead).exists() && !dir.path().join(&dead).exists());
+        assert!(sub.join(&mine).exists() && sub.join("ids.jsonl").exists());
+        assert!(dir.path().join(".tmp-not-ours.tmp").exists());
+        assert_eq!(temp_owner(&mine), Some(std::process::id()));
+        assert_eq!(temp_owner("ids.jsonl"), None);
     }
 
     #[test]

@@ -166,32 +166,94 @@ fn solo_run(dir: &Path) -> (Duration, Vec<u8>) {
     (started.elapsed(), std::fs::read(solo.join("selected.jsonl")).unwrap())
 }
 
+/// Files and folders under `dir` whose names mark them as temporaries.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") || name.starts_with(".tmp") {
+                found.push(e.path());
+            } else if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
 #[test]
-fn killed_anywhere_then_resumed_gives_the_same_bytes() {
+fn killed_anywhere_then_rerun_or_resumed_gives_the_same_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let (wall, expected) = solo_run(tmp.path());
-    // SIGKILL at eight moments spread over a run on a fresh cache (reading, embedding, proxy
-    // training, factors, the bandit, writing), then --resume: the same selection, byte for byte.
+    // SIGKILL on a fresh cache at 20 moments 50 ms apart over the first second (reading,
+    // embedding, the first cache entries: where a poisoned cache was found) and at 8 spread over
+    // the whole run (proxy training, factors, the bandit, writing). Mid-run kills are continued
+    // with --resume; every kill is then followed by a plain rerun. Always the same selection, byte
+    // for byte, and no temporary left in the cache or the output.
+    let early = (1..=20u64).map(|j| j * 50);
+    let spread = (1..=8u32).map(|j| (wall * j / 9).as_millis() as u64);
     let mut killed_mid_run = 0;
-    for (i, ms) in (1..=8u32).map(|j| (wall * j / 9).as_millis() as u64).enumerate() {
+    for (i, ms) in early.chain(spread).enumerate() {
         let cache = tmp.path().join(format!("cache{i}"));
         let out = tmp.path().join(format!("out{i}"));
         let mut child = select_cmd(&cache, &out, &[]).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(ms));
         let _ = child.kill();
         let _ = child.wait();
-        if out.join("manifest.json").exists() {
-            // It had finished: nothing to resume.
-            assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "kill at {ms} ms");
-            continue;
+        if !out.join("manifest.json").exists() {
+            killed_mid_run += 1;
+            if i % 2 == 1 {
+                // (A kill between the last two renames may leave a selected.jsonl without its
+                // manifest: the manifest, written last, is what marks a finished selection.)
+                run_ok(select_cmd(&cache, &out, &["--resume"]));
+                assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "kill at {ms} ms, --resume");
+            }
         }
-        killed_mid_run += 1;
-        // (A kill between the last two renames may leave a selected.jsonl without its manifest:
-        // the manifest, written last, is what marks a finished selection.)
-        run_ok(select_cmd(&cache, &out, &["--resume"]));
-        assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "kill at {ms} ms");
+        run_ok(select_cmd(&cache, &out, &[]));
+        assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "kill at {ms} ms, rerun");
+        let left = [temporaries(&cache), temporaries(&out)].concat();
+        assert!(left.is_empty(), "kill at {ms} ms: temporaries left after the rerun: {left:?}");
     }
-    assert!(killed_mid_run >= 4, "only {killed_mid_run} of 8 kills landed before the run ended ({wall:?})");
+    assert!(killed_mid_run >= 20, "only {killed_mid_run} of 28 kills landed before the run ended ({wall:?})");
+}
+
+#[test]
+fn a_damaged_cache_entry_of_every_kind_is_computed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, expected) = solo_run(tmp.path());
+    let cache = tmp.path().join("solo-cache");
+    let entry = |prefix: &str| {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} entry"))
+    };
+    // What a kill, a full disk or a hand edit leaves: each entry's marker present, its content not.
+    std::fs::remove_file(entry("embed-").join("ids.jsonl")).unwrap();
+    std::fs::write(entry("cluster-"), "{").unwrap();
+    std::fs::write(entry("proxy-").join("model.safetensors"), b"\x08\0\0\0").unwrap();
+    std::fs::write(entry("factors-").join("factors.safetensors"), b"").unwrap();
+    std::fs::write(entry("refgrad-"), b"not safetensors").unwrap();
+    // And temporaries of processes that no longer run (no pid reaches 99999999).
+    std::fs::write(entry("embed-").join(".quad-99999999-ids.tmp"), b"partial").unwrap();
+    std::fs::create_dir_all(cache.join(".quad-99999999-proxy-x.tmp")).unwrap();
+    let out = tmp.path().join("again");
+    let o = select_cmd(&cache, &out, &[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected);
+    for prefix in ["embed-", "cluster-", "proxy-", "factors-", "refgrad-"] {
+        let said = stderr.lines().filter(|l| l.contains("could not be loaded") && l.contains(prefix)).count();
+        assert_eq!(said, 1, "{prefix}: said {said} times:\n{stderr}");
+    }
+    assert!(stderr.contains("removed 2 temporaries"), "{stderr}");
+    assert!(temporaries(&cache).is_empty(), "{:?}", temporaries(&cache));
+    // Repaired: the next run loads every entry.
+    let o = select_cmd(&cache, &tmp.path().join("third"), &[]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("could not be loaded"));
 }
 
 #[test]

@@ -74,12 +74,15 @@ pub struct StageCache {
 }
 
 impl StageCache {
-    pub fn open(dir: &Path) -> Result<Self, SelectError> {
+    /// Opens (creates) the cache folder and removes the temporaries that killed runs left there
+    /// (see [`crate::atomic::remove_stale_temporaries`]), returning how many it removed.
+    pub fn open(dir: &Path) -> Result<(Self, usize), SelectError> {
         std::fs::create_dir_all(dir).map_err(at(dir))?;
-        Ok(Self {
+        let removed = crate::atomic::remove_stale_temporaries(dir, 1);
+        Ok((Self {
             dir: dir.to_path_buf(),
             timings: Vec::new(),
-        })
+        }, removed))
     }
 
     /// A folder artifact `NAME-KEY/`, complete when `marker` exists inside it.
@@ -106,8 +109,8 @@ impl StageCache {
         use std::os::unix::fs::PermissionsExt as _;
         // 0777 less the umask, as `create_dir` gives: the folder is renamed into the cache.
         tempfile::Builder::new()
-            .prefix(prefix)
-            .suffix(".tmp")
+            .prefix(&format!("{}{prefix}", crate::atomic::temp_prefix()))
+            .suffix(crate::atomic::TEMP_SUFFIX)
             .permissions(std::fs::Permissions::from_mode(0o777))
             .tempdir_in(&self.dir)
             .map_err(|e| SelectError::Io(crate::path_io::PathIoError::new(&self.dir, e)))
@@ -126,16 +129,47 @@ impl StageCache {
         load: impl FnOnce(&Path) -> Result<T, SelectError>,
         compute: impl FnOnce(Option<&Path>, &mut dyn Observer) -> Result<T, SelectError>,
     ) -> Result<T, SelectError> {
-        let cached = artifact.is_some_and(|a| a.marker.exists());
+        let mut cached = artifact.is_some_and(|a| a.marker.exists());
         // Announcing a stage never stops it: stopping is honoured between stages.
         let _ = observer.event(Event::Stage { name: label, cached });
         let started = StageClock::start();
         let value = match artifact {
-            Some(a) if cached => load(&a.path)?,
+            Some(a) if cached => match load(&a.path) {
+                Ok(v) => v,
+                // A complete-looking entry that does not load (edited, truncated, from another
+                // version) is absent: computed again, never an error.
+                Err(e) => {
+                    cached = false;
+                    self.discard(observer, a, &e)?;
+                    compute(Some(&a.path), observer)?
+                }
+            },
             _ => compute(artifact.map(|a| a.path.as_path()), observer)?,
         };
         self.finish(observer, stage, started, cached, key)?;
         Ok(value)
+    }
+
+    /// Removes a cache entry that failed to load, saying so once: it is first renamed to a
+    /// temporary name of this process (so a run that shares the cache never sees it half
+    /// removed), then deleted.
+    pub fn discard(&self, observer: &mut dyn Observer, artifact: &Artifact, why: &dyn std::fmt::Display) -> Result<(), SelectError> {
+        let note = format!("cache entry {} could not be loaded ({why}); computing it again", artifact.path.display());
+        let _ = observer.event(Event::Note(&note));
+        let aside = self.dir.join(format!(
+            "{}discarded-{}{}",
+            crate::atomic::temp_prefix(),
+            artifact.path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            crate::atomic::TEMP_SUFFIX
+        ));
+        match std::fs::rename(&artifact.path, &aside) {
+            Ok(()) => {}
+            // Another run discarded it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(at(&artifact.path)(e).into()),
+        }
+        let removed = if aside.is_dir() { std::fs::remove_dir_all(&aside) } else { std::fs::remove_file(&aside) };
+        removed.map_err(|e| at(&aside)(e).into())
     }
 
     /// Records a finished stage (also one run outside [`StageCache::stage`]) and lets the

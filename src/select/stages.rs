@@ -74,7 +74,11 @@ pub(super) fn run(
 ) -> Result<Selection, SelectError> {
     selector.check_paths(pool, reference, None)?;
     let cfg = &selector.config;
-    let mut cache = StageCache::open(&selector.cache)?;
+    let (mut cache, stale) = StageCache::open(&selector.cache)?;
+    if stale > 0 {
+        let note = format!("removed {stale} temporaries that killed runs left in {}", selector.cache.display());
+        let _ = observer.event(Event::Note(&note));
+    }
     let inputs = read_inputs(cfg, pool, reference, &selector.cache, &mut cache, observer)?;
     let clusters = cluster_pool(cfg, &inputs, &mut cache, observer, executor)?;
     let proxy = load_proxy(cfg, &inputs, &mut cache, observer)?;
@@ -213,11 +217,20 @@ fn cluster_pool(
     };
     // "unit-rows": the cached matrix holds rows already scaled to unit norm (mapped, not fixed up).
     let embed_key = key_of(&json!(["embed", inputs.corpus_key, embedder_id, "unit-rows"]));
-    let artifact = cache.folder("embed", &embed_key, Embeddings::MATRIX_FILE);
+    // The metadata is written last (after the matrix and the ids): its presence marks a whole entry.
+    let artifact = cache.folder("embed", &embed_key, Embeddings::META_FILE);
     let docs = &inputs.pool;
     // Written to the cache chunk by chunk and read back by blocks: memory does not grow with
     // rows × dim.
-    let emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), |p| Ok(StoredEmbeddings::open(p)?), |p, obs| {
+    // Rows of other documents than this corpus's are no entry of this key: computed again.
+    let load = |p: &Path| -> Result<StoredEmbeddings, SelectError> {
+        let emb = StoredEmbeddings::open(p)?;
+        if emb.ids != docs.ids() {
+            return Err(SelectError::Config(format!("{}: the ids are not this corpus's", p.display())));
+        }
+        Ok(emb)
+    };
+    let emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), load, |p, obs| {
         let embedder = crate::make_embedder(
             raw.embed.model.as_deref(),
             BertOptions {
@@ -240,12 +253,6 @@ fn cluster_pool(
         })?;
         Ok(StoredEmbeddings::open(dir)?)
     })?;
-    if emb.ids != docs.ids() {
-        return Err(SelectError::Config(format!(
-            "cached embeddings in {} do not match the corpus; delete that folder",
-            artifact.path.display()
-        )));
-    }
 
     let key = key_of(&json!(["cluster", embed_key, raw.cluster, cluster::ALGORITHM]));
     let artifact = cache.file("cluster", &key, "json");
@@ -300,6 +307,7 @@ fn load_proxy(
 ) -> Result<Proxy, SelectError> {
     let raw = &cfg.raw;
     let started = StageClock::start();
+    let mut loaded = None;
     let (path, cached) = match &raw.proxy.model {
         Some(m) => {
             let _ = observer.event(Event::Stage {
@@ -311,15 +319,25 @@ fn load_proxy(
         None => {
             let key = key_of(&json!(["proxy", inputs.corpus_key, raw.proxy.train]));
             let artifact = cache.folder("proxy", &key, "model.safetensors");
-            let cached = artifact.marker.exists();
+            let mut cached = artifact.marker.exists();
             let _ = observer.event(Event::Stage {
                 name: "train proxy",
                 cached,
             });
+            if cached {
+                // A cached proxy that does not load is absent: trained again, never an error.
+                match model::load(&artifact.path, DType::F32, &Device::Cpu) {
+                    Ok(l) => loaded = Some(l),
+                    Err(e) => {
+                        cache.discard(observer, &artifact, &e)?;
+                        cached = false;
+                    }
+                }
+            }
             if !cached {
                 // Trained into a scratch folder of this run's own, renamed whole: a half-written
                 // proxy is never cached.
-                let scratch = cache.scratch_dir(&format!(".proxy-{key}."))?;
+                let scratch = cache.scratch_dir(&format!("proxy-{key}."))?;
                 let tmp = scratch.path();
                 let steps = raw.proxy.train.steps as u64;
                 let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
@@ -358,7 +376,10 @@ fn load_proxy(
             (artifact.path, cached)
         }
     };
-    let loaded = model::load(&path, DType::F32, &Device::Cpu)?;
+    let loaded = match loaded {
+        Some(l) => l,
+        None => model::load(&path, DType::F32, &Device::Cpu)?,
+    };
     let sha = store::model_fingerprint(&path)?;
     cache.finish(observer, "proxy", started, cached, &sha[..16])?;
     Ok(Proxy { loaded, path, sha })
