@@ -48,6 +48,9 @@ pub enum EmbedError {
     /// The progress callback stopped the run (Ctrl-C).
     #[error("interrupted")]
     Interrupted,
+    /// A setting out of range.
+    #[error("{0}")]
+    Invalid(String),
     /// An executor that embeds elsewhere failed or answered out of shape.
     #[error("embedding executor: {0}")]
     Executor(String),

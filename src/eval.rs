@@ -184,7 +184,21 @@ pub fn write_split(
     dir: &std::path::Path,
 ) -> Result<(usize, usize), ModelError> {
     let labels: Vec<Option<String>> = docs.iter().map(|d| d.field(label_field)).collect();
+    if docs.is_empty() {
+        return Err(ModelError::Config("the corpus has no documents to split".into()));
+    }
+    if labels.iter().all(Option::is_none) {
+        return Err(ModelError::Config(format!(
+            "no document has the label field '{label_field}': name the field holding the domains"
+        )));
+    }
     let (pool, held) = split_heldout(docs, &labels, per_domain, seed);
+    if pool.is_empty() {
+        return Err(ModelError::Config(format!(
+            "all {} documents would be held out ({per_domain} per '{label_field}' value): nothing is left to select from; hold out fewer",
+            docs.len()
+        )));
+    }
     write_parts(docs, dir, [(SPLIT_POOL, &pool), (SPLIT_HELDOUT, &held)])?;
     let texts: Vec<String> = pool.iter().map(|&i| docs[i].text.clone()).collect();
     let tok = crate::model::train::train_bpe(&texts, vocab_size)?;
@@ -250,6 +264,16 @@ pub fn evaluate_many(
     let started = Instant::now();
     let params = ProxyParams { seed, ..params.clone() };
     params.validate()?;
+    // An empty set has no loss: a mean over nothing would print 0.0 (or −0.0) and look measured.
+    if selection.is_empty() {
+        return Err(ModelError::Config("the selection has no documents to train on".into()));
+    }
+    if let Some(i) = references.iter().position(|r| r.is_empty()) {
+        return Err(ModelError::Config(format!("reference set {} of {} has no documents", i + 1, references.len())));
+    }
+    if heldout.is_empty() {
+        return Err(ModelError::Config("the held-out set has no documents".into()));
+    }
     let eos = tokenizer.token_to_id(EOS).unwrap_or(0);
     let train = stream(&tokenize(tokenizer, selection)?, eos);
     let mut config = LlamaConfig::small(

@@ -61,6 +61,9 @@ pub fn make_embedder(
 ) -> Result<Box<dyn embed::Embedder>, embed::EmbedError> {
     Ok(match model_dir {
         Some(dir) => Box::new(embed::BertEmbedder::load(dir, bert)?),
+        None if hashing_dim == 0 => {
+            return Err(embed::EmbedError::Invalid("the hashing dimension must be at least 1".into()))
+        }
         None => Box::new(embed::HashingEmbedder::new(hashing_dim)),
     })
 }

@@ -648,3 +648,19 @@ fn the_default_estimator_is_not_written_into_parameters() {
     let zero: BanditParams = toml::from_str("estimator = { knn = { k = 0 } }").unwrap();
     assert!(zero.check().is_err());
 }
+
+#[test]
+fn a_calibration_sample_of_equal_scores_is_an_error() {
+    // What an infinite damping gave: every score 0.0, nothing to standardise by.
+    let (prob, _) = ranked_arms(4, 20, Budget::Documents(10));
+    let mut zeros = |idx: &[usize]| Ok::<_, String>(vec![0.0; idx.len()]);
+    let mut bandit = Bandit::new(BanditParams { calibration: 16, ..Default::default() }.check().unwrap(), prob).unwrap();
+    let e = loop {
+        match bandit.step(&mut zeros) {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the run finished on equal scores"),
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(e.contains("all equal"), "{e}");
+}

@@ -483,3 +483,265 @@ fn a_full_disk_is_an_error_that_names_the_file() {
     run_ok(cmd("after", None));
     assert_eq!(std::fs::read(tmp.path().join("after/selected.jsonl")).unwrap(), solo);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Edited and damaged checkpoints: resumed to the uninterrupted bytes, or refused with an error
+// naming the checkpoint; never a panic, never other bytes.
+
+/// A finished run on a cache of its own (shared by the checkpoint tests): its folder, cache,
+/// out folder and checkpoint bytes.
+fn finished_run() -> &'static (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
+    static RUN: std::sync::OnceLock<(tempfile::TempDir, PathBuf, PathBuf, Vec<u8>)> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cache, out) = (tmp.path().join("cache"), tmp.path().join("out"));
+        run_ok(select_cmd(&cache, &out, &[]));
+        let bytes = std::fs::read(out.join("checkpoint.json")).unwrap();
+        (tmp, cache, out, bytes)
+    })
+}
+
+/// Resumes from `checkpoint` (bytes) in a fresh out folder: `Ok(selected.jsonl)` or `Err(stderr)`;
+/// a panic (exit 101) or any other exit status fails the test.
+fn resume_from(checkpoint: &[u8]) -> Result<Vec<u8>, String> {
+    let (tmp, cache, _, _) = finished_run();
+    let out = tempfile::tempdir_in(tmp.path()).unwrap();
+    std::fs::write(out.path().join("checkpoint.json"), checkpoint).unwrap();
+    let o = select_cmd(cache, out.path(), &["--resume"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    match o.status.code() {
+        Some(0) => Ok(std::fs::read(out.path().join("selected.jsonl")).unwrap()),
+        Some(1) => Err(stderr),
+        other => panic!("exit {other:?} resuming an edited checkpoint:\n{stderr}"),
+    }
+}
+
+/// The checkpoint's own checksum recomputed after an edit (what a deliberate forger would do):
+/// the state checks behind the checksum must still catch the edit.
+fn rehash(v: &mut serde_json::Value) {
+    let body = serde_json::json!({"request": v["request"], "run_key": v["run_key"], "state": v["state"]});
+    v["sha256"] = serde_json::json!(quad_select::hash::sha256_hex(body.to_string().as_bytes()));
+}
+
+#[test]
+fn an_edited_checkpoint_is_refused_with_the_field_named() {
+    let (_, _, out, bytes) = finished_run();
+    let expected = std::fs::read(out.join("selected.jsonl")).unwrap();
+    assert_eq!(resume_from(bytes).unwrap(), expected, "the unedited checkpoint resumes to the same bytes");
+    let original: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: &[(&str, Edit, &str)] = &[
+        ("an arm added", |s| {
+            let arm = s["arms"][0].clone();
+            s["arms"].as_array_mut().unwrap().push(arm);
+        }, "arms:"),
+        ("an arm removed", |s| { s["arms"].as_array_mut().unwrap().pop(); }, "arms:"),
+        ("scores shortened", |s| s["scores"]["len"] = serde_json::json!(3), "scores"),
+        ("taken shortened", |s| s["taken"]["len"] = serde_json::json!(3), "taken"),
+        ("a selected document out of range", |s| s["selected"][0]["doc"] = serde_json::json!(1_000_000), "selected[0].doc"),
+        ("a selected cluster out of range", |s| s["selected"][0]["cluster"] = serde_json::json!(99), "selected[0].cluster"),
+        ("docs_selected", |s| s["docs_selected"] = serde_json::json!(95), "docs_selected"),
+        ("tokens_selected", |s| s["tokens_selected"] = serde_json::json!(5), "tokens_selected"),
+        ("budget_met with the budget not met", |s| {
+            s["selected"].as_array_mut().unwrap().truncate(2);
+            s["stop"] = serde_json::json!("budget_met");
+        }, "checkpoint"),
+        ("round 2^63", |s| s["round"] = serde_json::json!(1u64 << 63), "round"),
+        ("a non-finite calibration", |s| s["calibration"] = serde_json::json!([0.0, 0.0]), "calibration"),
+    ];
+    let mut failures = Vec::new();
+    for (name, edit, says) in edits {
+        for forged in [false, true] {
+            let mut v = original.clone();
+            edit(&mut v["state"]);
+            if forged {
+                rehash(&mut v);
+            }
+            match resume_from(v.to_string().as_bytes()) {
+                Ok(_) => failures.push(format!("{name} (checksum {}): resumed", if forged { "forged" } else { "stale" })),
+                Err(e) => {
+                    let want = if forged { *says } else { "checksum" };
+                    if !e.contains("checkpoint.json") || !e.contains(want) {
+                        failures.push(format!("{name}: wanted «{want}» and the checkpoint named in:\n{e}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every leaf of a JSON value, as a path of keys and indices.
+fn leaves(v: &serde_json::Value, at: Vec<serde_json::Value>, out: &mut Vec<Vec<serde_json::Value>>) {
+    match v {
+        serde_json::Value::Object(m) => m.iter().for_each(|(k, x)| leaves(x, [at.clone(), vec![serde_json::json!(k)]].concat(), out)),
+        serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| leaves(x, [at.clone(), vec![serde_json::json!(i)]].concat(), out)),
+        _ => out.push(at),
+    }
+}
+
+fn at_path<'a>(v: &'a mut serde_json::Value, path: &[serde_json::Value]) -> &'a mut serde_json::Value {
+    path.iter().fold(v, |v, p| match p {
+        serde_json::Value::String(k) => &mut v[k.as_str()],
+        p => &mut v[p.as_u64().unwrap() as usize],
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes, and the real checkpoint with bytes overwritten or cut.
+    #[test]
+    fn arbitrary_checkpoint_bytes_resume_identically_or_are_refused(
+        random in prop::collection::vec(any::<u8>(), 0..512),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in any::<prop::sample::Index>(),
+        kind in 0..3u8,
+    ) {
+        let (_, _, out, bytes) = finished_run();
+        let expected = std::fs::read(out.join("selected.jsonl")).unwrap();
+        let mut edited = bytes.clone();
+        match kind {
+            0 => edited = random,
+            1 => for (i, b) in &flips { let i = i.index(edited.len()); edited[i] = *b; },
+            _ => edited.truncate(cut.index(edited.len())),
+        }
+        match resume_from(&edited) {
+            Ok(got) => prop_assert_eq!(got, expected),
+            Err(e) => prop_assert!(e.contains("checkpoint.json"), "{}", e),
+        }
+    }
+
+    /// One leaf of the JSON replaced (numbers huge or negative, strings, null), with the
+    /// checksum left alone (refused unless the edit changed nothing) or forged (what passes
+    /// every check may resume, to whatever the forged state says; never a panic).
+    #[test]
+    fn arbitrary_checkpoint_edits_resume_identically_or_are_refused(
+        which in any::<prop::sample::Index>(),
+        value in prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(|x| serde_json::json!(x)),
+            any::<u64>().prop_map(|x| serde_json::json!(x)),
+            (-1e6f64..1e6).prop_map(|x| serde_json::json!(x)),
+            Just(serde_json::json!("budget_met")),
+            Just(serde_json::json!([])),
+            (0u64..64).prop_map(|x| serde_json::json!(x)),
+        ],
+        forged in any::<bool>(),
+    ) {
+        let (_, _, out, bytes) = finished_run();
+        let expected = std::fs::read(out.join("selected.jsonl")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        let mut paths = Vec::new();
+        leaves(&v, Vec::new(), &mut paths);
+        let path = which.get(&paths).clone();
+        let unchanged = *at_path(&mut v, &path) == value;
+        *at_path(&mut v, &path) = value;
+        if forged {
+            rehash(&mut v);
+        }
+        match resume_from(v.to_string().as_bytes()) {
+            Ok(got) if !forged => prop_assert_eq!(got, expected, "edit at {:?} resumed", path),
+            Ok(_) => {}
+            Err(e) => {
+                prop_assert!(e.contains("checkpoint.json"), "{}", e);
+                prop_assert!(forged || !unchanged, "a no-op edit at {:?} was refused: {}", path, e);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values no run can use: refused where they enter, naming the flag, the setting or the file;
+// never a panic (exit 101), never a run that reports success on nothing.
+
+#[test]
+fn unusable_values_are_refused_naming_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let sample = common::repo().join("experiments/data/sample.jsonl");
+    let s = sample.to_str().unwrap().to_string();
+    let reference = common::devil_reference(d);
+    let r = reference.to_str().unwrap().to_string();
+    let dp = |name: &str| d.join(name).to_str().unwrap().to_string();
+    std::fs::write(d.join("empty.jsonl"), "").unwrap();
+    std::fs::write(d.join("hashing0.toml"), "[embed]\nhashing_dim = 0\n").unwrap();
+    std::fs::write(d.join("damping-inf.toml"), "[influence]\ndamping_rel = inf\n").unwrap();
+    std::fs::write(d.join("a-file"), "").unwrap();
+    std::fs::create_dir_all(d.join("folder")).unwrap();
+    std::fs::copy(&sample, d.join("folder/a.jsonl")).unwrap();
+    std::os::unix::fs::symlink(d.join("gone.jsonl"), d.join("folder/b.jsonl")).unwrap();
+    // A real split to evaluate against, and one whose held-out file is empty.
+    common::quad(&["eval", "split", "--input", &s, "--vocab-size", "300", "--heldout-per-domain", "2", "--out", &dp("split")]);
+    std::fs::create_dir_all(d.join("split-noheld")).unwrap();
+    std::fs::copy(d.join("split/tokenizer.json"), d.join("split-noheld/tokenizer.json")).unwrap();
+    std::fs::write(d.join("split-noheld/heldout.jsonl"), "").unwrap();
+    let select = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["select", "--input", &s, "--reference", &r, "--budget-docs", "5", "--cache", &dp("cache")]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        if !extra.contains(&"--out") {
+            a.extend(["--out".to_string(), dp("o")]);
+        }
+        a
+    };
+    let eval_run = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["eval", "run", "--selection", &s, "--quick", "--out", &dp("r.json")].iter().map(|x| x.to_string()).collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let strings = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("embed --hashing-dim 0", strings(&["embed", "--input", &s, "--hashing-dim", "0", "--out", &dp("e")]), "--hashing-dim"),
+        ("cluster --hashing-dim 0", strings(&["cluster", "--input", &s, "--hashing-dim", "0", "--out", &dp("c")]), "--hashing-dim"),
+        ("[embed] hashing_dim = 0", select(&["--config", &dp("hashing0.toml")]), "hashing_dim"),
+        ("proxy train --max-minutes NaN", strings(&["proxy", "train", "--input", &s, "--max-minutes", "NaN", "--out", &dp("p")]), "--max-minutes"),
+        ("proxy train --max-minutes inf", strings(&["proxy", "train", "--input", &s, "--max-minutes", "inf", "--out", &dp("p")]), "--max-minutes"),
+        ("[influence] damping_rel = inf", select(&["--config", &dp("damping-inf.toml")]), "damping_rel"),
+        ("influence --damping-rel inf", strings(&["influence", "--input", &s, "--model", &dp("m"), "--factors", &dp("f"), "--reference", &r, "--damping-rel", "inf", "--out", &dp("i.jsonl")]), "--damping-rel"),
+        ("cluster --tau NaN", strings(&["cluster", "--input", &s, "--tau", "NaN", "--out", &dp("c")]), "--tau"),
+        ("factors --context 1", strings(&["factors", "--input", &s, "--model", &dp("m"), "--context", "1", "--out", &dp("f")]), "--context"),
+        ("factors --fit-docs 0", strings(&["factors", "--input", &s, "--model", &dp("m"), "--fit-docs", "0", "--out", &dp("f")]), "--fit-docs"),
+        ("validate --tokens 1", strings(&["validate", "--input", &s, "--reference", &r, "--tokens", "1", "--out", &dp("v")]), "--tokens"),
+        ("eval run --reference empty", eval_run(&["--reference", &dp("empty.jsonl"), "--split", &dp("split"), "--k", "4"]), "reference set 1 of 1 has no documents"),
+        ("eval run --k 0", eval_run(&["--reference", &r, "--split", &dp("split"), "--k", "0"]), "--k"),
+        ("eval run, an empty held-out set", eval_run(&["--reference", &r, "--split", &dp("split-noheld"), "--k", "4"]), "held-out set has no documents"),
+        ("eval split, an empty input", strings(&["eval", "split", "--input", &dp("empty.jsonl"), "--out", &dp("s1")]), "no documents"),
+        ("eval split, no label field", strings(&["eval", "split", "--input", &s, "--label-field", "nope", "--out", &dp("s2")]), "no document has the label field 'nope'"),
+        ("eval split, everything held out", strings(&["eval", "split", "--input", &s, "--heldout-per-domain", "1000", "--out", &dp("s3")]), "would be held out"),
+        ("eval split --vocab-size 0", strings(&["eval", "split", "--input", &s, "--vocab-size", "0", "--out", &dp("s4")]), "--vocab-size"),
+        ("a dangling symlink in the input folder", strings(&["embed", "--input", &dp("folder"), "--out", &dp("e")]), "symbolic link to nothing"),
+        ("--input /dev/null (a device, as a pipe)", strings(&["embed", "--input", "/dev/null", "--out", &dp("e")]), "not a regular file or folder"),
+        ("--out /dev/null", select(&["--out", "/dev/null"]), "must be a folder"),
+        ("--cache is a file", strings(&["select", "--input", &s, "--reference", &r, "--budget-docs", "5", "--cache", &dp("a-file"), "--out", &dp("o")]), "must be a folder"),
+    ];
+    let mut failures = Vec::new();
+    for (name, args, says) in &cases {
+        let o = Command::new(env!("CARGO_BIN_EXE_quad")).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let ok_code = matches!(o.status.code(), Some(1) | Some(2));
+        if !ok_code || !stderr.contains(says) {
+            failures.push(format!("{name}: exit {:?}, wanted «{says}» in:\n{stderr}", o.status.code()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn a_resume_with_a_changed_flag_is_refused_before_any_work_or_removal() {
+    let (tmp, cache, out, _) = finished_run();
+    let copy = tempfile::tempdir_in(tmp.path()).unwrap();
+    for f in ["selected.jsonl", "manifest.json", "rounds.csv", "clusters.csv", "checkpoint.json"] {
+        std::fs::copy(out.join(f), copy.path().join(f)).unwrap();
+    }
+    let o = select_cmd(cache, copy.path(), &["--resume", "--alpha", "3"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("config.bandit.alpha = 1.0; this run has 3.0"), "{stderr}");
+    assert!(!stderr.contains("embed"), "a stage ran before the refusal:\n{stderr}");
+    for f in ["selected.jsonl", "manifest.json"] {
+        assert_eq!(std::fs::read(copy.path().join(f)).unwrap(), std::fs::read(out.join(f)).unwrap(), "{f} was removed or changed");
+    }
+}

@@ -120,7 +120,7 @@ fn select(
     }
     if let Some(out) = &out {
         selector = selector.checkpoint(out.join("checkpoint.json"), resume);
-        selector.prepare_out(&pool, &reference, out).map_err(err)?;
+        selector.prepare_out(&pool, &reference, budget, out).map_err(err)?;
     }
     let mut interrupted = false;
     let mut remote = match executor {

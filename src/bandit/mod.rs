@@ -508,6 +508,112 @@ pub struct BanditState {
     pub stop: Option<StopReason>,
 }
 
+impl BanditState {
+    /// Checks a state read from a checkpoint against the problem it claims to continue: every
+    /// size, every index in range, and the sums the state carries twice (documents and tokens
+    /// selected, documents scored, per-arm counts) agreeing. A state the bandit wrote always
+    /// passes; an edited one is refused with the field named, never continued into wrong output.
+    pub fn check(&self, problem: &Problem) -> Result<(), BanditError> {
+        let bad = |field: &str, why: String| Err(BanditError::Checkpoint(format!("{field}: {why}")));
+        let (n, k) = (problem.tokens.len(), problem.k());
+        if self.arms.len() != k {
+            return bad("arms", format!("{} arms for {k} clusters", self.arms.len()));
+        }
+        if self.scores.len() != n {
+            return bad("scores", format!("{} entries for {n} documents", self.scores.len()));
+        }
+        if self.taken.len() != n {
+            return bad("taken", format!("{} entries for {n} documents", self.taken.len()));
+        }
+        if let Some((d, _)) = self.scores.iter().enumerate().find(|(_, s)| s.is_some_and(|x| !x.is_finite())) {
+            return bad("scores", format!("document {d} has a non-finite score"));
+        }
+        if let Some((median, std)) = self.calibration {
+            if !(median.is_finite() && std.is_finite() && std > 0.0) {
+                return bad("calibration", format!("({median}, {std}) is no median and positive spread"));
+            }
+        }
+        let scored = self.scores.iter().filter(|s| s.is_some()).count();
+        if self.documents_scored != scored {
+            return bad("documents_scored", format!("{} but {scored} documents carry scores", self.documents_scored));
+        }
+        let mut seen = vec![false; n];
+        let (mut taken_per_arm, mut scored_per_arm) = (vec![0usize; k], vec![0usize; k]);
+        let mut tokens = 0usize;
+        for (i, s) in self.selected.iter().enumerate() {
+            if s.doc >= n {
+                return bad(&format!("selected[{i}].doc"), format!("{} is out of range (the pool has {n} documents)", s.doc));
+            }
+            if s.cluster != problem.cluster[s.doc] {
+                return bad(&format!("selected[{i}].cluster"), format!("{} but document {} is in cluster {}", s.cluster, s.doc, problem.cluster[s.doc]));
+            }
+            if std::mem::replace(&mut seen[s.doc], true) {
+                return bad(&format!("selected[{i}].doc"), format!("document {} is selected twice", s.doc));
+            }
+            if !self.taken[s.doc] {
+                return bad("taken", format!("selected document {} is not marked taken", s.doc));
+            }
+            if s.round >= self.rounds.len().max(1) {
+                return bad(&format!("selected[{i}].round"), format!("{} but the state has {} rounds", s.round, self.rounds.len()));
+            }
+            taken_per_arm[s.cluster] += 1;
+            tokens = tokens.saturating_add(problem.tokens[s.doc]);
+        }
+        if self.taken.iter().filter(|&&t| t).count() != self.selected.len() {
+            return bad("taken", format!("{} documents marked taken, {} selected", self.taken.iter().filter(|&&t| t).count(), self.selected.len()));
+        }
+        if self.docs_selected != self.selected.len() {
+            return bad("docs_selected", format!("{} but {} documents are selected", self.docs_selected, self.selected.len()));
+        }
+        if self.tokens_selected != tokens {
+            return bad("tokens_selected", format!("{} but the selected documents hold {tokens} tokens", self.tokens_selected));
+        }
+        for (d, s) in self.scores.iter().enumerate() {
+            if s.is_some() {
+                scored_per_arm[problem.cluster[d]] += 1;
+            }
+        }
+        for (c, a) in self.arms.iter().enumerate() {
+            if a.taken != taken_per_arm[c] {
+                return bad(&format!("arms[{c}].taken"), format!("{} but {} of its documents are selected", a.taken, taken_per_arm[c]));
+            }
+            if a.scored != scored_per_arm[c] {
+                return bad(&format!("arms[{c}].scored"), format!("{} but {} of its documents carry scores", a.scored, scored_per_arm[c]));
+            }
+            if !(a.reward_sum.is_finite() && a.score_sum.is_finite() && a.last_reward.is_none_or(f64::is_finite)) {
+                return bad(&format!("arms[{c}]"), "a reward or score sum is not finite".into());
+            }
+        }
+        if self.round != self.rounds.len() {
+            return bad("round", format!("{} but the state logs {} rounds", self.round, self.rounds.len()));
+        }
+        for (i, r) in self.rounds.iter().enumerate() {
+            if r.round != i {
+                return bad(&format!("rounds[{i}].round"), format!("{}", r.round));
+            }
+            if let Some(c) = r.picks.iter().filter_map(|p| p.arm).find(|&c| c >= k) {
+                return bad(&format!("rounds[{i}].picks"), format!("arm {c} is out of range ({k} clusters)"));
+            }
+        }
+        if let Some(last) = self.rounds.last() {
+            if (last.docs_selected, last.tokens_selected) != (self.docs_selected, self.tokens_selected) {
+                return bad("rounds", "the last round's totals differ from the state's".into());
+            }
+        }
+        if k > 0 && self.next_arm >= k {
+            return bad("next_arm", format!("{} is out of range ({k} clusters)", self.next_arm));
+        }
+        let used = match problem.budget {
+            Budget::Documents(_) => self.docs_selected,
+            Budget::Tokens(_) => self.tokens_selected,
+        };
+        if self.stop == Some(StopReason::BudgetMet) && used < problem.budget.limit() {
+            return bad("stop", format!("budget_met, but {used} of {} is used", problem.budget.limit()));
+        }
+        Ok(())
+    }
+}
+
 /// `Vec<Option<f64>>` as `{"len": n, "set": [[i, x], …]}`.
 mod sparse_scores {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -527,7 +633,7 @@ mod sparse_scores {
         let sparse = Sparse::deserialize(d)?;
         let mut v = vec![None; sparse.len];
         for (i, x) in sparse.set {
-            *v.get_mut(i).ok_or_else(|| serde::de::Error::custom(format!("index {i} ≥ {}", sparse.len)))? = Some(x);
+            *v.get_mut(i).ok_or_else(|| serde::de::Error::custom(format!("scores: document {i} is out of range (len {})", sparse.len)))? = Some(x);
         }
         Ok(v)
     }
@@ -552,7 +658,7 @@ mod sparse_flags {
         let sparse = Sparse::deserialize(d)?;
         let mut v = vec![false; sparse.len];
         for i in sparse.set {
-            *v.get_mut(i).ok_or_else(|| serde::de::Error::custom(format!("index {i} ≥ {}", sparse.len)))? = true;
+            *v.get_mut(i).ok_or_else(|| serde::de::Error::custom(format!("taken: document {i} is out of range (len {})", sparse.len)))? = true;
         }
         Ok(v)
     }
@@ -630,6 +736,7 @@ impl Bandit {
         if state.problem != problem.fingerprint() {
             return Err(BanditError::Checkpoint("it was made on another pool, clustering or budget".into()));
         }
+        state.check(&problem)?;
         let mut state = state;
         if state.stop == Some(StopReason::Interrupted) {
             state.stop = None;
@@ -958,6 +1065,16 @@ impl Bandit {
         };
         let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+        // Equal scores leave nothing to standardise by (an infinite damping zeroes every score):
+        // an error, not a run that ranks by noise and reports success. Fewer than two scores
+        // (a pool of one scorable document) have no spread to measure; unit spread stands in.
+        if v.len() >= 2 && !(var > 0.0) {
+            return Err(BanditError::Scorer(format!(
+                "the {} scores of the calibration sample are all equal ({}): nothing to standardise by; check the reference set and the damping",
+                v.len(),
+                v[0]
+            )));
+        }
         let std = if var.sqrt() > 0.0 { var.sqrt() } else { 1.0 };
         self.state.calibration = Some((median, std));
         Ok(())

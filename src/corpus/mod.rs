@@ -62,6 +62,12 @@ pub enum CorpusError {
     UnsupportedFile { path: PathBuf },
     #[error("{path}: no corpus files (.jsonl, .jsonl.gz, .jsonl.zst, .parquet) in this folder")]
     EmptyFolder { path: PathBuf },
+    /// A pipe, a device or standard input: a corpus is read more than once (ids, then texts by
+    /// position), so it must be a file that can be opened again.
+    #[error("{path}: not a regular file or folder (a pipe, a device or standard input?); quad reads a corpus more than once, so write the stream to a file and give that")]
+    NotAFile { path: PathBuf },
+    #[error("{path}: a symbolic link to nothing ({target}); remove it or point it at a corpus file")]
+    DanglingLink { path: PathBuf, target: PathBuf },
     #[error("document {id:?} is not in {path}")]
     MissingId { id: String, path: PathBuf },
     #[error("{path} does not hold the documents these rows were made from: {what}")]
@@ -239,6 +245,9 @@ const FIRST_SKIPS_KEPT: usize = 5;
 pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>, CorpusError> {
     let io = |source| CorpusError::Io(crate::path_io::PathIoError::new(path, source));
     let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() && !meta.is_dir() {
+        return Err(CorpusError::NotAFile { path: path.to_path_buf() });
+    }
     if meta.is_file() {
         if FileKind::of(path).is_none() {
             return Err(CorpusError::UnsupportedFile {
@@ -250,8 +259,20 @@ pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>, CorpusError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path).map_err(io)? {
         let p = entry.map_err(io)?.path();
-        if p.is_file() && FileKind::of(&p).is_some() {
-            files.push(p);
+        if FileKind::of(&p).is_none() {
+            continue;
+        }
+        // A corpus file that cannot be read is an error, whether unreadable or a link to
+        // nothing: never a silent gap in the pool.
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => files.push(p),
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(CorpusError::NotAFile { path: p }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && p.is_symlink() => {
+                let target = std::fs::read_link(&p).unwrap_or_default();
+                return Err(CorpusError::DanglingLink { path: p, target });
+            }
+            Err(e) => return Err(CorpusError::Io(crate::path_io::PathIoError::new(&p, e))),
         }
     }
     files.sort();

@@ -498,6 +498,10 @@ pub enum Damping {
 
 impl Damping {
     pub fn for_block(&self, f: &KroneckerFactors, strategy: Strategy) -> Result<f64, KfacError> {
+        let (Damping::Relative(x) | Damping::Fisher(x) | Damping::Absolute(x)) = *self;
+        if !(x > 0.0 && x.is_finite()) {
+            return Err(KfacError::Damping(x));
+        }
         Ok(match *self {
             Damping::Relative(x) => x * f.eigenvalues(strategy)?.mean().unwrap_or(0.0),
             Damping::Fisher(x) => x * f.eigenvalues(Strategy::Ekfac)?.mean().unwrap_or(0.0),

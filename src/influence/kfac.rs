@@ -50,6 +50,9 @@ pub enum KfacError {
     Empty,
     #[error("EK-FAC eigenvalues were not fitted for this block")]
     NoCorrection,
+    /// A damping that is not a finite number above 0 (infinite damping zeroes every score).
+    #[error("damping must be a finite number above 0 (got {0})")]
+    Damping(f64),
 }
 
 /// Running sums for `A = E_t[a aᵀ]` (over tokens) and `S = E_n[Σ_t g_t g_tᵀ]` (over examples).

@@ -97,8 +97,9 @@ impl ProxyParams {
         if self.steps == 0 || self.batch_size == 0 || self.eval_every == 0 {
             return bad("steps, batch size and eval interval must be positive".into());
         }
-        if !(self.lr > 0.0) || !(self.clip > 0.0) || self.weight_decay < 0.0 {
-            return bad("lr and clip must be positive, weight decay non-negative".into());
+        let finite = self.lr.is_finite() && self.clip.is_finite() && self.weight_decay.is_finite();
+        if !(self.lr > 0.0 && self.clip > 0.0 && self.weight_decay >= 0.0 && finite) {
+            return bad("lr and clip must be finite and positive, weight decay finite and non-negative".into());
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 0.5) {
             return bad("validation fraction must be in (0, 0.5)".into());

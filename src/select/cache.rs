@@ -293,37 +293,115 @@ fn ends_with_newline(f: &std::fs::File) -> std::io::Result<bool> {
     Ok(last[0] == b'\n')
 }
 
-/// The checkpoint file: the run's key and the bandit state after the last finished round.
-#[derive(Serialize, Deserialize)]
+/// The checkpoint file: what the run was asked for (its request: resolved input paths, budget
+/// and every setting, known before any stage runs), the run's key (which also covers the inputs'
+/// contents and every stage's artifact), the bandit state after the last finished round, and a
+/// sha256 of the three. A resumed run is checked against the request before anything is done or
+/// removed, against the key once the stages have run, and the state against the problem it
+/// claims to continue ([`crate::bandit::BanditState::check`]).
 pub struct Checkpoint {
-    pub run_key: String,
-    pub state: BanditState,
+    path: PathBuf,
+    request: serde_json::Value,
+    run_key: String,
+    state: serde_json::Value,
 }
 
+/// The version of the file's layout; another is refused (rerun without --resume).
+const CHECKPOINT_FORMAT: u64 = 2;
+
 impl Checkpoint {
-    /// The state saved at `path` by a run with this key; an error if another run wrote it.
-    pub fn load(path: &Path, run_key: &str) -> Result<BanditState, SelectError> {
-        let text = std::fs::read_to_string(path).map_err(at(path))?;
-        let cp: Checkpoint =
-            serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", path.display())))?;
-        if cp.run_key != run_key {
-            return Err(SelectError::Config(format!(
-                "{} belongs to a run with other inputs or parameters; rerun without --resume to start over",
-                path.display()
-            )));
-        }
-        Ok(cp.state)
+    /// The checksum of a checkpoint's content: sha256 of its request, key and state as compact
+    /// JSON with sorted keys (serde_json's `Value` order), so that reading and writing agree.
+    fn checksum(request: &serde_json::Value, run_key: &str, state: &serde_json::Value) -> String {
+        let body = serde_json::json!({"request": request, "run_key": run_key, "state": state});
+        crate::hash::sha256_hex(body.to_string().as_bytes())
     }
 
-    pub fn save(path: &Path, run_key: &str, state: &BanditState) -> Result<(), SelectError> {
-        // The same JSON as a `Checkpoint`, without copying the state every round.
-        #[derive(Serialize)]
-        struct Borrowed<'a> {
-            run_key: &'a str,
-            state: &'a BanditState,
+    /// Reads a checkpoint and verifies its checksum.
+    pub fn read(path: &Path) -> Result<Self, SelectError> {
+        let refuse = |why: String| {
+            SelectError::Config(format!(
+                "{}: {why}; rerun without --resume to start over",
+                path.display()
+            ))
+        };
+        let bytes = std::fs::read(path).map_err(at(path))?;
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| refuse(format!("not a checkpoint quad wrote ({e})")))?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(refuse("not a checkpoint quad wrote (not a JSON object)".into()));
+        };
+        match obj.get("format").and_then(serde_json::Value::as_u64) {
+            Some(CHECKPOINT_FORMAT) => {}
+            Some(f) => return Err(refuse(format!("checkpoint format {f}, this quad reads format {CHECKPOINT_FORMAT}"))),
+            None => return Err(refuse("written by an older quad (no format field), or not a checkpoint".into())),
         }
-        let json = serde_json::to_string(&Borrowed { run_key, state }).expect("plain data");
-        crate::atomic::write_string_atomic(path, &json).map_err(at(path))?;
+        let mut take = |field: &str| obj.remove(field).ok_or_else(|| refuse(format!("the checkpoint has no `{field}`")));
+        let sha = take("sha256")?;
+        let request = take("request")?;
+        let run_key = take("run_key")?;
+        let state = take("state")?;
+        let run_key = run_key.as_str().ok_or_else(|| refuse("`run_key` is not a string".into()))?.to_string();
+        if sha.as_str() != Some(Self::checksum(&request, &run_key, &state).as_str()) {
+            return Err(refuse("its content does not match its checksum (edited or damaged)".into()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            request,
+            run_key,
+            state,
+        })
+    }
+
+    /// Refuses a checkpoint made for another request, naming the first setting that differs.
+    pub fn check_request(&self, request: &serde_json::Value) -> Result<(), SelectError> {
+        if let Some((field, then, now)) = first_difference(&self.request, request, String::new()) {
+            return Err(SelectError::Config(format!(
+                "{} was made with {field} = {then}; this run has {now}; rerun without --resume to start over",
+                self.path.display()
+            )));
+        }
         Ok(())
+    }
+
+    /// The saved state, when the checkpoint belongs to a run with this key.
+    pub fn into_state(self, run_key: &str) -> Result<BanditState, SelectError> {
+        if self.run_key != run_key {
+            return Err(SelectError::Config(format!(
+                "{} belongs to a run with other inputs or parameters; rerun without --resume to start over",
+                self.path.display()
+            )));
+        }
+        serde_json::from_value(self.state).map_err(|e| SelectError::Config(format!("{}: state: {e}", self.path.display())))
+    }
+
+    pub fn save(path: &Path, request: &serde_json::Value, run_key: &str, state: &BanditState) -> Result<(), SelectError> {
+        let state = serde_json::to_value(state).expect("plain data");
+        let sha256 = Self::checksum(request, run_key, &state);
+        let json = serde_json::json!({
+            "format": CHECKPOINT_FORMAT,
+            "sha256": sha256,
+            "request": request,
+            "run_key": run_key,
+            "state": state,
+        });
+        crate::atomic::write_string_atomic(path, &json.to_string()).map_err(at(path))?;
+        Ok(())
+    }
+}
+
+/// The first place where two JSON values differ: its dotted path and both values.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> Option<(String, String, String)> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                first_difference(x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), path)
+            })
+        }
+        _ if a == b => None,
+        _ => Some((at, a.to_string(), b.to_string())),
     }
 }

@@ -196,8 +196,17 @@ impl SelectConfig {
         if self.factors.fit_docs == 0 || self.factors.context < 2 || self.influence.batch == 0 {
             return Err(SelectError::Config("fit_docs, batch must be positive and context ≥ 2".into()));
         }
-        if !(self.influence.damping_rel > 0.0) {
-            return Err(SelectError::Config("damping_rel must be positive".into()));
+        if !(self.influence.damping_rel > 0.0 && self.influence.damping_rel.is_finite()) {
+            return Err(SelectError::Config(format!(
+                "[influence] damping_rel must be a finite number above 0 (got {})",
+                self.influence.damping_rel
+            )));
+        }
+        if self.embed.hashing_dim == 0 {
+            return Err(SelectError::Config("[embed] hashing_dim must be at least 1".into()));
+        }
+        if self.embed.batch_size == 0 {
+            return Err(SelectError::Config("[embed] batch_size must be at least 1".into()));
         }
         let factors = FactorArguments {
             layers: self.factors.layers.selection(),
@@ -255,5 +264,16 @@ mod tests {
         let mut bad = SelectConfig::default();
         bad.influence.damping_rel = 0.0;
         assert!(bad.check().is_err());
+        for (what, edit) in [
+            ("damping_rel", (|c: &mut SelectConfig| c.influence.damping_rel = f64::INFINITY) as fn(&mut SelectConfig)),
+            ("damping_rel", |c| c.influence.damping_rel = f64::NAN),
+            ("hashing_dim", |c| c.embed.hashing_dim = 0),
+            ("batch_size", |c| c.embed.batch_size = 0),
+        ] {
+            let mut bad = SelectConfig::default();
+            edit(&mut bad);
+            let e = bad.check().unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
     }
 }

@@ -148,12 +148,38 @@ impl Selector {
         Ok(())
     }
 
+    /// What this run asks for, as its checkpoint records it: the inputs (paths resolved), the
+    /// budget and every setting. Known before any stage runs.
+    pub(crate) fn request(&self, pool: &Path, reference: &Path, budget: Budget) -> serde_json::Value {
+        use crate::path_io::resolve;
+        serde_json::json!({
+            "pool": resolve(pool),
+            "reference": resolve(reference),
+            "budget": budget,
+            "config": self.config.raw,
+        })
+    }
+
+    /// With `resume` and a checkpoint present: refuses a checkpoint that is damaged, edited, or
+    /// made for another request (naming the first setting that differs), before any work.
+    pub fn check_resume(&self, pool: &Path, reference: &Path, budget: Budget) -> Result<(), SelectError> {
+        match &self.checkpoint {
+            Some(path) if self.resume && path.exists() => {
+                cache::Checkpoint::read(path)?.check_request(&self.request(pool, reference, budget))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Makes `out` ready for this run's [`Selection::write`]: checked against the inputs
     /// ([`Selector::check_paths`]), created, and cleared of an earlier run's outputs (only the
     /// files a selection writes; the checkpoint stays), so that a run that stops early cannot leave
     /// an older selection to be taken for its own.
-    pub fn prepare_out(&self, pool: &Path, reference: &Path, out: &Path) -> Result<(), SelectError> {
+    /// A resumed run is also checked against its checkpoint's request first
+    /// ([`Selector::check_resume`]): a changed flag is refused before anything is removed.
+    pub fn prepare_out(&self, pool: &Path, reference: &Path, budget: Budget, out: &Path) -> Result<(), SelectError> {
         self.check_paths(pool, reference, Some(out))?;
+        self.check_resume(pool, reference, budget)?;
         std::fs::create_dir_all(out).map_err(crate::path_io::at(out))?;
         Selection::clear_outputs(out)
     }

@@ -73,6 +73,8 @@ pub(super) fn run(
     executor: &mut dyn Executor,
 ) -> Result<Selection, SelectError> {
     selector.check_paths(pool, reference, None)?;
+    selector.check_resume(pool, reference, budget)?;
+    let request = selector.request(pool, reference, budget);
     let cfg = &selector.config;
     let (mut cache, stale) = StageCache::open(&selector.cache)?;
     if stale > 0 {
@@ -111,7 +113,7 @@ pub(super) fn run(
         inner: clusters.embeddings,
         index: tokens.eligible.clone(),
     });
-    let state = run_bandit(selector, problem, features, &run_key, &mut scorer, observer)?;
+    let state = run_bandit(selector, problem, features, (&request, &run_key), &mut scorer, observer)?;
     let (docs_here, tokens_here, seconds_here) = scorer.scored_here;
     let scoring = (docs_here > 0).then(|| report::ScoringThroughput {
         documents: docs_here,
@@ -639,7 +641,7 @@ fn run_bandit(
     selector: &Selector,
     problem: Problem,
     features: Box<dyn crate::bandit::FeatureRows>,
-    run_key: &str,
+    (request, run_key): (&serde_json::Value, &str),
     scorer: &mut Scorer<'_>,
     observer: &mut dyn Observer,
 ) -> Result<BanditState, SelectError> {
@@ -648,9 +650,13 @@ fn run_bandit(
     let checkpoint = selector.checkpoint.as_deref();
     let mut bandit = match checkpoint.filter(|p| selector.resume && p.exists()) {
         Some(path) => {
-            let state = Checkpoint::load(path, run_key)?;
+            let checkpoint = Checkpoint::read(path)?;
+            checkpoint.check_request(request)?;
+            let state = checkpoint.into_state(run_key)?;
             let _ = observer.event(Event::Note(&format!("resuming after {}", super::rounds_done(state.round))));
-            Bandit::resume(params, problem, state)?.with_features(features)?
+            Bandit::resume(params, problem, state)
+                .map_err(|e| SelectError::Config(format!("{}: {e}; rerun without --resume to start over", path.display())))?
+                .with_features(features)?
         }
         None => {
             if selector.resume {
@@ -669,7 +675,7 @@ fn run_bandit(
     let mut failed = None;
     bandit.run(&mut score, |b, log| {
         if let Some(path) = checkpoint {
-            if let Err(e) = Checkpoint::save(path, run_key, b.state()) {
+            if let Err(e) = Checkpoint::save(path, request, run_key, b.state()) {
                 failed = Some(e);
                 return false;
             }
@@ -686,7 +692,7 @@ fn run_bandit(
         return Err(e);
     }
     if let Some(path) = checkpoint {
-        Checkpoint::save(path, run_key, bandit.state())?;
+        Checkpoint::save(path, request, run_key, bandit.state())?;
     }
     Ok(bandit.into_state())
 }

@@ -79,13 +79,13 @@ pub enum Command {
         #[arg(long)]
         no_per_head: bool,
         /// Documents sampled from the pool to fit the factors.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = at_least::<1>)]
         fit_docs: usize,
         /// Tokens of each fitting document used, its first ones (0: the whole document).
         #[arg(long, default_value_t = 256)]
         max_tokens: usize,
-        /// Tokens per window when chunking documents.
-        #[arg(long, default_value_t = 256)]
+        /// Tokens per window when chunking documents (at least 2, as `quad select` needs).
+        #[arg(long, default_value_t = 256, value_parser = at_least::<2>)]
         context: usize,
         /// Seed of the fitting sample (and of the sampled labels).
         #[arg(long, default_value_t = 0)]
@@ -115,10 +115,10 @@ pub enum Command {
         #[arg(long, default_value = "ekfac")]
         strategy: Strategy,
         /// Damping relative to each block's mean eigenvalue.
-        #[arg(long, default_value_t = 0.1, conflicts_with = "damping")]
+        #[arg(long, default_value_t = 0.1, conflicts_with = "damping", value_parser = positive_finite)]
         damping_rel: f64,
         /// Absolute damping instead.
-        #[arg(long)]
+        #[arg(long, value_parser = positive_finite)]
         damping: Option<f64>,
         /// Print the mean score per value of this record field.
         #[arg(long)]
@@ -149,7 +149,7 @@ pub enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
         /// Damping: this × tr(F_b)/n_b per block.
-        #[arg(long, default_value_t = 0.1)]
+        #[arg(long, default_value_t = 0.1, value_parser = positive_finite)]
         damping_rel: f64,
         /// Curvature the factors approximate (and the exact solve uses).
         #[arg(long, value_enum, default_value_t = FisherArg::True)]
@@ -157,8 +157,9 @@ pub enum Command {
         /// Layers to target: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
         #[arg(long, default_value = "both")]
         layers: LayerSelection,
-        /// Tokens per fitting example, candidate and reference document.
-        #[arg(long, default_value_t = influence::validate::VALIDATION_TOKENS)]
+        /// Tokens per fitting example, candidate and reference document (at least 2: one
+        /// predicted token needs one before it).
+        #[arg(long, default_value_t = influence::validate::VALIDATION_TOKENS, value_parser = at_least::<2>)]
         tokens: usize,
         /// Folder for the trained tiny model and the report.
         #[arg(long)]
@@ -321,10 +322,10 @@ pub enum EvalCommand {
         #[arg(long, default_value = "domain")]
         label_field: String,
         /// Held-out documents per domain.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = at_least::<1>)]
         heldout_per_domain: usize,
-        /// BPE vocabulary of the evaluation tokenizer.
-        #[arg(long, default_value_t = 4096)]
+        /// BPE vocabulary of the evaluation tokenizer (at least 300: 256 bytes and some merges).
+        #[arg(long, default_value_t = 4096, value_parser = at_least::<300>)]
         vocab_size: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -348,7 +349,7 @@ pub enum EvalCommand {
         label_field: String,
         /// Clusters of the selection's run (for the normalised entropy); default: from the
         /// manifest.json beside the selection.
-        #[arg(long)]
+        #[arg(long, value_parser = at_least::<1>)]
         k: Option<usize>,
         /// Seed of the evaluation model's weights and batches.
         #[arg(long, default_value_t = 0)]
@@ -408,16 +409,16 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 3e-3, value_parser = positive_finite)]
     pub lr: f64,
     /// Linear warm-up steps (then cosine decay to lr/10).
     #[arg(long, default_value_t = 30)]
     pub warmup: usize,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = non_negative_finite)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = positive_finite)]
     pub clip: f64,
     /// Seed for the sample, the initial weights and the batches.
     #[arg(long, default_value_t = 0)]
@@ -429,7 +430,7 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = 25)]
     pub eval_every: usize,
     /// Stop after this many minutes even if steps remain.
-    #[arg(long)]
+    #[arg(long, value_parser = positive_finite)]
     pub max_minutes: Option<f64>,
 }
 
@@ -472,7 +473,7 @@ pub struct KMeansArgs {
     #[arg(long, default_value_t = 300)]
     pub max_iter: usize,
     /// Relative tolerance on the centroid shift (as scikit-learn's KMeans).
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, value_parser = non_negative_finite)]
     pub tol: f64,
     /// Random seed for initialisation.
     #[arg(long, default_value_t = 0)]
@@ -482,7 +483,7 @@ pub struct KMeansArgs {
     pub mini_batch: Option<usize>,
     /// Neighbour radius τ: clusters whose centroids are closer than this cosine distance are
     /// neighbours (the bandit shares rewards between them).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = non_negative_finite)]
     pub tau: f64,
 }
 
@@ -546,13 +547,13 @@ pub struct EmbedderArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Texts per forward pass of the model.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least::<1>)]
     pub batch_size: usize,
     /// Override the model's maximum sequence length (tokens, [CLS] and [SEP] included).
     #[arg(long)]
     pub max_seq_length: Option<usize>,
     /// Dimension of the hashing embedder.
-    #[arg(long, default_value_t = HashingEmbedder::DEFAULT_DIM)]
+    #[arg(long, default_value_t = HashingEmbedder::DEFAULT_DIM, value_parser = at_least::<1>)]
     pub hashing_dim: usize,
 }
 
@@ -693,5 +694,33 @@ impl Command {
             check_output_folder(f.flag, f.path)?;
         }
         Ok(())
+    }
+}
+
+/// A finite number above zero (damping, a learning rate, minutes): NaN, infinities, zero and
+/// negatives are refused where the flag is read.
+fn positive_finite(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        Ok(_) => Err("must be a finite number above 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number ≥ 0.
+fn non_negative_finite(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(_) => Err("must be a finite number ≥ 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A count of at least `MIN`.
+fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= MIN => Ok(n),
+        Ok(_) => Err(format!("must be at least {MIN}")),
+        Err(e) => Err(e.to_string()),
     }
 }
