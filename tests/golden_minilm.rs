@@ -101,6 +101,8 @@ fn pickle_weights_are_refused_with_the_reason() {
         matches!(err, quad_select::embed::EmbedError::Weights(WeightsError::PickleRefused { .. })),
         "{err}"
     );
+    // (The output outside the model folder: an output inside an input is refused first.)
+    let elsewhere = tempfile::tempdir().unwrap();
     let stderr = common::quad_fails(&[
         "embed",
         "--input",
@@ -108,8 +110,8 @@ fn pickle_weights_are_refused_with_the_reason() {
         "--model",
         dir.path().to_str().unwrap(),
         "--out",
-        dir.path().join("out").to_str().unwrap(),
+        elsewhere.path().join("out").to_str().unwrap(),
     ]);
     assert!(stderr.contains("pickle") && stderr.contains("arbitrary code"), "{stderr}");
-    assert!(!dir.path().join("out").exists(), "nothing written on refusal");
+    assert!(!elsewhere.path().join("out").exists(), "nothing written on refusal");
 }
