@@ -145,3 +145,15 @@ def test_the_gil_is_released_while_rust_works(tmp_path, pool_small, reference):
     assert not errors, errors
     # Python ran beside the selection: about one tick per millisecond of its wall time.
     assert ticks > 0.2 * (time.perf_counter() - started) * 1000
+
+
+def test_an_out_folder_holding_the_pool_is_refused_and_the_pool_kept(tmp_path, pool_small, reference):
+    out = tmp_path / "out"
+    out.mkdir()
+    pool = out / "selected.jsonl"
+    pool.write_bytes(Path(pool_small).read_bytes())
+    before = pool.read_bytes()
+    with pytest.raises(quad_select.QuadError, match="contains the pool"):
+        quad_select.select(pool, reference, 40_000, config=TINY, out=out, cache=tmp_path / "cache")
+    assert pool.read_bytes() == before
+    assert not (tmp_path / "cache").exists(), "nothing is written before the refusal"
