@@ -689,6 +689,23 @@ where
     })
 }
 
+/// Builds the embedder the user asked for: a BERT-family model from `model_dir`, or the hashing
+/// embedder when no folder is given.
+pub fn make_embedder(
+    model_dir: Option<&Path>,
+    bert: BertOptions,
+    hashing_dim: usize,
+) -> Result<Box<dyn Embedder>, EmbedError> {
+    Ok(match model_dir {
+        Some(dir) => Box::new(BertEmbedder::load(dir, bert)?),
+        None if hashing_dim == 0 => {
+            return Err(EmbedError::Invalid("the hashing dimension must be at least 1".into()))
+        }
+        None => Box::new(HashingEmbedder::new(hashing_dim)),
+    })
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

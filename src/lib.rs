@@ -41,6 +41,7 @@ pub mod bandit;
 pub mod cluster;
 pub mod corpus;
 pub mod embed;
+pub mod error_text;
 pub mod eval;
 pub mod hash;
 pub mod influence;
@@ -50,35 +51,4 @@ pub mod path_io;
 pub mod select;
 pub mod weights;
 
-use std::path::Path;
-
-/// Builds the embedder the user asked for: a BERT-family model from `model_dir`, or the hashing
-/// embedder when no folder is given.
-pub fn make_embedder(
-    model_dir: Option<&Path>,
-    bert: embed::BertOptions,
-    hashing_dim: usize,
-) -> Result<Box<dyn embed::Embedder>, embed::EmbedError> {
-    Ok(match model_dir {
-        Some(dir) => Box::new(embed::BertEmbedder::load(dir, bert)?),
-        None if hashing_dim == 0 => {
-            return Err(embed::EmbedError::Invalid("the hashing dimension must be at least 1".into()))
-        }
-        None => Box::new(embed::HashingEmbedder::new(hashing_dim)),
-    })
-}
-
-/// Keeps large freed blocks in the heap instead of returning them to the OS.
-///
-/// candle allocates a fresh buffer for every tensor op; under glibc's default policy each buffer
-/// over the (at most 32 MB) mmap threshold is a fresh `mmap` whose pages the kernel must zero and
-/// fault in, which on 2 cores cost 40% of BERT embedding time in system calls. Raising the
-/// thresholds makes such buffers reusable. Call once at program start (the CLI and benches do).
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning parameters; it is safe to call at any time.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
+pub use model::tune_allocator;

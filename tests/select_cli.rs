@@ -122,7 +122,10 @@ fn select_writes_outputs_caches_stages_and_resumes_identically() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("other inputs or parameters"));
+    // Refused before any stage runs, naming the first setting that differs.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was made with config.bandit.") && stderr.contains("rerun without --resume"), "{stderr}");
+    assert!(!stderr.contains("embed"), "{stderr}");
 }
 
 #[test]

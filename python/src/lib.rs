@@ -18,23 +18,9 @@ use quad_select::select::{Event, Executor, Local, ScoringSetup, SelectConfig, Se
 
 pyo3::create_exception!(_quad, QuadError, pyo3::exceptions::PyException, "An error of quad-select (the Rust library's message).");
 
-/// The error's message with its causes, as the CLI prints them (each once).
-fn message(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
-fn err(e: impl std::error::Error) -> PyErr {
-    QuadError::new_err(message(&e))
+/// A library error as a `QuadError`, its text as the CLI prints it.
+fn err(e: impl std::error::Error + 'static) -> PyErr {
+    QuadError::new_err(quad_select::error_text::error_text(&e))
 }
 
 /// The config: a path to a TOML file, a dict (as JSON text, from the Python side), or the defaults.
@@ -104,11 +90,7 @@ fn select(
     resume: bool,
     executor: Option<Py<PyAny>>,
 ) -> PyResult<RawSelection> {
-    let budget = match (budget_tokens, budget_documents) {
-        (Some(t), None) => Budget::Tokens(t),
-        (None, Some(d)) => Budget::Documents(d),
-        _ => return Err(QuadError::new_err("give exactly one of budget_tokens and budget_documents")),
-    };
+    let budget = Budget::from_options(budget_tokens, budget_documents).map_err(err)?;
     let mut cfg = config(config_path, config_json)?;
     if let Some(t) = temperature {
         cfg.bandit = cfg.bandit.with_temperature(t).map_err(err)?;
@@ -242,7 +224,7 @@ fn embed<'py>(
     let dim = hashing_dim.unwrap_or(SelectConfig::default().embed.hashing_dim);
     let rows = py
         .detach(|| {
-            let embedder = quad_select::make_embedder(
+            let embedder = quad_select::embed::make_embedder(
                 model.as_deref(),
                 BertOptions {
                     batch_size: batch_size.max(1),

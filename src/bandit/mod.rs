@@ -199,6 +199,21 @@ pub enum Budget {
 }
 
 impl Budget {
+    /// The budget from the two ways of giving one (`--budget-tokens` / `--budget-docs`,
+    /// `budget_tokens=` / `budget_documents=`): exactly one, and above zero (a budget of nothing
+    /// would "succeed" with an empty selection).
+    pub fn from_options(tokens: Option<usize>, documents: Option<usize>) -> Result<Self, BanditError> {
+        let budget = match (tokens, documents) {
+            (Some(t), None) => Budget::Tokens(t),
+            (None, Some(d)) => Budget::Documents(d),
+            _ => return Err(BanditError::Params("give exactly one budget: in tokens or in documents".into())),
+        };
+        if budget.limit() == 0 {
+            return Err(BanditError::Params("the budget must be above 0".into()));
+        }
+        Ok(budget)
+    }
+
     fn limit(self) -> usize {
         match self {
             Budget::Documents(n) | Budget::Tokens(n) => n,

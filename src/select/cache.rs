@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::error::SelectError;
-use super::{Event, Observer};
+use super::observer::{Event, Observer};
 use crate::bandit::BanditState;
 use crate::path_io::at;
 

@@ -9,7 +9,8 @@ use serde_json::json;
 use super::cache::{Checkpoint, ScoreCache, StageCache, StageClock};
 use super::report::{self, RunInputs, Selection};
 use super::executor::{Executor, ScoringSetup};
-use super::{Event, Observer, SelectError, Selector, ValidSelectConfig};
+use super::observer::{Event, Observer};
+use super::{SelectError, Selector, ValidSelectConfig};
 use crate::bandit::{Bandit, BanditState, Budget, Problem, StopReason};
 use crate::cluster::{self, Clustering};
 use crate::corpus::{CorpusReader, Document, DocumentStore, ReadReport};
@@ -233,7 +234,7 @@ fn cluster_pool(
         Ok(emb)
     };
     let emb = cache.stage(observer, ("embed", "embed"), &embed_key, Some(&artifact), load, |p, obs| {
-        let embedder = crate::make_embedder(
+        let embedder = crate::embed::make_embedder(
             raw.embed.model.as_deref(),
             BertOptions {
                 batch_size: raw.embed.batch_size,

@@ -23,7 +23,7 @@ fn main() {
         if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
             std::process::exit(*code);
         }
-        eprintln!("error: {}", render_error(&e));
+        eprintln!("error: {}", quad_select::error_text::error_text(e.as_ref()));
         std::process::exit(1);
     }
 }
@@ -42,37 +42,6 @@ impl std::fmt::Display for Exit {
 }
 
 impl std::error::Error for Exit {}
-
-/// The error and its causes joined by ": ", leaving out a cause whose text the message already
-/// ends with (library errors often print their source in their own message as well).
-fn render_error(e: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if out.is_empty() {
-            out = text;
-        } else if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::render_error;
-
-    #[test]
-    fn a_cause_is_printed_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
-        let e = quad_select::path_io::PathIoError::new("/nope.jsonl", io);
-        let e = anyhow::Error::new(e).context("read corpus");
-        assert_eq!(render_error(&e), "read corpus: /nope.jsonl: No such file or directory (os error 2)");
-        let e = anyhow::anyhow!("outer").context("context");
-        assert_eq!(render_error(&e), "context: outer");
-    }
-}
 
 fn run(cli: Cli) -> Result<()> {
     cli.command.check_paths()?;

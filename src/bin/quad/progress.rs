@@ -12,17 +12,16 @@ use quad_select::select::{Event, Observer};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_sigint(_: libc::c_int) {
-    // A second Ctrl-C quits at once; the last checkpoint still resumes.
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        unsafe { libc::_exit(130) };
-    }
-}
-
-/// Makes the first Ctrl-C a request to stop after the current stage or round.
+/// Makes the first Ctrl-C a request to stop after the current stage or round; a second quits at
+/// once (exit 130; the last checkpoint still resumes).
 pub fn stop_on_ctrl_c() {
-    // SAFETY: the handler only touches an atomic (and _exit on the second signal).
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    // Only an atomic is touched (the handler runs on ctrlc's own thread). Setting it fails only
+    // when a handler is already set, which nothing else in `quad` does.
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
 }
 
 /// Stage bars and per-round lines for `quad select`; stops the run after Ctrl-C, or after round

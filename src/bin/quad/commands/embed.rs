@@ -44,7 +44,7 @@ pub fn embed(corpus: &CorpusArgs, args: &EmbedderArgs, out: &Path) -> Result<()>
 }
 
 fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn embed::Embedder>> {
-    quad_select::make_embedder(
+    quad_select::embed::make_embedder(
         args.model.as_deref(),
         BertOptions {
             max_seq_length: args.max_seq_length,

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use quad_select::bandit::{Budget, StopReason};
 use quad_select::select::{rounds_done, SelectError, Selector};
 
@@ -11,11 +11,7 @@ use crate::progress::{stop_on_ctrl_c, CliObserver};
 
 pub fn run(args: &SelectArgs) -> Result<()> {
     let config = args.config()?.check()?;
-    let budget = match (args.budget_tokens, args.budget_docs) {
-        (Some(t), _) => Budget::Tokens(t),
-        (None, Some(d)) => Budget::Documents(d),
-        (None, None) => bail!("give --budget-tokens or --budget-docs"),
-    };
+    let budget = Budget::from_options(args.budget_tokens, args.budget_docs)?;
     let selector = Selector::new(config)
         .cache(&args.cache)
         .checkpoint(args.out.join("checkpoint.json"), args.resume);
