@@ -153,7 +153,7 @@ def test_an_out_folder_holding_the_pool_is_refused_and_the_pool_kept(tmp_path, p
     pool = out / "selected.jsonl"
     pool.write_bytes(Path(pool_small).read_bytes())
     before = pool.read_bytes()
-    with pytest.raises(quad_select.QuadError, match="contains the pool"):
+    with pytest.raises(quad_select.QuadError, match="contains the input pool"):
         quad_select.select(pool, reference, 40_000, config=TINY, out=out, cache=tmp_path / "cache")
     assert pool.read_bytes() == before
     assert not (tmp_path / "cache").exists(), "nothing is written before the refusal"

@@ -86,12 +86,12 @@ impl Selector {
     /// writes or clears must never touch what it reads. [`Selector::select`] checks this first.
     pub fn check_paths(&self, pool: &Path, reference: &Path, out: Option<&Path>) -> Result<(), SelectError> {
         use crate::path_io::{refuse_output_over_input, Named};
-        let mut inputs = vec![Named::new("the pool", pool), Named::new("the reference", reference)];
+        let mut inputs = vec![Named::new("pool", pool), Named::new("reference", reference)];
         if let Some(m) = &self.config.raw.proxy.model {
-            inputs.push(Named::new("the proxy model", m));
+            inputs.push(Named::new("proxy model", m));
         }
         if let Some(m) = &self.config.raw.embed.model {
-            inputs.push(Named::new("the embedding model", m));
+            inputs.push(Named::new("embedding model", m));
         }
         let mut outputs = vec![Named::new("the cache", &self.cache)];
         if let Some(c) = &self.checkpoint {

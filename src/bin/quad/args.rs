@@ -627,7 +627,7 @@ impl Command {
             }) => {
                 inputs.extend([n("--selection", selection), n("--split", split)]);
                 inputs.extend(reference.iter().map(|r| n("--reference", r)));
-                inputs.extend(manifest.as_deref().map(|p| n("the manifest beside --selection", p)));
+                inputs.extend(manifest.as_deref().map(|p| n("manifest beside --selection", p)));
                 outputs.extend(out.iter().map(|o| n("--out", o)));
             }
             Command::Embed { corpus, embedder, out } => {
