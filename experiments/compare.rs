@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use harness::{mean_std, read_records, update_readme, write_csv, Row, Setup};
-use quad_select::bandit::Policy;
+use quad_select::bandit::PolicyName;
 use quad_select::eval;
 use quad_select::select::SelectConfig;
 use rand::seq::SliceRandom;
@@ -86,7 +86,7 @@ pub fn run(o: &Opts) -> Result<String> {
     let config = SelectConfig::from_toml_file(&o.config)?;
     let k = config.cluster.k;
     let mut rows: Vec<Row> = Vec::new();
-    let policies = [Policy::Random, Policy::Uniform, Policy::Topk, Policy::Greedy, Policy::Ucb];
+    let policies = [PolicyName::Random, PolicyName::Uniform, PolicyName::Topk, PolicyName::Greedy, PolicyName::Ucb];
     for seed in 0..o.seeds {
         for policy in policies {
             let mut cfg = config.clone();

@@ -11,7 +11,7 @@
 //! `topk`, the rest at random), `ucb` (the tool's defaults) and `ucb:KEY=V+KEY=V...` (the
 //! defaults with bandit keys changed, for sweeps; values in TOML syntax, e.g.
 //! `ucb:gamma=0.0+chunk=32+explore_first=false`), and `predicted` / `predicted:KEY=V...` (the
-//! learned-estimator peer at Quad's scoring allowance, `Policy::Predicted`).
+//! learned-estimator peer at Quad's scoring allowance, `PolicyName::Predicted`).
 //!
 //! ```sh
 //! # The grid of the issue (2 references × 3 budgets), 3 seeds, evaluations 2 at a time.
@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use harness::{cluster_count, mean_std, read_records, scored_fraction, select_into, update_readme, write_csv, Row};
-use quad_select::bandit::{Budget, Policy};
+use quad_select::bandit::{Budget, PolicyName};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::eval;
 use quad_select::select::SelectConfig;
@@ -166,17 +166,17 @@ impl Selector {
         let mut c = base.clone();
         c.bandit.seed = seed;
         c.bandit.policy = match self.name.as_str() {
-            "random" => Policy::Random,
-            "topk" => Policy::Topk,
-            "uniform" => Policy::Uniform,
-            "greedy" => Policy::Greedy,
-            "thompson" => Policy::Thompson,
-            s if s == "predicted" || s.starts_with("predicted:") => Policy::Predicted,
+            "random" => PolicyName::Random,
+            "topk" => PolicyName::Topk,
+            "uniform" => PolicyName::Uniform,
+            "greedy" => PolicyName::Greedy,
+            "thompson" => PolicyName::Thompson,
+            s if s == "predicted" || s.starts_with("predicted:") => PolicyName::Predicted,
             s if s.starts_with("mix-") => {
                 c.bandit.mix = self.mix.expect("parsed");
-                Policy::Mix
+                PolicyName::Mix
             }
-            _ => Policy::Ucb,
+            _ => PolicyName::Ucb,
         };
         if let Some(keys) = self.name.strip_prefix("ucb:").or_else(|| self.name.strip_prefix("predicted:")) {
             // Keys as TOML: bandit keys by name (ucb:gamma=1.0+chunk=16), others by section
@@ -310,7 +310,7 @@ pub fn run(o: &Opts) -> Result<String> {
                     let selection = run_dir.join("selected.jsonl");
                     // `random` and `uniform` never see the reference: the same selection for every
                     // reference, so one trained model is measured on each reference's half.
-                    let shared = matches!(cfg.bandit.policy, Policy::Random | Policy::Uniform).then(|| (sel.name.clone(), s.budget, seed));
+                    let shared = matches!(cfg.bandit.policy, PolicyName::Random | PolicyName::Uniform).then(|| (sel.name.clone(), s.budget, seed));
                     if let Some(j) = jobs.iter_mut().find(|j: &&mut EvalJob| shared.is_some() && j.shared == shared) {
                         if selection_ids(&j.selection)? == selection_ids(&selection)? {
                             j.targets.push((s.eval.clone(), out));

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use proptest::prelude::*;
-use quad_select::bandit::{neighbour_weight, Allocation, Bandit, BanditParams, Budget, Policy, Problem, StopReason};
+use quad_select::bandit::{neighbour_weight, AllocationName, Bandit, BanditParams, Budget, PolicyName, Problem, StopReason};
 
 /// A synthetic pool: `sizes[c]` documents in cluster c, token counts 1..=40, distances from a
 /// seeded hash in [0, 0.6].
@@ -53,8 +53,8 @@ fn planted(means: Vec<f64>, cluster: Vec<usize>, noise: f64) -> impl FnMut(&[usi
     }
 }
 
-fn policy_strategy() -> impl Strategy<Value = Policy> {
-    prop::sample::select(Policy::ALL.to_vec())
+fn policy_strategy() -> impl Strategy<Value = PolicyName> {
+    prop::sample::select(PolicyName::ALL.to_vec())
 }
 
 proptest! {
@@ -84,7 +84,7 @@ proptest! {
         let params = BanditParams {
             policy, alpha, gamma: (fixed_gamma && temperature.is_none()).then_some(gamma), tau, arms_per_round: b_arms, samples_per_arm: b_samples,
             chunk: Some(chunk), explore_first, calibration: 0, seed,
-            allocation: if temperature.is_some() { Allocation::Tilted } else { Allocation::Threshold },
+            allocation: if temperature.is_some() { AllocationName::Tilted } else { AllocationName::Threshold },
             temperature: temperature.unwrap_or(1.0), ..Default::default()
         };
         let n = prob.tokens.len();
@@ -122,7 +122,7 @@ proptest! {
             },
             StopReason::PoolExhausted => prop_assert_eq!(docs.len(), n),
             StopReason::NoArmAboveGamma => {
-                prop_assert!(!matches!(policy, Policy::Uniform | Policy::Random | Policy::Topk | Policy::Mix));
+                prop_assert!(!matches!(policy, PolicyName::Uniform | PolicyName::Random | PolicyName::Topk | PolicyName::Mix));
                 // Every arm is used up, or (after the exploration pass) its estimate, plus a
                 // confidence margin ≥ 0, does not beat γ.
                 let cannot_beat = |a: &quad_select::bandit::ArmState| {
@@ -169,9 +169,9 @@ proptest! {
     ) {
         let prob = problem(&sizes, Budget::Documents(80), seed);
         let means: Vec<f64> = (0..sizes.len()).map(|c| (c as f64 * 1.3).sin()).collect();
-        let picks = |policy: Policy, alpha: f64| {
+        let picks = |policy: PolicyName, alpha: f64| {
             let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.5);
-            let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: Some(-2.0), explore_first: false, allocation: Allocation::Threshold, ..Default::default() };
+            let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: Some(-2.0), explore_first: false, allocation: AllocationName::Threshold, ..Default::default() };
             let mut bandit = Bandit::new(params.check().unwrap(), prob.clone()).unwrap();
             let mut out = Vec::new();
             loop {
@@ -191,7 +191,7 @@ proptest! {
             }
             out
         };
-        prop_assert_eq!(picks(Policy::Ucb, 0.0), picks(Policy::Greedy, 1.0));
+        prop_assert_eq!(picks(PolicyName::Ucb, 0.0), picks(PolicyName::Greedy, 1.0));
     }
 }
 
@@ -213,7 +213,7 @@ fn ucb_finds_the_planted_best_arms() {
         samples_per_arm: 4,
         chunk: Some(8),
         gamma: Some(0.0),
-        allocation: Allocation::Threshold,
+        allocation: AllocationName::Threshold,
         calibration: 0,
         alpha: 1.0,
         ..Default::default()
@@ -244,7 +244,7 @@ fn uniform_spreads_evenly_and_scores_nothing() {
     let prob = problem(&vec![100; k], Budget::Documents(500), 2);
     let mut scorer = |_: &[usize]| -> Result<Vec<f64>, String> { Err("uniform must not score".into()) };
     let params = BanditParams {
-        policy: Policy::Uniform,
+        policy: PolicyName::Uniform,
         chunk: Some(10),
         arms_per_round: 3,
         ..Default::default()
@@ -265,7 +265,7 @@ fn high_gamma_stops_and_says_so() {
     let mut scorer = planted(vec![0.0, 0.1, -0.1], prob.cluster.clone(), 0.2);
     let params = BanditParams {
         gamma: Some(5.0),
-        allocation: Allocation::Threshold,
+        allocation: AllocationName::Threshold,
         calibration: 0,
         ..Default::default()
     };
@@ -336,7 +336,7 @@ proptest! {
         let means: Vec<f64> = (0..sizes.len()).map(|c| c as f64).collect();
         let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.4);
         let scores = scorer(&(0..n).collect::<Vec<_>>()).unwrap();
-        let params = BanditParams { policy: Policy::Mix, mix, seed, calibration: 0, ..Default::default() };
+        let params = BanditParams { policy: PolicyName::Mix, mix, seed, calibration: 0, ..Default::default() };
         let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
         bandit.run(&mut scorer, |_, _| true).unwrap();
         let st = bandit.state();
@@ -388,13 +388,13 @@ fn the_fitted_gamma_admits_just_enough_arms() {
         let tokens = prob.tokens.clone();
         let cluster = prob.cluster.clone();
         let mut scorer = planted(means, prob.cluster.clone(), 0.3);
-        let params = BanditParams { coverage, calibration: 0, allocation: Allocation::Threshold, ..Default::default() };
+        let params = BanditParams { coverage, calibration: 0, allocation: AllocationName::Threshold, ..Default::default() };
         let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
         for _ in 0..6 {
             bandit.step(&mut scorer).unwrap();
         }
         let st = bandit.state();
-        let gamma = bandit.fitted_gamma();
+        let gamma = bandit.fitted_gamma(coverage);
         let remaining = 4000usize.saturating_sub(st.tokens_selected) as f64;
         let mut above: Vec<(f64, f64)> = Vec::new();
         for (c, a) in st.arms.iter().enumerate() {
@@ -423,7 +423,7 @@ fn the_fitted_threshold_meets_the_budget_from_the_best_arms() {
     let (prob, means) = ranked_arms(16, 60, Budget::Documents(240));
     let best: HashSet<usize> = (0..8).collect();
     let mut scorer = planted(means, prob.cluster.clone(), 0.5);
-    let params = BanditParams { calibration: 32, allocation: Allocation::Threshold, ..Default::default() };
+    let params = BanditParams { calibration: 32, allocation: AllocationName::Threshold, ..Default::default() };
     let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     assert_eq!(bandit.chunk(), 15, "even share: 240 documents over 16 arms");
     bandit.run(&mut scorer, |_, _| true).unwrap();
@@ -439,14 +439,14 @@ fn the_fitted_threshold_meets_the_budget_from_the_best_arms() {
 fn tilted_quotas_follow_size_times_exp_estimate() {
     let (prob, means) = ranked_arms(10, 40, Budget::Documents(120));
     let mut scorer = planted(means, prob.cluster.clone(), 0.3);
-    let params = BanditParams { calibration: 0, allocation: Allocation::Tilted, ..Default::default() };
+    let params = BanditParams { calibration: 0, allocation: AllocationName::Tilted, ..Default::default() };
     let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
     // After the exploration pass (3 rounds of 4 arms), every arm has an estimate.
     for _ in 0..3 {
         bandit.step(&mut scorer).unwrap();
     }
     let st = bandit.state();
-    let q = bandit.quotas();
+    let q = bandit.quotas(BanditParams::default().temperature);
     assert!((q.iter().sum::<f64>() - 120.0).abs() < 1e-9, "{q:?}");
     let est: Vec<f64> = st.arms.iter().map(|a| a.score_sum / a.scored as f64).collect();
     // Uncapped arms: q_c ∝ 40 · exp(e_c / T), checked pairwise against the direct formula.
@@ -499,7 +499,7 @@ fn document_quotas_match_the_direct_water_filling() {
     let t = 0.5;
     let params = BanditParams {
         calibration: 0,
-        allocation: Allocation::TiltedDocuments,
+        allocation: AllocationName::TiltedDocuments,
         temperature: t,
         ..Default::default()
     };
@@ -517,7 +517,7 @@ fn document_quotas_match_the_direct_water_filling() {
         .map(|d| (st.scores[d].unwrap_or(est[cluster[d]]) / t).exp())
         .collect();
     let direct = direct_document_quotas(&w, &cluster, 10, 120.0);
-    let q = bandit.document_quotas();
+    let q = bandit.document_quotas(t);
     for c in 0..10 {
         assert!((q[c] - direct[c]).abs() < 1e-6, "arm {c}: {} vs direct {}", q[c], direct[c]);
     }
@@ -565,7 +565,7 @@ fn predicted_scores_a_uniform_sample_of_the_allowance_whatever_the_scores() {
     let sizes = [120, 80, 200, 60, 140];
     let make = || problem(&sizes, Budget::Documents(100), 3);
     let n: usize = sizes.iter().sum();
-    let params = BanditParams { policy: Policy::Predicted, ..Default::default() };
+    let params = BanditParams { policy: PolicyName::Predicted, ..Default::default() };
     let scored_set = |scores: Vec<f64>| {
         let mut b = Bandit::new(params.clone().check().unwrap(), make()).unwrap();
         b.run(&mut by_index(scores), |_, _| true).unwrap();
@@ -590,7 +590,7 @@ fn a_document_level_estimator_takes_the_documents_it_expects_to_be_best() {
     let n: usize = sizes.iter().sum();
     let (x, s) = linear_pool(n, 11);
     let make = || problem(&sizes, Budget::Documents(120), 5);
-    let run = |estimator: Estimator, policy: Policy| {
+    let run = |estimator: Estimator, policy: PolicyName| {
         let params = BanditParams { estimator, policy, ..Default::default() };
         let mut b = Bandit::new(params.check().unwrap(), make()).unwrap().with_features(Box::new(x.clone())).unwrap();
         b.run(&mut by_index(s.clone()), |_, _| true).unwrap();
@@ -599,7 +599,7 @@ fn a_document_level_estimator_takes_the_documents_it_expects_to_be_best() {
         b.state().selected.iter().map(|t| s[t.doc]).sum::<f64>() / 120.0
     };
     // The clusters here carry no signal; the rows carry all of it.
-    for policy in [Policy::Ucb, Policy::Predicted] {
+    for policy in [PolicyName::Ucb, PolicyName::Predicted] {
         let mean = run(Estimator::ClusterMean, policy);
         let ridge = run(Estimator::Ridge, policy);
         assert!(ridge > mean + 0.3, "{policy}: ridge {ridge:.3} vs cluster mean {mean:.3}");

@@ -231,7 +231,7 @@ pub struct SelectArgs {
     pub k: Option<ClusterCount>,
     /// ucb, thompson, epsilon-greedy, greedy, uniform, random, topk, mix or predicted.
     #[arg(long)]
-    pub policy: Option<quad_select::bandit::Policy>,
+    pub policy: Option<quad_select::bandit::PolicyName>,
     /// α: exploration weight of the Cluster Score.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -287,7 +287,7 @@ impl SelectArgs {
         if self.gamma.is_some() {
             // A threshold is only meaningful for the threshold allocation.
             c.bandit.gamma = self.gamma;
-            c.bandit.allocation = quad_select::bandit::Allocation::Threshold;
+            c.bandit.allocation = quad_select::bandit::AllocationName::Threshold;
         }
         if let Some(t) = self.temperature {
             c.bandit = c.bandit.with_temperature(t)?;
