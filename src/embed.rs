@@ -594,50 +594,6 @@ where
     Ok(EmbeddedDir { rows, dim, rescaled })
 }
 
-/// Embeddings of a corpus, with each document's value of `label_field` (in embedding order) when
-/// one is named; documents without the field get the label `""` and are counted.
-pub struct Labelled {
-    pub embeddings: Embeddings,
-    pub labels: Option<Vec<String>>,
-    /// Documents that lacked the label field.
-    pub missing_labels: usize,
-}
-
-/// [`embed_documents`] that also collects a label field.
-pub fn embed_labelled<I, P>(
-    documents: I,
-    embedder: &dyn Embedder,
-    chunk: usize,
-    label_field: Option<&str>,
-    on_progress: P,
-) -> Result<Labelled, EmbedError>
-where
-    I: IntoIterator<Item = Result<Document, CorpusError>>,
-    P: FnMut(usize),
-{
-    let mut labels = label_field.map(|_| Vec::new());
-    let mut missing_labels = 0usize;
-    let embeddings = embed_documents(
-        documents,
-        embedder,
-        chunk,
-        |doc| {
-            if let (Some(f), Some(v)) = (label_field, labels.as_mut()) {
-                v.push(doc.field(f).unwrap_or_else(|| {
-                    missing_labels += 1;
-                    String::new()
-                }));
-            }
-        },
-        on_progress,
-    )?;
-    Ok(Labelled {
-        embeddings,
-        labels,
-        missing_labels,
-    })
-}
-
 /// Embeds a document stream chunk by chunk.
 ///
 /// `on_document` sees every document before it is dropped (e.g. to collect labels);

@@ -48,6 +48,12 @@ pub fn eval_params_quick() -> ProxyParams {
     }
 }
 
+/// The record field holding a document's domain (`quad eval split`, `quad eval run`).
+pub const LABEL_FIELD: &str = "domain";
+
+/// Documents held out of each domain by `quad eval split`.
+pub const HELDOUT_PER_DOMAIN: usize = 20;
+
 /// Passes over the selection the evaluation model trains for: `steps = ⌈PASSES · budget /
 /// (batch · context)⌉`, so every selection of a budget is seen at least once (its size in the
 /// evaluation tokenizer's tokens is within a few percent of the budget) with the same compute per

@@ -155,24 +155,82 @@ fn every_record_skipped_still_reports_why() {
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
 }
 
-#[test]
-fn select_help_shows_the_defaults() {
-    let out = common::quad(&["select", "--help"]);
-    let d = quad_select::select::SelectConfig::default();
-    for (flag, value) in [
-        ("--alpha", d.bandit.alpha.to_string()),
-        ("--tau", d.bandit.tau.to_string()),
-        ("--temperature", d.bandit.temperature.to_string()),
-        ("--arms-per-round", d.bandit.arms_per_round.to_string()),
-        ("--samples-per-arm", d.bandit.samples_per_arm.to_string()),
-        ("--k", d.cluster.k.to_string()),
-        ("--seed", d.bandit.seed.to_string()),
-    ] {
+/// Asserts that `quad ARGS --help` shows each flag's default as `[default: VALUE]`.
+fn assert_help_defaults(args: &[&str], defaults: &[(&str, String)]) {
+    let mut a = args.to_vec();
+    a.push("--help");
+    let out = common::quad(&a);
+    for (flag, value) in defaults {
         let at = out.find(&format!("{flag} <")).unwrap_or_else(|| panic!("no {flag} in:\n{out}"));
         let entry = &out[at..];
         let end = entry[2..].find("\n      --").map_or(entry.len(), |i| i + 2);
-        assert!(entry[..end].contains(&format!("[default: {value}]")), "{flag}: {}", &entry[..end]);
+        assert!(entry[..end].contains(&format!("[default: {value}]")), "{args:?} {flag}: {}", &entry[..end]);
     }
+}
+
+#[test]
+fn select_help_shows_the_defaults() {
+    let d = quad_select::select::SelectConfig::default();
+    assert_help_defaults(
+        &["select"],
+        &[
+            ("--alpha", d.bandit.alpha.to_string()),
+            ("--tau", d.bandit.tau.to_string()),
+            ("--temperature", d.bandit.temperature.to_string()),
+            ("--arms-per-round", d.bandit.arms_per_round.to_string()),
+            ("--samples-per-arm", d.bandit.samples_per_arm.to_string()),
+            ("--k", d.cluster.k.to_string()),
+            ("--seed", d.bandit.seed.to_string()),
+        ],
+    );
+}
+
+/// The other commands' defaults are the library's (`quad select` and `quad factors` fit the same
+/// factors unless told otherwise): written once, in the library's `Default`s.
+#[test]
+fn every_command_shows_the_library_defaults() {
+    use quad_select::influence::validate::ValidationOptions;
+    use quad_select::select::{FactorsConfig, InfluenceConfig};
+    let f = FactorsConfig::default();
+    assert_help_defaults(
+        &["factors"],
+        &[
+            ("--fit-docs", f.fit_docs.to_string()),
+            ("--max-tokens", f.max_tokens.to_string()),
+            ("--context", f.context.to_string()),
+            ("--layers", f.layers.selection().to_string()),
+            ("--fisher", f.fisher.name().to_string()),
+        ],
+    );
+    let i = InfluenceConfig::default();
+    assert_help_defaults(
+        &["influence"],
+        &[("--strategy", i.strategy.to_string()), ("--damping-rel", i.damping_rel.to_string())],
+    );
+    let v = ValidationOptions::default();
+    assert_help_defaults(&["validate"], &[("--tokens", v.tokens.to_string()), ("--damping-rel", v.damping_rel.to_string())]);
+    let p = quad_select::model::train::ProxyParams::default();
+    assert_help_defaults(
+        &["proxy", "train"],
+        &[
+            ("--layers", p.layers.to_string()),
+            ("--width", p.width.to_string()),
+            ("--steps", p.steps.to_string()),
+            ("--lr", p.lr.to_string()),
+            ("--max-docs", p.max_docs.to_string()),
+        ],
+    );
+    let k = quad_select::cluster::KMeansParams::default();
+    assert_help_defaults(
+        &["cluster"],
+        &[
+            ("--k", k.k.to_string()),
+            ("--fit-rows", k.fit_rows.to_string()),
+            ("--n-init", k.n_init.to_string()),
+            ("--tau", quad_select::bandit::BanditParams::default().tau.to_string()),
+            ("--text-field", quad_select::corpus::CorpusConfig::default().text_field),
+        ],
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ mod common;
 
 use candle_core::{DType, Device};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
-use quad_select::influence::validate::{tiny_proxy_params, validate_texts, VALIDATION_TOKENS as TOKENS};
+use quad_select::influence::validate::{tiny_proxy_params, validate_texts, ValidationOptions, VALIDATION_TOKENS as TOKENS};
 use quad_select::model::train::train_proxy;
 
 
@@ -34,9 +34,8 @@ fn ekfac_tracks_exact_influence_on_a_tiny_trained_model() {
     let wiki: Vec<String> = wiki.into_iter().map(|d| d.text).collect();
     let pool: Vec<String> = pool.into_iter().map(|d| d.text).collect();
     let damping: f64 = std::env::var("QUAD_VALIDATE_DAMPING").map(|v| v.parse().unwrap()).unwrap_or(0.1);
-    let labels = quad_select::model::Labels::Sampled { seed: 0 };
-    let selection = quad_select::model::LayerSelection::all();
-    let (a, b) = validate_texts(&loaded, &pool, &wiki, TOKENS, damping, labels, &selection).unwrap();
+    let options = ValidationOptions { tokens: TOKENS, damping_rel: damping, ..Default::default() };
+    let (a, b) = validate_texts(&loaded, &pool, &wiki, &options).unwrap();
     eprintln!("{a}\n{b}");
     let results = [a, b];
     let per_head = &results[0];

@@ -12,7 +12,8 @@ use pyo3::prelude::*;
 
 use quad_select::bandit::Budget;
 use quad_select::embed::BertOptions;
-use quad_select::influence::stage::{DocumentScorer, ScoreArguments};
+use quad_select::influence::stage::ScoreArguments;
+use quad_select::influence::DocumentScorer;
 use quad_select::influence::{Damping, Strategy};
 use quad_select::select::{Event, Executor, Local, ScoringSetup, SelectConfig, SelectError, Selection, Selector};
 

@@ -23,23 +23,8 @@ use super::project::{LayerProjection, Projection};
 use super::kfac::{eigh, BlockRange, EkfacSums, KfacError, KroneckerFactors, Strategy};
 #[cfg(doc)]
 use super::kfac::FactorSums;
+pub use super::error::InfluenceError;
 use crate::model::{DocCapture, Labels, LayerId, LayerKind, LayerSelection, LlamaConfig, LlamaModel};
-
-/// Errors of the influence stage.
-#[derive(Debug, thiserror::Error)]
-pub enum InfluenceError {
-    #[error(transparent)]
-    Kfac(#[from] KfacError),
-    #[error("tensor op: {0}")]
-    Candle(#[from] candle_core::Error),
-    #[error("{0}")]
-    Input(String),
-    #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
-    /// The progress callback stopped the fit (Ctrl-C).
-    #[error("interrupted")]
-    Interrupted,
-}
 
 /// Work done of a stage's total, reported after every batch; `Break` stops the stage there
 /// ([`InfluenceError::Interrupted`]).
@@ -526,7 +511,7 @@ pub struct ReferenceIhvp {
     pub projection: Option<(Projection, Vec<LayerProjection>)>,
     /// `V` per layer as f32 and f64 tensors, to score captures in their own dtype with candle's
     /// matmul (no per-document conversion to f64 arrays).
-    dense: Vec<[candle_core::Tensor; 2]>,
+    pub(super) dense: Vec<[candle_core::Tensor; 2]>,
 }
 
 fn dense_tensors(layers: &[(LayerId, Array2<f64>)]) -> candle_core::Result<Vec<[candle_core::Tensor; 2]>> {
@@ -586,69 +571,6 @@ impl ReferenceIhvp {
         self.projection = Some((projection, mats));
         self
     }
-
-    /// `I(z) = Σ_layers Σ_t g_tᵀ V a_t` from a candidate's captures.
-    pub fn score(&self, cap: &DocCapture) -> Result<f64, InfluenceError> {
-        let mut total = 0.0;
-        for (l, (id, v)) in self.layers.iter().enumerate() {
-            let layer = captured(&cap.layers, *id)?;
-            total += match &self.projection {
-                None => self.position_products(l, layer)?.sum_all()?.to_scalar::<f64>()?,
-                Some((_, mats)) => {
-                    let (a, g) = arrays(layer)?;
-                    let lp = &mats[l];
-                    (&g.dot(&lp.p_out.t()).dot(v) * &a.dot(&lp.p_in.t())).sum()
-                }
-            };
-        }
-        Ok(total)
-    }
-
-    /// [`ReferenceIhvp::score`] of every document of a batched capture, without splitting it:
-    /// per layer one product over all positions, `s_t = (g_t V) · a_t`, then each document's sum
-    /// over its positions, `I(z) = Σ_layers Σ_{t ∈ z} s_t` (the same sum as `score`, in another
-    /// order). With a projection, the batch is split and scored document by document.
-    pub fn score_batch(&self, cap: &crate::model::BatchCapture) -> Result<Vec<Option<f64>>, InfluenceError> {
-        if self.projection.is_some() {
-            return cap.split()?.iter().map(|d| d.as_ref().map(|d| self.score(d)).transpose()).collect();
-        }
-        let positions = cap.layers.first().map_or(0, |l| l.inputs.dim(0).unwrap_or(0));
-        let mut per_position = vec![0f64; positions];
-        for (l, (id, _)) in self.layers.iter().enumerate() {
-            let s: Vec<f64> = self.position_products(l, captured(&cap.layers, *id)?)?.sum(1)?.to_vec1()?;
-            per_position.iter_mut().zip(s).for_each(|(p, x)| *p += x);
-        }
-        Ok(cap
-            .doc_rows
-            .iter()
-            .zip(&cap.losses)
-            .map(|(rows, loss)| loss.map(|_| rows.iter().map(|&k| per_position[k as usize]).sum()))
-            .collect())
-    }
-
-    /// `(g_t V) ⊙ a_t` for every position t of one layer's capture (T × d_in, f64), with `V` of
-    /// layer `l` in the capture's dtype and device (unprojected).
-    fn position_products(&self, l: usize, layer: &crate::model::LayerCapture) -> candle_core::Result<candle_core::Tensor> {
-        use candle_core::DType;
-        let v = match layer.inputs.dtype() {
-            DType::F64 => self.dense[l][1].clone(),
-            DType::F32 => self.dense[l][0].clone(),
-            other => self.dense[l][0].to_dtype(other)?,
-        };
-        layer
-            .output_grads
-            .matmul(&v.to_device(layer.inputs.device())?)?
-            .mul(&layer.inputs)?
-            .to_dtype(DType::F64)
-    }
-}
-
-/// The capture of layer `id` among `layers`.
-fn captured(layers: &[crate::model::LayerCapture], id: LayerId) -> Result<&crate::model::LayerCapture, InfluenceError> {
-    layers
-        .iter()
-        .find(|l| l.id == id)
-        .ok_or_else(|| InfluenceError::Input(format!("capture lacks {id}")))
 }
 
 /// `⟨X, Y⟩` summed over layers (for tests and validation).

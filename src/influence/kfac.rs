@@ -29,6 +29,23 @@ pub enum Strategy {
     Ekfac,
 }
 
+impl Strategy {
+    /// The name in configs and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Identity => "identity",
+            Strategy::Kfac => "kfac",
+            Strategy::Ekfac => "ekfac",
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl std::str::FromStr for Strategy {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -101,6 +101,12 @@ impl FactorArguments {
 }
 
 /// How documents are scored against the reference.
+///
+/// `strategy` sits here, not beside the fitting options as in kronfluence: a fit here always
+/// computes what every strategy needs (the Kronecker factors, their eigenbases and the EK-FAC
+/// eigenvalues), so one set of fitted factors serves identity, K-FAC and EK-FAC scoring and the
+/// choice is made when the reference iHVP is formed. Damping likewise: the factors' header records
+/// the damping they were fitted for only as a default.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ScoreArguments {
     pub strategy: Strategy,
@@ -193,80 +199,6 @@ pub fn reference_ihvp(
         tokens: 0,
     };
     ReferenceIhvp::new(factors.unwrap_or(&empty), gradient, args.strategy, args.damping)
-}
-
-/// A proxy, its fitted factors and one reference set's iHVP, loaded once: scores documents
-/// against that reference. `quad select` scores through one, and so does every scoring worker of
-/// a distributed run (built from the same files and arguments, it gives the same scores).
-pub struct DocumentScorer {
-    pub loaded: LoadedModel,
-    ihvp: ReferenceIhvp,
-    gradient: FitOptions,
-    max_tokens: Option<usize>,
-}
-
-impl DocumentScorer {
-    /// A scorer from parts already loaded; `args` are the factors' (their layers and windows).
-    pub fn new(loaded: LoadedModel, ihvp: ReferenceIhvp, args: &FactorArguments, max_tokens: Option<usize>) -> Self {
-        Self {
-            loaded,
-            ihvp,
-            gradient: args.gradient_options(),
-            max_tokens,
-        }
-    }
-
-    /// Loads the model folder (or GGUF file) `model` and the factors fitted on it in `factors`,
-    /// and takes the reference gradient of `reference` (each text's head,
-    /// [`crate::corpus::text_head`]) and its iHVP. `batch` is the documents per scoring pass
-    /// (`influence.batch`): scores can differ in the last bits with another batching.
-    pub fn load(
-        model: &Path,
-        factors: &Path,
-        reference: &[String],
-        scoring: &ScoreArguments,
-        batch: usize,
-    ) -> Result<Self, InfluenceError> {
-        let loaded = crate::model::load(model, candle_core::DType::F32, &candle_core::Device::Cpu)?;
-        let (fitted, header) = super::store::load_for_model(factors, model)?;
-        let args = FactorArguments {
-            batch: batch.max(1),
-            ..FactorArguments::matching(&fitted, &header)
-        };
-        let tokens = reference
-            .iter()
-            .map(|t| loaded.encode(crate::corpus::text_head(t)).map_err(InfluenceError::from))
-            .collect::<Result<Vec<_>, _>>()?;
-        let grad = reference_gradient(&loaded, &tokens, &args, scoring.max_tokens, &mut |_, _| std::ops::ControlFlow::Continue(()))?;
-        let ihvp = reference_ihvp(Some(&fitted), &grad, header.per_head, scoring)?;
-        Ok(Self::new(loaded, ihvp, &args, scoring.max_tokens))
-    }
-
-    /// Influence score and loss of each document, in order (`None`: fewer than two tokens).
-    pub fn score(&self, docs: &[crate::corpus::Document]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
-        super::score_documents(&self.loaded, &self.ihvp, docs, &self.gradient, self.max_tokens, || {})
-    }
-
-    /// A text's token ids as this scorer takes them ([`super::encode_for_scoring`]).
-    pub fn encode(&self, name: &str, text: &str) -> Result<Vec<u32>, InfluenceError> {
-        super::encode_for_scoring(&self.loaded, name, text, self.max_tokens)
-    }
-
-    /// Raw scores and losses of one batch of token ids (one pass; [`super::score_token_batch`]).
-    pub fn score_batch(&self, batch: &[Vec<u32>]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
-        super::score_token_batch(&self.loaded, &self.ihvp, batch, &self.gradient)
-    }
-
-    /// [`Self::score`] on bare texts.
-    pub fn score_texts(&self, texts: &[&str]) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
-        let named: Vec<(String, &str)> = texts.iter().enumerate().map(|(i, t)| (format!("text {i}"), *t)).collect();
-        let pairs: Vec<(&str, &str)> = named.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-        super::score_texts(&self.loaded, &self.ihvp, &pairs, &self.gradient, self.max_tokens, || {})
-    }
-
-    pub fn ihvp(&self) -> &ReferenceIhvp {
-        &self.ihvp
-    }
 }
 
 #[cfg(test)]

@@ -273,11 +273,6 @@ pub fn tiny_proxy_params() -> crate::model::train::ProxyParams {
     }
 }
 
-/// The standard validation set-up on texts: fitting examples are the `tokens + 1`-token pieces of
-/// the even-numbered pool documents (at most 6,000, so the Fisher has more examples than a tiny
-/// model has targeted weights), candidates the first `tokens + 1` tokens of 240 odd-numbered pool
-/// documents, the reference the first `tokens + 1` tokens of up to 40 reference documents.
-/// Returns the per-head and the whole-layer reports.
 /// Trains the tiny validation model on `pool` into `dir` (when no model is given).
 pub fn train_tiny_model(
     pool: &[String],
@@ -286,15 +281,39 @@ pub fn train_tiny_model(
     crate::model::train::train_proxy(pool.to_vec(), &tiny_proxy_params(), dir, |_| std::ops::ControlFlow::Continue(()))
 }
 
+/// What `quad validate` compares on: tokens per example, the damping (× each block's
+/// `tr(F_b)/n_b`), the curvature, the layers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationOptions {
+    pub tokens: usize,
+    pub damping_rel: f64,
+    pub fisher: super::stage::Fisher,
+    pub layers: crate::model::LayerSelection,
+}
+
+impl Default for ValidationOptions {
+    fn default() -> Self {
+        Self {
+            tokens: VALIDATION_TOKENS,
+            damping_rel: super::DEFAULT_DAMPING_REL,
+            fisher: super::stage::Fisher::True,
+            layers: crate::model::LayerSelection::all(),
+        }
+    }
+}
+
+/// The standard validation set-up on texts: fitting examples are the `tokens + 1`-token pieces of
+/// the even-numbered pool documents (at most 6,000, so the Fisher has more examples than a tiny
+/// model has targeted weights), candidates the first `tokens + 1` tokens of 240 odd-numbered pool
+/// documents, the reference the first `tokens + 1` tokens of up to 40 reference documents.
+/// Returns the per-head and the whole-layer reports.
 pub fn validate_texts(
     loaded: &crate::model::LoadedModel,
     pool: &[String],
     reference: &[String],
-    tokens: usize,
-    damping_scale: f64,
-    labels: crate::model::Labels,
-    selection: &crate::model::LayerSelection,
+    options: &ValidationOptions,
 ) -> Result<(ValidationReport, ValidationReport), InfluenceError> {
+    let tokens = options.tokens;
     let enc = |t: &str| loaded.encode(t).map_err(|e| InfluenceError::Input(e.to_string()));
     let mut fitting = Vec::new();
     for text in pool.iter().step_by(2) {
@@ -317,10 +336,10 @@ pub fn validate_texts(
             per_head,
             context: tokens,
             batch: 16,
-            labels,
-            selection: selection.clone(),
+            labels: options.fisher.labels(0),
+            selection: options.layers.clone(),
         };
-        validate(&loaded.model, &fitting, &reference, &candidates, &opts, damping_scale)
+        validate(&loaded.model, &fitting, &reference, &candidates, &opts, options.damping_rel)
     };
     Ok((run(true)?, run(false)?))
 }

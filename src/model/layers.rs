@@ -131,6 +131,25 @@ impl LayerSelection {
     }
 }
 
+/// The inverse of [`FromStr`]: `both`, `attention`, `mlp`, or the layer names (the blocks are not
+/// part of the written form).
+impl fmt::Display for LayerSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kinds = |set: &[LayerKind]| self.kinds.len() == set.len() && set.iter().all(|k| self.kinds.contains(k));
+        if kinds(&LayerKind::ALL) {
+            return f.write_str("both");
+        }
+        if kinds(&LayerKind::ATTENTION) {
+            return f.write_str("attention");
+        }
+        if kinds(&LayerKind::MLP) {
+            return f.write_str("mlp");
+        }
+        let names: Vec<&str> = self.kinds.iter().map(|k| k.hf_name().rsplit('.').next().unwrap_or_default()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
 impl FromStr for LayerSelection {
     type Err = String;
     /// `attention`, `mlp`, `both`, or a comma-separated list of those and layer names

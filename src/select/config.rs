@@ -119,6 +119,33 @@ pub struct InfluenceConfig {
     pub max_tokens: usize,
 }
 
+impl FactorsConfig {
+    /// The fitting options these settings stand for, with `batch` documents per pass.
+    pub fn arguments(&self, batch: usize) -> FactorArguments {
+        FactorArguments {
+            layers: self.layers.selection(),
+            per_head: self.per_head,
+            context: self.context,
+            batch,
+            fisher: self.fisher,
+            seed: self.seed,
+            fit_docs: self.fit_docs,
+            max_tokens: whole_if_zero(self.max_tokens),
+        }
+    }
+}
+
+impl InfluenceConfig {
+    /// The scoring options these settings stand for.
+    pub fn arguments(&self) -> ScoreArguments {
+        ScoreArguments {
+            strategy: self.strategy,
+            damping: Damping::Relative(self.damping_rel),
+            max_tokens: whole_if_zero(self.max_tokens),
+        }
+    }
+}
+
 impl Default for InfluenceConfig {
     fn default() -> Self {
         Self {
@@ -208,21 +235,8 @@ impl SelectConfig {
         if self.embed.batch_size == 0 {
             return Err(SelectError::Config("[embed] batch_size must be at least 1".into()));
         }
-        let factors = FactorArguments {
-            layers: self.factors.layers.selection(),
-            per_head: self.factors.per_head,
-            context: self.factors.context,
-            batch: self.influence.batch,
-            fisher: self.factors.fisher,
-            seed: self.factors.seed,
-            fit_docs: self.factors.fit_docs,
-            max_tokens: whole_if_zero(self.factors.max_tokens),
-        };
-        let scoring = ScoreArguments {
-            strategy: self.influence.strategy,
-            damping: Damping::Relative(self.influence.damping_rel),
-            max_tokens: whole_if_zero(self.influence.max_tokens),
-        };
+        let factors = self.factors.arguments(self.influence.batch);
+        let scoring = self.influence.arguments();
         let corpus = CorpusConfig {
             text_field: self.text_field.clone(),
             id_field: self.id_field.clone(),

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{SelectConfig, SelectError};
 use crate::embed::{EmbedError, Embedder};
-use crate::influence::stage::DocumentScorer;
+use crate::influence::DocumentScorer;
 use crate::influence::{store, Factors, InfluenceError};
 
 /// Runs the parallel units of a selection. Every method has the in-process answer as its

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod keys;
 pub mod observer;
 pub mod report;
 mod stages;
@@ -43,6 +44,9 @@ pub fn rounds_done(n: usize) -> String {
     }
 }
 
+/// The cache folder a selector and `quad select` use unless told otherwise.
+pub const DEFAULT_CACHE: &str = ".quad-cache";
+
 /// Selects from a pool: the library entry point of `quad select`.
 #[derive(Debug, Clone)]
 pub struct Selector {
@@ -57,7 +61,7 @@ impl Selector {
     pub fn new(config: ValidSelectConfig) -> Self {
         Self {
             config,
-            cache: PathBuf::from(".quad-cache"),
+            cache: PathBuf::from(DEFAULT_CACHE),
             checkpoint: None,
             resume: false,
         }

@@ -15,7 +15,7 @@ use crate::bandit::{Bandit, BanditState, Budget, Problem, StopReason};
 use crate::cluster::{self, Clustering};
 use crate::corpus::{CorpusReader, Document, DocumentStore, ReadReport};
 use crate::embed::{BertOptions, Embeddings, StoredEmbeddings};
-use crate::hash::key_of;
+use super::keys;
 use crate::influence::{self, stage as infl, store, Factors, ReferenceIhvp};
 use crate::model::train::train_proxy_from;
 use crate::model::{self, LoadedModel};
@@ -88,9 +88,7 @@ pub(super) fn run(
     let tokens = tokenize(&proxy, &inputs.pool, &mut cache, observer)?;
     let influence = reference_ihvp(cfg, &inputs, &proxy, &tokens, &mut cache, observer)?;
     let started = StageClock::start();
-    let run_key = key_of(&json!([
-        "run", clusters.key, proxy.sha, influence.score_key, cfg.raw.bandit, budget, tokens.too_short
-    ]));
+    let run_key = keys::run(cfg, (&clusters.key, &proxy.sha, &influence.score_key), budget, tokens.too_short);
     let problem = Problem {
         cluster: tokens.eligible.iter().map(|&i| clusters.assignment[i]).collect(),
         tokens: tokens.eligible.iter().map(|&i| tokens.counts[i] as usize).collect(),
@@ -191,7 +189,7 @@ fn read_inputs(
     }
     let pool_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(pool)?)?;
     let ref_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(reference)?)?;
-    let corpus_key = key_of(&json!([pool_sha, cfg.raw.text_field, cfg.raw.id_field]));
+    let corpus_key = keys::corpus(cfg, &pool_sha);
     cache.finish(observer, "corpus", started, false, &corpus_key)?;
     Ok(Inputs {
         pool: docs,
@@ -218,8 +216,7 @@ fn cluster_pool(
         Some(m) => json!(["bert", store::model_fingerprint(m)?]),
         None => json!(["hashing", raw.embed.hashing_dim]),
     };
-    // "unit-rows": the cached matrix holds rows already scaled to unit norm (mapped, not fixed up).
-    let embed_key = key_of(&json!(["embed", inputs.corpus_key, embedder_id, "unit-rows"]));
+    let embed_key = keys::embed(&inputs.corpus_key, embedder_id);
     // The metadata is written last (after the matrix and the ids): its presence marks a whole entry.
     let artifact = cache.folder("embed", &embed_key, Embeddings::META_FILE);
     let docs = &inputs.pool;
@@ -257,7 +254,7 @@ fn cluster_pool(
         Ok(StoredEmbeddings::open(dir)?)
     })?;
 
-    let key = key_of(&json!(["cluster", embed_key, raw.cluster, cluster::ALGORITHM]));
+    let key = keys::cluster(cfg, &embed_key);
     let artifact = cache.file("cluster", &key, "json");
     let load = |p: &Path| -> Result<(Vec<usize>, Vec<Vec<f64>>), SelectError> {
         let text = std::fs::read_to_string(p).map_err(at(p))?;
@@ -320,7 +317,7 @@ fn load_proxy(
             (m.clone(), true)
         }
         None => {
-            let key = key_of(&json!(["proxy", inputs.corpus_key, raw.proxy.train]));
+            let key = keys::proxy(cfg, &inputs.corpus_key);
             let artifact = cache.folder("proxy", &key, "model.safetensors");
             let mut cached = artifact.marker.exists();
             let _ = observer.event(Event::Stage {
@@ -469,23 +466,9 @@ fn reference_ihvp(
     observer: &mut dyn Observer,
 ) -> Result<Influence, SelectError> {
     let raw = &cfg.raw;
-    let factors_key = key_of(&json!(["factors", proxy.sha, inputs.corpus_key, raw.factors]));
-    let ref_key = key_of(&json!([
-        "refgrad",
-        proxy.sha,
-        inputs.ref_sha,
-        cfg.factors.layers,
-        raw.factors.context,
-        raw.influence.max_tokens
-    ]));
-    let score_key = key_of(&json!([
-        "scores",
-        ref_key,
-        factors_key,
-        raw.influence.strategy,
-        raw.influence.damping_rel,
-        raw.influence.max_tokens
-    ]));
+    let factors_key = keys::factors(cfg, &proxy.sha, &inputs.corpus_key);
+    let ref_key = keys::reference_gradient(cfg, &proxy.sha, &inputs.ref_sha);
+    let score_key = keys::scores(cfg, &ref_key, &factors_key);
     let factors_artifact = cache.folder("factors", &factors_key, "factors.json");
     let mut result = Influence {
         ihvp: None,
@@ -611,13 +594,7 @@ impl Scorer<'_> {
                 .map(|d| influence::encode_for_scoring(loaded, &d.id, &d.text, self.cfg.scoring.max_tokens))
                 .collect::<Result<Vec<_>, _>>()?;
             // Batches of similar length, each scored in one pass wherever the executor runs it.
-            let plan = influence::plan_batches(&ids, opts.batch);
-            let batches: Vec<Vec<Vec<u32>>> = plan.iter().map(|b| b.iter().map(|&i| ids[i].clone()).collect()).collect();
-            let results = self.executor.score(batches, &here)?;
-            if results.len() != plan.len() || results.iter().zip(&plan).any(|(r, b)| r.len() != b.len()) {
-                return Err(SelectError::Config("the scoring executor answered out of shape".into()));
-            }
-            let scored = influence::scatter(&plan, results, ids.len());
+            let scored = influence::run_planned(&ids, opts.batch, |batches| self.executor.score(batches, &here))?;
             self.scored_here.0 += ids.len();
             self.scored_here.1 += ids.iter().map(|d| d.len().saturating_sub(1)).sum::<usize>();
             self.scored_here.2 += clock.elapsed().as_secs_f64();

@@ -9,11 +9,14 @@ use clap::{Args, Parser, Subcommand};
 use quad_select::cluster::{ClusterCount, KMeansParams};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::embed::HashingEmbedder;
-use quad_select::influence::stage::Fisher;
-use quad_select::influence::{self, Strategy};
+use quad_select::bandit::BanditParams;
+use quad_select::eval;
+use quad_select::influence::stage::{FactorArguments, Fisher, ScoreArguments};
+use quad_select::influence::validate::ValidationOptions;
+use quad_select::influence::{Damping, Projection, Strategy};
 use quad_select::model::train::ProxyParams;
 use quad_select::model::LayerSelection;
-use quad_select::select::SelectConfig;
+use quad_select::select::{EmbedConfig, FactorsConfig, InfluenceConfig, SelectConfig, DEFAULT_CACHE};
 
 #[derive(Parser)]
 #[command(name = "quad", version, about)]
@@ -69,30 +72,8 @@ pub enum Command {
     Factors {
         #[command(flatten)]
         corpus: CorpusArgs,
-        /// Model: a Hugging Face style folder or a .gguf file.
-        #[arg(long)]
-        model: PathBuf,
-        /// Layers to factor: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
-        #[arg(long, default_value = "both")]
-        layers: LayerSelection,
-        /// Factor each attention projection as one block instead of per head (ablation).
-        #[arg(long)]
-        no_per_head: bool,
-        /// Documents sampled from the pool to fit the factors.
-        #[arg(long, default_value_t = 256, value_parser = at_least::<1>)]
-        fit_docs: usize,
-        /// Tokens of each fitting document used, its first ones (0: the whole document).
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
-        /// Tokens per window when chunking documents (at least 2, as `quad select` needs).
-        #[arg(long, default_value_t = 256, value_parser = at_least::<2>)]
-        context: usize,
-        /// Seed of the fitting sample (and of the sampled labels).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Curvature to approximate: the true Fisher (GGN) or the empirical Fisher.
-        #[arg(long, value_enum, default_value_t = FisherArg::True)]
-        fisher: FisherArg,
+        #[command(flatten)]
+        factors: FactorsArgs,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -102,38 +83,8 @@ pub enum Command {
     Influence {
         #[command(flatten)]
         corpus: CorpusArgs,
-        /// The model the factors were fitted on.
-        #[arg(long)]
-        model: PathBuf,
-        /// Folder written by `quad factors`.
-        #[arg(long)]
-        factors: PathBuf,
-        /// Reference corpus (text the model should get better at).
-        #[arg(long)]
-        reference: PathBuf,
-        /// identity (gradient dot product), kfac or ekfac.
-        #[arg(long, default_value = "ekfac")]
-        strategy: Strategy,
-        /// Damping relative to each block's mean eigenvalue.
-        #[arg(long, default_value_t = 0.1, conflicts_with = "damping", value_parser = positive_finite)]
-        damping_rel: f64,
-        /// Absolute damping instead.
-        #[arg(long, value_parser = positive_finite)]
-        damping: Option<f64>,
-        /// Print the mean score per value of this record field.
-        #[arg(long)]
-        label_field: Option<String>,
-        /// Score through a seeded Rademacher projection of both sides to at most DIM×DIM per
-        /// layer (TRAK-style, unbiased; for memory). Off by default.
-        #[arg(long, value_name = "DIM")]
-        project: Option<usize>,
-        /// Seed of the projection.
-        #[arg(long, default_value_t = 0)]
-        project_seed: u64,
-        /// Take candidate and reference gradients on each document's first N predicted tokens
-        /// (default: whole documents).
-        #[arg(long, value_name = "N")]
-        max_tokens: Option<usize>,
+        #[command(flatten)]
+        influence: InfluenceArgs,
         /// Output JSONL file.
         #[arg(long)]
         out: PathBuf,
@@ -142,29 +93,149 @@ pub enum Command {
     Validate {
         #[command(flatten)]
         corpus: CorpusArgs,
-        /// Reference corpus.
-        #[arg(long)]
-        reference: PathBuf,
-        /// A tiny model (a few thousand weights in its linear layers); without it, one is trained.
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Damping: this × tr(F_b)/n_b per block.
-        #[arg(long, default_value_t = 0.1, value_parser = positive_finite)]
-        damping_rel: f64,
-        /// Curvature the factors approximate (and the exact solve uses).
-        #[arg(long, value_enum, default_value_t = FisherArg::True)]
-        fisher: FisherArg,
-        /// Layers to target: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
-        #[arg(long, default_value = "both")]
-        layers: LayerSelection,
-        /// Tokens per fitting example, candidate and reference document (at least 2: one
-        /// predicted token needs one before it).
-        #[arg(long, default_value_t = influence::validate::VALIDATION_TOKENS, value_parser = at_least::<2>)]
-        tokens: usize,
+        #[command(flatten)]
+        validate: ValidateArgs,
         /// Folder for the trained tiny model and the report.
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// The flags of `quad factors` (defaults: the library's [`FactorsConfig`], as `quad select`).
+#[derive(Args)]
+pub struct FactorsArgs {
+    /// Model: a Hugging Face style folder or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Layers to factor: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
+    #[arg(long, default_value_t = FactorsConfig::default().layers.selection())]
+    pub layers: LayerSelection,
+    /// Factor each attention projection as one block instead of per head (ablation).
+    #[arg(long)]
+    pub no_per_head: bool,
+    /// Documents sampled from the pool to fit the factors.
+    #[arg(long, default_value_t = FactorsConfig::default().fit_docs, value_parser = at_least::<1>)]
+    pub fit_docs: usize,
+    /// Tokens of each fitting document used, its first ones (0: the whole document).
+    #[arg(long, default_value_t = FactorsConfig::default().max_tokens)]
+    pub max_tokens: usize,
+    /// Tokens per window when chunking documents (at least 2, as `quad select` needs).
+    #[arg(long, default_value_t = FactorsConfig::default().context, value_parser = at_least::<2>)]
+    pub context: usize,
+    /// Seed of the fitting sample (and of the sampled labels).
+    #[arg(long, default_value_t = FactorsConfig::default().seed)]
+    pub seed: u64,
+    /// Curvature to approximate: the true Fisher (GGN) or the empirical Fisher.
+    #[arg(long, value_enum, default_value_t = FactorsConfig::default().fisher.into())]
+    pub fisher: FisherArg,
+}
+
+impl FactorsArgs {
+    /// The fitting options, batched as `quad select` batches them.
+    pub fn to_arguments(&self) -> FactorArguments {
+        let fitting = FactorsConfig {
+            fit_docs: self.fit_docs,
+            max_tokens: self.max_tokens,
+            per_head: !self.no_per_head,
+            fisher: self.fisher.into(),
+            context: self.context,
+            seed: self.seed,
+            ..Default::default()
+        };
+        // Any list of layers, not only the config's three groups.
+        FactorArguments { layers: self.layers.clone(), ..fitting.arguments(InfluenceConfig::default().batch) }
+    }
+}
+
+/// The flags of `quad influence` (defaults: the library's [`InfluenceConfig`]).
+#[derive(Args)]
+pub struct InfluenceArgs {
+    /// The model the factors were fitted on.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Folder written by `quad factors`.
+    #[arg(long)]
+    pub factors: PathBuf,
+    /// Reference corpus (text the model should get better at).
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// identity (gradient dot product), kfac or ekfac.
+    #[arg(long, default_value_t = InfluenceConfig::default().strategy)]
+    pub strategy: Strategy,
+    /// Damping relative to each block's mean eigenvalue.
+    #[arg(long, default_value_t = InfluenceConfig::default().damping_rel, conflicts_with = "damping", value_parser = positive_finite)]
+    pub damping_rel: f64,
+    /// Absolute damping instead.
+    #[arg(long, value_parser = positive_finite)]
+    pub damping: Option<f64>,
+    /// Print the mean score per value of this record field.
+    #[arg(long)]
+    pub label_field: Option<String>,
+    /// Score through a seeded Rademacher projection of both sides to at most DIM×DIM per
+    /// layer (TRAK-style, unbiased; for memory). Off by default.
+    #[arg(long, value_name = "DIM", value_parser = at_least::<1>)]
+    pub project: Option<usize>,
+    /// Seed of the projection.
+    #[arg(long, default_value_t = 0)]
+    pub project_seed: u64,
+    /// Take candidate and reference gradients on each document's first N predicted tokens
+    /// (default: whole documents; `quad select` uses the proxy's context).
+    #[arg(long, value_name = "N")]
+    pub max_tokens: Option<usize>,
+}
+
+impl InfluenceArgs {
+    /// The scoring options.
+    pub fn to_arguments(&self) -> ScoreArguments {
+        ScoreArguments {
+            strategy: self.strategy,
+            damping: match self.damping {
+                Some(d) => Damping::Absolute(d),
+                None => Damping::Relative(self.damping_rel),
+            },
+            max_tokens: self.max_tokens,
+        }
+    }
+
+    /// The projection, if asked for.
+    pub fn projection(&self) -> Option<Projection> {
+        self.project.map(|dim| Projection { dim, seed: self.project_seed })
+    }
+}
+
+/// The flags of `quad validate`.
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// Reference corpus.
+    #[arg(long)]
+    pub reference: PathBuf,
+    /// A tiny model (a few thousand weights in its linear layers); without it, one is trained.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Damping: this × tr(F_b)/n_b per block.
+    #[arg(long, default_value_t = ValidationOptions::default().damping_rel, value_parser = positive_finite)]
+    pub damping_rel: f64,
+    /// Curvature the factors approximate (and the exact solve uses).
+    #[arg(long, value_enum, default_value_t = ValidationOptions::default().fisher.into())]
+    pub fisher: FisherArg,
+    /// Layers to target: attention, mlp, both, or a comma-separated list of layer names (q_proj, …, down_proj).
+    #[arg(long, default_value_t = ValidationOptions::default().layers)]
+    pub layers: LayerSelection,
+    /// Tokens per fitting example, candidate and reference document (at least 2: one
+    /// predicted token needs one before it).
+    #[arg(long, default_value_t = ValidationOptions::default().tokens, value_parser = at_least::<2>)]
+    pub tokens: usize,
+}
+
+impl ValidateArgs {
+    pub fn to_arguments(&self) -> ValidationOptions {
+        ValidationOptions {
+            tokens: self.tokens,
+            damping_rel: self.damping_rel,
+            fisher: self.fisher.into(),
+            layers: self.layers.clone(),
+        }
+    }
 }
 
 /// Which curvature K-FAC / EK-FAC approximate.
@@ -174,6 +245,15 @@ pub enum FisherArg {
     True,
     /// Empirical Fisher: fitting losses against the documents' own next tokens.
     Empirical,
+}
+
+impl From<Fisher> for FisherArg {
+    fn from(f: Fisher) -> FisherArg {
+        match f {
+            Fisher::True => FisherArg::True,
+            Fisher::Empirical => FisherArg::Empirical,
+        }
+    }
 }
 
 impl From<FisherArg> for Fisher {
@@ -206,7 +286,7 @@ pub struct SelectArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Cache folder for embeddings, clusters, proxy, factors and scores (shared between runs).
-    #[arg(long, default_value = ".quad-cache")]
+    #[arg(long, default_value = DEFAULT_CACHE)]
     pub cache: PathBuf,
     /// Continue from OUT/checkpoint.json (after a crash, kill or Ctrl-C).
     #[arg(long)]
@@ -319,13 +399,13 @@ pub enum EvalCommand {
         #[command(flatten)]
         corpus: CorpusArgs,
         /// Field whose values are the domains.
-        #[arg(long, default_value = "domain")]
+        #[arg(long, default_value = eval::LABEL_FIELD)]
         label_field: String,
         /// Held-out documents per domain.
-        #[arg(long, default_value_t = 20, value_parser = at_least::<1>)]
+        #[arg(long, default_value_t = eval::HELDOUT_PER_DOMAIN, value_parser = at_least::<1>)]
         heldout_per_domain: usize,
         /// BPE vocabulary of the evaluation tokenizer (at least 300: 256 bytes and some merges).
-        #[arg(long, default_value_t = 4096, value_parser = at_least::<300>)]
+        #[arg(long, default_value_t = eval::eval_params().vocab_size, value_parser = at_least::<300>)]
         vocab_size: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -345,7 +425,7 @@ pub enum EvalCommand {
         #[arg(long)]
         split: PathBuf,
         /// Field whose values are the domains.
-        #[arg(long, default_value = "domain")]
+        #[arg(long, default_value = eval::LABEL_FIELD)]
         label_field: String,
         /// Clusters of the selection's run (for the normalised entropy); default: from the
         /// manifest.json beside the selection.
@@ -385,49 +465,49 @@ pub enum ProxyCommand {
 #[derive(Args)]
 pub struct ProxyArgs {
     /// Transformer blocks.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ProxyParams::default().layers)]
     pub layers: usize,
     /// Model width (hidden size).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = ProxyParams::default().width)]
     pub width: usize,
     /// Attention heads.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ProxyParams::default().heads)]
     pub heads: usize,
     /// Context length in tokens.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = ProxyParams::default().context)]
     pub context: usize,
     /// Vocabulary size of the byte-level BPE trained on the sample.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = ProxyParams::default().vocab_size)]
     pub vocab_size: usize,
     /// Use this tokenizer.json instead of training a BPE.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Optimisation steps.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = ProxyParams::default().steps)]
     pub steps: usize,
     /// Sequences per step.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = ProxyParams::default().batch_size)]
     pub batch_size: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 3e-3, value_parser = positive_finite)]
+    #[arg(long, default_value_t = ProxyParams::default().lr, value_parser = positive_finite)]
     pub lr: f64,
     /// Linear warm-up steps (then cosine decay to lr/10).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = ProxyParams::default().warmup)]
     pub warmup: usize,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.1, value_parser = non_negative_finite)]
+    #[arg(long, default_value_t = ProxyParams::default().weight_decay, value_parser = non_negative_finite)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this.
-    #[arg(long, default_value_t = 1.0, value_parser = positive_finite)]
+    #[arg(long, default_value_t = ProxyParams::default().clip, value_parser = positive_finite)]
     pub clip: f64,
     /// Seed for the sample, the initial weights and the batches.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = ProxyParams::default().seed)]
     pub seed: u64,
     /// Documents sampled from the pool at most.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = ProxyParams::default().max_docs)]
     pub max_docs: usize,
     /// Validate every this many steps.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = ProxyParams::default().eval_every)]
     pub eval_every: usize,
     /// Stop after this many minutes even if steps remain.
     #[arg(long, value_parser = positive_finite)]
@@ -461,29 +541,29 @@ impl ProxyArgs {
 #[derive(Args)]
 pub struct KMeansArgs {
     /// Number of clusters, or "auto": 2^round(log2 √(n/16)), 32 for 18k documents, 256 for 1M.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value_t = KMeansParams::default().k)]
     pub k: ClusterCount,
     /// Fit the centroids on at most this many rows (a seeded sample beyond), then assign every row.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, default_value_t = KMeansParams::default().fit_rows)]
     pub fit_rows: usize,
     /// k-means++ initialisations; the lowest inertia wins.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = KMeansParams::default().n_init)]
     pub n_init: usize,
     /// Maximum Lloyd iterations per initialisation (epochs with --mini-batch).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = KMeansParams::default().max_iter)]
     pub max_iter: usize,
     /// Relative tolerance on the centroid shift (as scikit-learn's KMeans).
-    #[arg(long, default_value_t = 1e-4, value_parser = non_negative_finite)]
+    #[arg(long, default_value_t = KMeansParams::default().tol, value_parser = non_negative_finite)]
     pub tol: f64,
     /// Random seed for initialisation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = KMeansParams::default().seed)]
     pub seed: u64,
     /// Use mini-batch k-means with this batch size (for large pools).
     #[arg(long)]
     pub mini_batch: Option<usize>,
     /// Neighbour radius τ: clusters whose centroids are closer than this cosine distance are
     /// neighbours (the bandit shares rewards between them).
-    #[arg(long, default_value_t = 0.2, value_parser = non_negative_finite)]
+    #[arg(long, default_value_t = BanditParams::default().tau, value_parser = non_negative_finite)]
     pub tau: f64,
 }
 
@@ -507,10 +587,10 @@ pub struct CorpusArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// Field holding the document text.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value_t = CorpusConfig::default().text_field)]
     pub text_field: String,
     /// Field holding the document id (default when absent: file:line).
-    #[arg(long, default_value = "id")]
+    #[arg(long, default_value_t = CorpusConfig::default().id_field)]
     pub id_field: String,
     /// Stop at the first bad record instead of skipping and counting it.
     #[arg(long)]
@@ -547,7 +627,7 @@ pub struct EmbedderArgs {
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Texts per forward pass of the model.
-    #[arg(long, default_value_t = 32, value_parser = at_least::<1>)]
+    #[arg(long, default_value_t = EmbedConfig::default().batch_size, value_parser = at_least::<1>)]
     pub batch_size: usize,
     /// Override the model's maximum sequence length (tokens, [CLS] and [SEP] included).
     #[arg(long)]
@@ -590,107 +670,92 @@ pub fn command() -> clap::Command {
     })
 }
 
+/// What a command does with a path it is given.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Reads,
+    /// Writes this file.
+    Writes,
+    /// Writes into this folder (created if missing; must be a folder).
+    WritesInto,
+}
+
 impl Command {
-    /// What the command writes (`outputs`) and reads (`inputs`), each with its flag: checked
-    /// before anything is written or removed, so that no output can replace or clear an input.
-    pub fn check_paths(&self) -> Result<()> {
-        use quad_select::path_io::{check_output_folder, refuse_output_over_input, Named};
-        let n = Named::new;
-        // `eval run` reads the manifest beside the selection (for k) when there is one.
-        let manifest = match self {
-            Command::Eval(EvalCommand::Run { selection, .. }) => Some(selection.with_file_name("manifest.json")),
-            _ => None,
-        };
-        let mut inputs: Vec<Named<'_>> = Vec::new();
-        let mut outputs: Vec<Named<'_>> = Vec::new();
-        let mut folders: Vec<Named<'_>> = Vec::new();
+    /// Every path the command is given, with its flag and what the command does with it.
+    fn paths(&self) -> Vec<(Role, &'static str, PathBuf)> {
+        use Role::{Reads, Writes, WritesInto};
+        let mut v: Vec<(Role, &'static str, PathBuf)> = Vec::new();
+        let mut add = |role, flag, path: &std::path::Path| v.push((role, flag, path.to_path_buf()));
         match self {
             Command::Select(a) => {
-                inputs.extend([n("--input", &a.input), n("--reference", &a.reference)]);
-                inputs.extend(a.config.as_deref().map(|p| n("--config", p)));
-                inputs.extend(a.model.as_deref().map(|p| n("--model", p)));
-                inputs.extend(a.embed_model.as_deref().map(|p| n("--embed-model", p)));
-                outputs.extend([n("--out", &a.out), n("--cache", &a.cache)]);
-                folders.extend([n("--out", &a.out), n("--cache", &a.cache)]);
+                add(Reads, "--input", &a.input);
+                add(Reads, "--reference", &a.reference);
+                a.config.iter().for_each(|p| add(Reads, "--config", p));
+                a.model.iter().for_each(|p| add(Reads, "--model", p));
+                a.embed_model.iter().for_each(|p| add(Reads, "--embed-model", p));
+                add(WritesInto, "--out", &a.out);
+                add(WritesInto, "--cache", &a.cache);
             }
             Command::Eval(EvalCommand::Split { corpus, out, .. }) => {
-                inputs.push(n("--input", &corpus.input));
-                outputs.push(n("--out", out));
-                folders.push(n("--out", out));
+                add(Reads, "--input", &corpus.input);
+                add(WritesInto, "--out", out);
             }
-            Command::Eval(EvalCommand::Run {
-                selection,
-                reference,
-                split,
-                out,
-                ..
-            }) => {
-                inputs.extend([n("--selection", selection), n("--split", split)]);
-                inputs.extend(reference.iter().map(|r| n("--reference", r)));
-                inputs.extend(manifest.as_deref().map(|p| n("manifest beside --selection", p)));
-                outputs.extend(out.iter().map(|o| n("--out", o)));
+            Command::Eval(EvalCommand::Run { selection, reference, split, out, .. }) => {
+                add(Reads, "--selection", selection);
+                add(Reads, "--split", split);
+                reference.iter().for_each(|r| add(Reads, "--reference", r));
+                // It reads the manifest beside the selection (for k) when there is one.
+                add(Reads, "manifest beside --selection", &selection.with_file_name("manifest.json"));
+                out.iter().for_each(|o| add(Writes, "--out", o));
             }
             Command::Embed { corpus, embedder, out } => {
-                inputs.push(n("--input", &corpus.input));
-                inputs.extend(embedder.model.as_deref().map(|p| n("--model", p)));
-                outputs.push(n("--out", out));
-                folders.push(n("--out", out));
+                add(Reads, "--input", &corpus.input);
+                embedder.model.iter().for_each(|p| add(Reads, "--model", p));
+                add(WritesInto, "--out", out);
             }
-            Command::Cluster {
-                corpus,
-                embedder,
-                embeddings,
-                out,
-                ..
-            } => {
-                inputs.push(n("--input", &corpus.input));
-                inputs.extend(embedder.model.as_deref().map(|p| n("--model", p)));
-                inputs.extend(embeddings.as_deref().map(|p| n("--embeddings", p)));
-                outputs.push(n("--out", out));
-                folders.push(n("--out", out));
+            Command::Cluster { corpus, embedder, embeddings, out, .. } => {
+                add(Reads, "--input", &corpus.input);
+                embedder.model.iter().for_each(|p| add(Reads, "--model", p));
+                embeddings.iter().for_each(|p| add(Reads, "--embeddings", p));
+                add(WritesInto, "--out", out);
             }
             Command::Proxy(ProxyCommand::Train { corpus, proxy, out }) => {
-                inputs.push(n("--input", &corpus.input));
-                inputs.extend(proxy.tokenizer.as_deref().map(|p| n("--tokenizer", p)));
-                outputs.push(n("--out", out));
-                folders.push(n("--out", out));
+                add(Reads, "--input", &corpus.input);
+                proxy.tokenizer.iter().for_each(|p| add(Reads, "--tokenizer", p));
+                add(WritesInto, "--out", out);
             }
-            Command::Factors { corpus, model, out, .. } => {
-                inputs.extend([n("--input", &corpus.input), n("--model", model)]);
-                outputs.push(n("--out", out));
-                folders.push(n("--out", out));
+            Command::Factors { corpus, factors, out } => {
+                add(Reads, "--input", &corpus.input);
+                add(Reads, "--model", &factors.model);
+                add(WritesInto, "--out", out);
             }
-            Command::Influence {
-                corpus,
-                model,
-                factors,
-                reference,
-                out,
-                ..
-            } => {
-                inputs.extend([
-                    n("--input", &corpus.input),
-                    n("--model", model),
-                    n("--factors", factors),
-                    n("--reference", reference),
-                ]);
-                outputs.push(n("--out", out));
+            Command::Influence { corpus, influence: i, out } => {
+                add(Reads, "--input", &corpus.input);
+                add(Reads, "--model", &i.model);
+                add(Reads, "--factors", &i.factors);
+                add(Reads, "--reference", &i.reference);
+                add(Writes, "--out", out);
             }
-            Command::Validate {
-                corpus,
-                reference,
-                model,
-                out,
-                ..
-            } => {
-                inputs.extend([n("--input", &corpus.input), n("--reference", reference)]);
-                inputs.extend(model.as_deref().map(|p| n("--model", p)));
-                outputs.push(n("--out", out));
-                folders.push(n("--out", out));
+            Command::Validate { corpus, validate, out } => {
+                add(Reads, "--input", &corpus.input);
+                add(Reads, "--reference", &validate.reference);
+                validate.model.iter().for_each(|p| add(Reads, "--model", p));
+                add(WritesInto, "--out", out);
             }
         }
-        refuse_output_over_input(&outputs, &inputs)?;
-        for f in folders {
+        v
+    }
+
+    /// Checked before anything is written or removed: no output may be, contain or lie inside
+    /// an input, and an output folder must be a folder.
+    pub fn check_paths(&self) -> Result<()> {
+        use quad_select::path_io::{check_output_folder, refuse_output_over_input, Named};
+        let paths = self.paths();
+        let named = |keep: &dyn Fn(Role) -> bool| -> Vec<Named<'_>> {
+            paths.iter().filter(|(r, _, _)| keep(*r)).map(|(_, flag, p)| Named::new(flag, p)).collect()
+        };
+        refuse_output_over_input(&named(&|r| r != Role::Reads), &named(&|r| r == Role::Reads))?;
+        for f in named(&|r| r == Role::WritesInto) {
             check_output_folder(f.flag, f.path)?;
         }
         Ok(())

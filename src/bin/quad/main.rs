@@ -8,8 +8,6 @@ mod progress;
 use anyhow::Result;
 
 use args::{Cli, Command, ProxyCommand};
-use commands::model::{FactorsCmd, InfluenceCmd};
-use quad_select::influence::stage::FactorArguments;
 
 fn main() {
     // Before any thread exists: it sets an environment variable (see its docs).
@@ -58,66 +56,8 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => commands::embed::cluster(&corpus, &embedder, embeddings, &kmeans, label_field, &out),
         Command::Proxy(ProxyCommand::Train { corpus, proxy, out }) => commands::model::proxy_train(&corpus, &proxy, &out),
-        Command::Factors {
-            corpus,
-            model,
-            layers,
-            no_per_head,
-            fit_docs,
-            max_tokens,
-            context,
-            seed,
-            fisher,
-            out,
-        } => commands::model::factors(FactorsCmd {
-            corpus,
-            model,
-            args: FactorArguments {
-                layers,
-                per_head: !no_per_head,
-                context,
-                batch: 4,
-                fisher: fisher.into(),
-                seed,
-                fit_docs,
-                max_tokens: (max_tokens > 0).then_some(max_tokens),
-            },
-            out,
-        }),
-        Command::Influence {
-            corpus,
-            model,
-            factors,
-            reference,
-            strategy,
-            damping_rel,
-            damping,
-            label_field,
-            project,
-            project_seed,
-            max_tokens,
-            out,
-        } => commands::model::influence(InfluenceCmd {
-            corpus,
-            model,
-            factors,
-            reference,
-            strategy,
-            damping: commands::model::damping(damping_rel, damping),
-            label_field,
-            project: commands::model::projection(project, project_seed)?,
-            max_tokens,
-            out,
-        }),
-        Command::Validate {
-            corpus,
-            reference,
-            model,
-            damping_rel,
-            fisher,
-            layers,
-            tokens,
-            out,
-        } => commands::model::validate(&corpus, &reference, model, damping_rel, fisher, &layers, tokens, &out),
+        Command::Factors { corpus, factors, out } => commands::model::factors(&corpus, &factors, &out),
+        Command::Influence { corpus, influence, out } => commands::model::influence(&corpus, &influence, &out),
+        Command::Validate { corpus, validate, out } => commands::model::validate(&corpus, &validate, &out),
     }
 }

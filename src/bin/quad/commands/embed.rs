@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use quad_select::cluster::{self, Clustering, KMeansEvent};
-use quad_select::corpus::{self as corpus_mod, ReadReport};
+use quad_select::corpus as corpus_mod;
 use quad_select::embed::{self, BertOptions, Embeddings};
 
 use crate::args::{CorpusArgs, EmbedderArgs, KMeansArgs};
@@ -14,11 +14,26 @@ use crate::progress::{bar, spinner};
 /// Streams the corpus through the embedder into `out`, one chunk of rows in memory at a time
 /// (rows scaled to unit norm).
 pub fn embed(corpus: &CorpusArgs, args: &EmbedderArgs, out: &Path) -> Result<()> {
+    let started = Instant::now();
+    let (written, describe) = embed_into(corpus, args, out)?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "embedded {} documents ({} dims, {describe}) in {secs:.1} s ({:.1} docs/s) -> {}",
+        written.rows,
+        written.dim,
+        written.rows as f64 / secs.max(1e-9),
+        out.join(Embeddings::MATRIX_FILE).display()
+    );
+    Ok(())
+}
+
+/// Embeds the corpus into the folder `dir` with a progress spinner: what was written and the
+/// embedder's description.
+fn embed_into(corpus: &CorpusArgs, args: &EmbedderArgs, dir: &Path) -> Result<(embed::EmbeddedDir, String)> {
     let embedder = make_embedder(args)?;
     let mut reader = corpus.open()?;
     let bar = spinner("embedding");
-    let started = Instant::now();
-    let written = embed::embed_to_dir(reader.by_ref(), embedder.as_ref(), args.batch_size.max(1) * 8, out, |n| {
+    let written = embed::embed_to_dir(reader.by_ref(), embedder.as_ref(), args.batch_size.max(1) * 8, dir, |n| {
         bar.inc(n as u64);
         std::ops::ControlFlow::Continue(())
     })?;
@@ -30,17 +45,7 @@ pub fn embed(corpus: &CorpusArgs, args: &EmbedderArgs, out: &Path) -> Result<()>
     if written.rescaled > 0 {
         eprintln!("note: rescaled {} embedding rows to unit norm", written.rescaled);
     }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        "embedded {} documents ({} dims, {}) in {:.1} s ({:.1} docs/s) -> {}",
-        written.rows,
-        written.dim,
-        embedder.describe(),
-        secs,
-        written.rows as f64 / secs.max(1e-9),
-        out.join(Embeddings::MATRIX_FILE).display()
-    );
-    Ok(())
+    Ok((written, embedder.describe()))
 }
 
 fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn embed::Embedder>> {
@@ -58,6 +63,9 @@ fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn embed::Embedder>> {
     })
 }
 
+/// `quad cluster`: the embeddings given (`--embeddings`), or the corpus embedded into a scratch
+/// folder inside `out` first (removed after), then the stored, blocked fit `quad select` uses:
+/// memory holds the fit sample and one block of rows, not the whole matrix.
 pub fn cluster(
     corpus: &CorpusArgs,
     embedder: &EmbedderArgs,
@@ -66,8 +74,59 @@ pub fn cluster(
     label_field: Option<String>,
     out: &Path,
 ) -> Result<()> {
+    let scratch;
+    let path = match embeddings {
+        Some(path) => path,
+        None => {
+            let prefix = quad_select::atomic::temp_prefix();
+            scratch = tempfile::Builder::new()
+                .prefix(&prefix)
+                .suffix(quad_select::atomic::TEMP_SUFFIX)
+                .tempdir_in(out)
+                .with_context(|| format!("making a scratch folder in {}", out.display()))?;
+            let (written, describe) = embed_into(corpus, embedder, scratch.path())?;
+            eprintln!("embedded {} documents with {describe}", written.rows);
+            scratch.path().to_path_buf()
+        }
+    };
+    let emb = embed::StoredEmbeddings::open(&path)?;
+    // The rows must be this corpus's documents, or the clusters (and labels) mean nothing.
+    corpus_mod::check_ids(&corpus.input, corpus.config(), &emb.ids)
+        .with_context(|| format!("--embeddings {} against --input", path.display()))?;
+    let labels = match &label_field {
+        Some(field) => Some(corpus_mod::labels_by_id(&corpus.input, corpus.config(), field, &emb.ids)?),
+        None => None,
+    };
+    let started = Instant::now();
+    let fitted = fit_with_bar(kmeans, &emb)?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut extra = serde_json::json!({"embedder": emb.embedder, "fit_seconds": secs});
+    println!(
+        "k-means: k={} n={} inertia={:.3} iterations={} ({:.2} s)",
+        fitted.k(),
+        emb.ids.len(),
+        fitted.inertia,
+        fitted.n_iter,
+        secs
+    );
+    report_structure(&fitted, kmeans.tau);
+    if let (Some(field), Some(labels)) = (&label_field, &labels) {
+        let agreement = cluster::label_agreement(&fitted.assignment, labels);
+        println!(
+            "agreement with '{field}': NMI={:.4} ARI={:.4} purity={:.4}",
+            agreement.nmi, agreement.ari, agreement.purity
+        );
+        extra["label_field"] = serde_json::json!(field);
+        extra["agreement"] = serde_json::to_value(agreement)?;
+    }
+    fitted.save(out, &emb.ids, &kmeans.params(), kmeans.tau, extra)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The stored fit with a progress bar over its iterations.
+fn fit_with_bar(kmeans: &KMeansArgs, emb: &embed::StoredEmbeddings) -> Result<Clustering> {
     let params = kmeans.params();
-    let tau = kmeans.tau;
     let valid = params.clone().check()?;
     let bar = bar(params.max_iter as u64, "k-means");
     let on_event = |ev| match ev {
@@ -82,47 +141,13 @@ pub fn cluster(
             }
         }
     };
-    let started;
-    let (fitted, ids, embedder, labels) = match embeddings {
-        // Left on disk and read a block at a time: memory does not grow with rows × dim.
-        Some(path) => {
-            let emb = embed::StoredEmbeddings::open(&path)?;
-            // The rows must be this corpus's documents, or the clusters (and labels) mean nothing.
-            corpus_mod::check_ids(&corpus.input, corpus.config(), &emb.ids)
-                .with_context(|| format!("--embeddings {} against --input", path.display()))?;
-            let labels = match &label_field {
-                Some(field) => Some(corpus_mod::labels_by_id(&corpus.input, corpus.config(), field, &emb.ids)?),
-                None => None,
-            };
-            started = Instant::now();
-            let fitted = Clustering::fit_stored(&valid, &emb.rows, &emb.ids, on_event)?;
-            (fitted, emb.ids, emb.embedder, labels)
-        }
-        None => {
-            let (labelled, report, secs) = embed_corpus(corpus, embedder, label_field.as_deref())?;
-            eprintln!("{report}");
-            let mut emb = labelled.embeddings;
-            eprintln!("embedded {} documents with {} in {:.1} s", emb.ids.len(), emb.embedder, secs);
-            let rescaled = cluster::prepare_rows(&mut emb)?;
-            if rescaled > 0 {
-                eprintln!("note: rescaled {rescaled} embedding rows to unit norm");
-            }
-            started = Instant::now();
-            let fitted = Clustering::fit(&valid, emb.matrix.view(), on_event)?;
-            (fitted, emb.ids, emb.embedder, labelled.labels)
-        }
-    };
+    let fitted = Clustering::fit_stored(&valid, &emb.rows, &emb.ids, on_event)?;
     bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    let mut extra = serde_json::json!({"embedder": embedder, "fit_seconds": secs});
-    println!(
-        "k-means: k={} n={} inertia={:.3} iterations={} ({:.2} s)",
-        fitted.k(),
-        ids.len(),
-        fitted.inertia,
-        fitted.n_iter,
-        secs
-    );
+    Ok(fitted)
+}
+
+/// Prints the cluster sizes and the neighbour graph within τ.
+fn report_structure(fitted: &Clustering, tau: f64) {
     let mut sizes = fitted.sizes.clone();
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     println!("cluster sizes (largest first): {sizes:?}");
@@ -133,45 +158,4 @@ pub fn cluster(
         "neighbours within tau={tau}: {edges} pairs; {with_neighbours} of {} clusters have at least one",
         fitted.k()
     );
-    if let (Some(field), Some(labels)) = (&label_field, &labels) {
-        let agreement = cluster::label_agreement(&fitted.assignment, labels);
-        println!(
-            "agreement with '{field}': NMI={:.4} ARI={:.4} purity={:.4}",
-            agreement.nmi, agreement.ari, agreement.purity
-        );
-        extra["label_field"] = serde_json::json!(field);
-        extra["agreement"] = serde_json::to_value(agreement)?;
-    }
-    fitted.save(out, &ids, &params, tau, extra)?;
-    println!("wrote {}", out.display());
-    Ok(())
-}
-
-/// Streams the corpus through the chosen embedder with a progress spinner.
-fn embed_corpus(
-    corpus: &CorpusArgs,
-    args: &EmbedderArgs,
-    label_field: Option<&str>,
-) -> Result<(embed::Labelled, ReadReport, f64)> {
-    let embedder = make_embedder(args)?;
-    let mut reader = corpus.open()?;
-    let bar = spinner("embedding");
-    let started = Instant::now();
-    let labelled = embed::embed_labelled(reader.by_ref(), embedder.as_ref(), args.batch_size.max(1) * 8, label_field, |n| {
-        bar.inc(n as u64)
-    })?;
-    bar.finish_and_clear();
-    if labelled.missing_labels > 0 {
-        eprintln!(
-            "note: {} documents have no '{}' field; they count as label \"\"",
-            labelled.missing_labels,
-            label_field.unwrap_or_default()
-        );
-    }
-    if labelled.embeddings.ids.is_empty() {
-        // Why nothing is left: the skip counts.
-        eprintln!("{}", reader.report());
-        bail!("{}: no documents to embed", corpus.input.display());
-    }
-    Ok((labelled, reader.into_report(), started.elapsed().as_secs_f64()))
 }

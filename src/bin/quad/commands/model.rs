@@ -1,16 +1,16 @@
 //! `quad proxy train`, `quad factors`, `quad influence` and `quad validate`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use quad_select::influence::stage::{self as infl, FactorArguments, ScoreArguments};
-use quad_select::influence::{self, store, Damping, Strategy};
+use quad_select::influence::stage as infl;
+use quad_select::influence::{self, store, DocumentScorer};
 use quad_select::model::train::{self, TrainEvent};
-use quad_select::model::{self, LayerSelection, LoadedModel};
+use quad_select::model::{self, LoadedModel};
 
-use crate::args::{CorpusArgs, FisherArg, ProxyArgs};
+use crate::args::{CorpusArgs, FactorsArgs, InfluenceArgs, ProxyArgs, ValidateArgs};
 use crate::progress::templated;
 
 pub fn proxy_train(corpus: &CorpusArgs, args: &ProxyArgs, out: &Path) -> Result<()> {
@@ -48,24 +48,17 @@ pub fn proxy_train(corpus: &CorpusArgs, args: &ProxyArgs, out: &Path) -> Result<
     Ok(())
 }
 
-/// The flags of `quad factors`.
-pub struct FactorsCmd {
-    pub corpus: CorpusArgs,
-    pub model: PathBuf,
-    pub args: FactorArguments,
-    pub out: PathBuf,
-}
-
-pub fn factors(cmd: FactorsCmd) -> Result<()> {
-    let loaded = load(&cmd.model)?;
-    let tokens = encode_all(&loaded, &read_texts(&cmd.corpus)?)?;
+pub fn factors(corpus: &CorpusArgs, flags: &FactorsArgs, out: &Path) -> Result<()> {
+    let args = flags.to_arguments();
+    let loaded = load(&flags.model)?;
+    let tokens = encode_all(&loaded, &read_texts(corpus)?)?;
     // Documents with fewer than two tokens have no loss to fit on (as in `quad select`).
     let candidates: Vec<&[u32]> = tokens.iter().filter(|t| t.len() >= 2).map(Vec::as_slice).collect();
     let started = Instant::now();
-    let sha = store::model_fingerprint(&cmd.model)?;
+    let sha = store::model_fingerprint(&flags.model)?;
     let (factors, header) =
-        infl::fit_factors(&loaded, &cmd.model, &sha, &candidates, &cmd.args, influence::DEFAULT_DAMPING_REL)?;
-    store::save(&factors, &header, &cmd.out)?;
+        infl::fit_factors(&loaded, &flags.model, &sha, &candidates, &args, influence::DEFAULT_DAMPING_REL)?;
+    store::save(&factors, &header, out)?;
     let blocks: usize = factors.layers.iter().map(|l| l.blocks.len()).sum();
     println!(
         "fitted {} layers ({} blocks) on {} documents, {} tokens in {:.1} s -> {}",
@@ -74,43 +67,21 @@ pub fn factors(cmd: FactorsCmd) -> Result<()> {
         factors.examples,
         factors.tokens,
         started.elapsed().as_secs_f64(),
-        cmd.out.display()
+        out.display()
     );
     Ok(())
 }
 
-/// The flags of `quad influence`.
-pub struct InfluenceCmd {
-    pub corpus: CorpusArgs,
-    pub model: PathBuf,
-    pub factors: PathBuf,
-    pub reference: PathBuf,
-    pub strategy: Strategy,
-    pub damping: Damping,
-    pub label_field: Option<String>,
-    pub project: Option<influence::Projection>,
-    pub max_tokens: Option<usize>,
-    pub out: PathBuf,
-}
-
-pub fn influence(cmd: InfluenceCmd) -> Result<()> {
-    let loaded = load(&cmd.model)?;
-    let (fitted, header) = store::load_for_model(&cmd.factors, &cmd.model)?;
-    let args = FactorArguments::matching(&fitted, &header);
-    let scoring = ScoreArguments {
-        strategy: cmd.strategy,
-        damping: cmd.damping,
-        max_tokens: cmd.max_tokens,
-    };
-    let ref_tokens = encode_all(&loaded, &read_texts(&cmd.corpus.with_input(&cmd.reference))?)?;
-    let grad = infl::reference_gradient(&loaded, &ref_tokens, &args, scoring.max_tokens, &mut |_, _| {
-        std::ops::ControlFlow::Continue(())
-    })?;
-    let mut ihvp = infl::reference_ihvp(Some(&fitted), &grad, header.per_head, &scoring)?;
-    if let Some(p) = cmd.project {
-        ihvp = ihvp.project(p);
+pub fn influence(corpus: &CorpusArgs, flags: &InfluenceArgs, out: &Path) -> Result<()> {
+    let scoring = flags.to_arguments();
+    let reference = read_texts(&corpus.with_input(&flags.reference))?;
+    let batch = quad_select::select::InfluenceConfig::default().batch;
+    let mut scorer = DocumentScorer::load(&flags.model, &flags.factors, &reference, &scoring, batch)
+        .with_context(|| format!("loading {} with the factors in {}", flags.model.display(), flags.factors.display()))?;
+    if let Some(p) = flags.projection() {
+        scorer = scorer.project(p);
     }
-    let mut reader = cmd.corpus.open()?;
+    let mut reader = corpus.open()?;
     let docs: Vec<_> = reader.by_ref().collect::<Result<_, _>>()?;
     eprintln!("{}", reader.report());
     let bar = templated(
@@ -118,45 +89,34 @@ pub fn influence(cmd: InfluenceCmd) -> Result<()> {
         "influence: [{bar:30}] {pos}/{len} docs, {per_sec} [{elapsed_precise}<{eta_precise}]",
     );
     let started = Instant::now();
-    let scored =
-        influence::score_documents(&loaded, &ihvp, &docs, &args.gradient_options(), scoring.max_tokens, || bar.inc(1))?;
+    let scored = scorer.score_with(&docs, || bar.inc(1))?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    influence::write_scores(&cmd.out, &docs, &scored)?;
+    influence::write_scores(out, &docs, &scored)?;
     let n_scored = scored.iter().flatten().count();
     println!(
         "scored {} documents ({} skipped: fewer than two tokens) with {:?} in {:.1} s ({:.2} docs/s) -> {}",
         n_scored,
         docs.len() - n_scored,
-        cmd.strategy,
+        scoring.strategy,
         secs,
         docs.len() as f64 / secs.max(1e-9),
-        cmd.out.display()
+        out.display()
     );
-    if let Some(field) = cmd.label_field {
+    if let Some(field) = &flags.label_field {
         println!("mean influence by {field} (highest first):");
-        for (k, mean, n) in influence::mean_by_label(&docs, &scored, &field) {
+        for (k, mean, n) in influence::mean_by_label(&docs, &scored, field) {
             println!("  {k:<16} {mean:>12.4e}  ({n} docs)");
         }
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn validate(
-    corpus: &CorpusArgs,
-    reference: &Path,
-    model: Option<PathBuf>,
-    damping_rel: f64,
-    fisher: FisherArg,
-    layers: &LayerSelection,
-    tokens: usize,
-    out: &Path,
-) -> Result<()> {
+pub fn validate(corpus: &CorpusArgs, flags: &ValidateArgs, out: &Path) -> Result<()> {
     let pool = read_texts(corpus)?;
-    let refs = read_texts(&corpus.with_input(reference))?;
-    let model_dir = match model {
-        Some(m) => m,
+    let refs = read_texts(&corpus.with_input(&flags.reference))?;
+    let model_dir = match &flags.model {
+        Some(m) => m.clone(),
         None => {
             let dir = out.join("tiny-model");
             let report = influence::validate::train_tiny_model(&pool, &dir)?;
@@ -168,8 +128,7 @@ pub fn validate(
         }
     };
     let loaded = model::load(&model_dir, DType::F64, &Device::Cpu)?;
-    let labels = quad_select::influence::stage::Fisher::from(fisher).labels(0);
-    let (per_head, whole) = influence::validate::validate_texts(&loaded, &pool, &refs, tokens, damping_rel, labels, layers)?;
+    let (per_head, whole) = influence::validate::validate_texts(&loaded, &pool, &refs, &flags.to_arguments())?;
     println!("per-head attention factors:\n{per_head}\nwhole-layer factors:\n{whole}");
     let path = out.join("validate.json");
     let json = serde_json::to_string_pretty(&serde_json::json!({"per_head": per_head, "whole_layer": whole}))?;
@@ -190,21 +149,4 @@ fn read_texts(corpus: &CorpusArgs) -> Result<Vec<String>> {
 
 fn encode_all(loaded: &LoadedModel, texts: &[String]) -> Result<Vec<Vec<u32>>> {
     texts.iter().map(|t| Ok(loaded.encode(t)?)).collect()
-}
-
-/// `--damping` (absolute) or `--damping-rel`.
-pub fn damping(rel: f64, absolute: Option<f64>) -> Damping {
-    match absolute {
-        Some(d) => Damping::Absolute(d),
-        None => Damping::Relative(rel),
-    }
-}
-
-/// `--project DIM` with its seed; zero is refused.
-pub fn projection(dim: Option<usize>, seed: u64) -> Result<Option<influence::Projection>> {
-    match dim {
-        Some(0) => bail!("--project must be positive"),
-        Some(dim) => Ok(Some(influence::Projection { dim, seed })),
-        None => Ok(None),
-    }
 }
