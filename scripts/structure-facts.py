@@ -38,7 +38,7 @@ for a in edges:
 print('import circles (pairs):', sorted(set(cycles)) or 'none')
 # function lengths in src/select
 long = []
-for f in glob.glob('src/**/*.rs', recursive=True):
+for f in glob.glob('src/**/*.rs', recursive=True) + glob.glob('python/src/**/*.rs', recursive=True):
     text = open(f).read()
     text = re.sub(r'#\[cfg\(test\)\]\s*mod tests \{.*', '', text, flags=re.S)
     lines = text.split('\n')
@@ -55,7 +55,7 @@ for f in glob.glob('src/**/*.rs', recursive=True):
                 if not started and code.rstrip().endswith(';'):
                     break
 long.sort(reverse=True)
-print('ten longest functions in src/ (tests excluded):')
+print('ten longest functions in src/ and python/src/ (tests excluded):')
 for n, f, name in long[:10]:
     print(f'  {n:4d}  {f}  {name}')
 print('functions over 80 lines:', sum(1 for n, _, _ in long if n > 80))

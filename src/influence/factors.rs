@@ -216,28 +216,7 @@ impl Factors {
         let mut tokens = 0;
         let examples = for_each_capture(model, docs, opts, opts.labels, &mut steps, |cap| {
             tokens += cap.predicted;
-            for (l, layer) in cap.layers.iter().enumerate() {
-                let a = work_dtype(&layer.inputs)?;
-                let g = work_dtype(&layer.output_grads)?;
-                let (ata, gtg) = (to_array(&a.t()?.matmul(&a)?)?, to_array(&g.t()?.matmul(&g)?)?);
-                match &mut moments[l] {
-                    Some(m) => {
-                        m.a += &ata;
-                        m.s += &gtg;
-                        m.tokens += a.dim(0)?;
-                        m.examples += 1;
-                    }
-                    slot => {
-                        *slot = Some(LayerMoments {
-                            tokens: a.dim(0)?,
-                            a: ata,
-                            s: gtg,
-                            examples: 1,
-                        })
-                    }
-                }
-            }
-            Ok(())
+            add_moments(&mut moments, cap)
         })?;
         let Some(moments) = moments.into_iter().collect::<Option<Vec<_>>>().filter(|_| examples > 0) else {
             return Err(InfluenceError::Input("no fitting document has two or more tokens".into()));
@@ -246,45 +225,7 @@ impl Factors {
         for (m, rs) in moments.iter().zip(&ranges) {
             factors.push(m.block_factors(rs)?);
         }
-        let mut ek: Vec<Vec<EkfacSums>> = factors
-            .iter()
-            .map(|bs| bs.iter().map(EkfacSums::new).collect())
-            .collect();
-        // True Fisher: per-token Λ (cross-token terms vanish in expectation); empirical Fisher:
-        // per-example Λ (its cross-token terms are real).
-        let per_token = matches!(opts.labels, Labels::Sampled { .. });
-        let bases: Vec<LayerBases> = if per_token {
-            factors
-                .iter()
-                .zip(&ranges)
-                .map(|(fs, rs)| LayerBases::new(fs, rs, model.dtype))
-                .collect::<Result<_, _>>()?
-        } else {
-            Vec::new()
-        };
-        for_each_capture(model, docs, opts, opts.labels, &mut steps, |cap| {
-            for (l, layer) in cap.layers.iter().enumerate() {
-                if per_token {
-                    let squares = bases[l].rotated_squares(&layer.inputs, &layer.output_grads)?;
-                    for (b, r) in ranges[l].iter().enumerate() {
-                        let (u, v) = (&squares.out[&r.rows], &squares.inp[&r.cols]);
-                        ek[l][b].add_squares(to_array(&u.t()?.matmul(v)?)?);
-                    }
-                } else {
-                    let (a, g) = arrays(layer)?;
-                    let grad = g.t().dot(&a);
-                    for (b, r) in ranges[l].iter().enumerate() {
-                        ek[l][b].add(&factors[l][b], r.of(grad.view()));
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        for (l, blocks) in ek.into_iter().enumerate() {
-            for (b, e) in blocks.into_iter().enumerate() {
-                e.finish(&mut factors[l][b])?;
-            }
-        }
+        correct_eigenvalues(model, docs, opts, &mut steps, &ranges, &mut factors)?;
         Ok(Self {
             layers: ids
                 .into_iter()
@@ -300,6 +241,70 @@ impl Factors {
             tokens,
         })
     }
+}
+
+/// The first pass: one capture's `aᵀa` and `gᵀg` added to each layer's moments.
+fn add_moments(moments: &mut [Option<LayerMoments>], cap: &DocCapture) -> Result<(), InfluenceError> {
+    for (l, layer) in cap.layers.iter().enumerate() {
+        let a = work_dtype(&layer.inputs)?;
+        let g = work_dtype(&layer.output_grads)?;
+        let (ata, gtg) = (to_array(&a.t()?.matmul(&a)?)?, to_array(&g.t()?.matmul(&g)?)?);
+        match &mut moments[l] {
+            Some(m) => {
+                m.a += &ata;
+                m.s += &gtg;
+                m.tokens += a.dim(0)?;
+                m.examples += 1;
+            }
+            slot => *slot = Some(LayerMoments { tokens: a.dim(0)?, a: ata, s: gtg, examples: 1 }),
+        }
+    }
+    Ok(())
+}
+
+/// The second pass: EK-FAC's eigenvalues `Λ`, the second moments of the gradients in each
+/// block's Kronecker eigenbasis, summed over the fitting set and written into `factors`. True
+/// Fisher: per-token Λ (cross-token terms vanish in expectation); empirical Fisher: per-example Λ
+/// (its cross-token terms are real).
+fn correct_eigenvalues(
+    model: &LlamaModel,
+    docs: &[Vec<u32>],
+    opts: &FitOptions,
+    steps: &mut Steps<'_>,
+    ranges: &[Vec<BlockRange>],
+    factors: &mut [Vec<KroneckerFactors>],
+) -> Result<(), InfluenceError> {
+    let mut ek: Vec<Vec<EkfacSums>> = factors.iter().map(|bs| bs.iter().map(EkfacSums::new).collect()).collect();
+    let per_token = matches!(opts.labels, Labels::Sampled { .. });
+    let bases: Vec<LayerBases> = if per_token {
+        factors.iter().zip(ranges).map(|(fs, rs)| LayerBases::new(fs, rs, model.dtype)).collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    for_each_capture(model, docs, opts, opts.labels, steps, |cap| {
+        for (l, layer) in cap.layers.iter().enumerate() {
+            if per_token {
+                let squares = bases[l].rotated_squares(&layer.inputs, &layer.output_grads)?;
+                for (b, r) in ranges[l].iter().enumerate() {
+                    let (u, v) = (&squares.out[&r.rows], &squares.inp[&r.cols]);
+                    ek[l][b].add_squares(to_array(&u.t()?.matmul(v)?)?);
+                }
+            } else {
+                let (a, g) = arrays(layer)?;
+                let grad = g.t().dot(&a);
+                for (b, r) in ranges[l].iter().enumerate() {
+                    ek[l][b].add(&factors[l][b], r.of(grad.view()));
+                }
+            }
+        }
+        Ok(())
+    })?;
+    for (l, blocks) in ek.into_iter().enumerate() {
+        for (b, e) in blocks.into_iter().enumerate() {
+            e.finish(&mut factors[l][b])?;
+        }
+    }
+    Ok(())
 }
 
 /// Captures in the dtype the fitting products run in: f64 stays f64 (exact tests), everything

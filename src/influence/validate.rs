@@ -121,11 +121,118 @@ pub fn validate(
             "{n} targeted parameters: too many for the dense exact solve (use a tinier model or fewer layers)"
         )));
     }
+    let (mut fisher, examples) = dense_fisher(model, fitting, opts, n)?;
+    // Per-block damping δ_b = x · tr(F_b)/n_b on the diagonal (x = 0.1 by default), matching
+    // Damping::Fisher(x) for K-FAC and EK-FAC.
+    let damping = Damping::Fisher(damping_scale);
+    let blocks = block_index(&factors, &ref_grad, n, damping)?;
+    for (k, &(_, delta)) in blocks.iter().enumerate() {
+        fisher[[k, k]] += delta;
+    }
+    let rhs = flatten(&ref_grad);
+    let solve = |m: &Array2<f64>| {
+        on_big_stack(|| m.solve(&rhs)).map_err(|e| InfluenceError::Input(format!("dense solve failed: {e}")))
+    };
+    let exact_v = solve(&fisher)?;
+    // The same matrix restricted to the approximations' block-diagonal structure (no coupling
+    // between layers or heads): what K-FAC/EK-FAC could at best reach.
+    let blockdiag_v = solve(&Array2::from_shape_fn((n, n), |(i, j)| {
+        if blocks[i].0 == blocks[j].0 {
+            fisher[[i, j]]
+        } else {
+            0.0
+        }
+    }))?;
+    drop(fisher);
+    let mut exact_scores = Vec::new();
+    let mut blockdiag_scores = Vec::new();
+    let mut cand_caps = Vec::new();
+    for chunk in candidates.chunks(opts.batch.max(1)) {
+        for cap in model.capture(chunk, opts.context, &opts.selection)?.into_iter().flatten() {
+            let g = flatten(&capture_gradients(&cap)?);
+            exact_scores.push(g.dot(&exact_v));
+            blockdiag_scores.push(g.dot(&blockdiag_v));
+            cand_caps.push(cap);
+        }
+    }
+    let exact = Exact { v: &exact_v, scores: &exact_scores };
+    let mut rows = vec![exact.row("exact block-diagonal".into(), exact.relative_error(&blockdiag_v), &blockdiag_scores)];
+    for strategy in [Strategy::Identity, Strategy::Kfac, Strategy::Ekfac] {
+        let ihvp = ReferenceIhvp::new(&factors, &ref_grad, strategy, damping)?;
+        let v = flatten(&ihvp.layers);
+        let err = if strategy == Strategy::Identity {
+            // Best scalar c minimising ‖c·v − v*‖.
+            exact.relative_error(&(&v * (v.dot(&exact_v) / v.dot(&v))))
+        } else {
+            exact.relative_error(&v)
+        };
+        let scores: Vec<f64> = cand_caps.iter().map(|c| ihvp.score(c)).collect::<Result<_, _>>()?;
+        rows.push(exact.row(format!("{strategy:?}").to_lowercase(), err, &scores));
+    }
+    Ok(ValidationReport {
+        parameters: n,
+        fisher: if matches!(opts.labels, Labels::Sampled { .. }) { "true" } else { "empirical" }.into(),
+        fitting_examples: examples,
+        candidates: cand_caps.len(),
+        per_head: opts.per_head,
+        rows,
+    })
+}
 
-    // Dense Fisher over the fitting examples: F = MᵀM / N. Empirical Fisher: one row of M per
-    // example, vec(G_n). True Fisher (sampled labels): one row per token, vec(g_t a_tᵀ) — the
-    // cross-token products have zero expectation, and EK-FAC's per-token Λ estimates this F's
-    // diagonal in the Kronecker basis.
+/// The exact iHVP and scores an approximation is measured against.
+struct Exact<'a> {
+    v: &'a Array1<f64>,
+    scores: &'a [f64],
+}
+
+impl Exact<'_> {
+    /// `‖v − v*‖ / ‖v*‖`.
+    fn relative_error(&self, v: &Array1<f64>) -> f64 {
+        (v - self.v).dot(&(v - self.v)).sqrt() / self.v.dot(self.v).sqrt()
+    }
+
+    fn row(&self, strategy: String, ihvp_relative_error: f64, scores: &[f64]) -> ValidationRow {
+        ValidationRow {
+            strategy,
+            ihvp_relative_error,
+            spearman: spearman(scores, self.scores),
+            pearson: pearson(scores, self.scores),
+        }
+    }
+}
+
+/// For every targeted parameter (in [`flatten`]'s order): the block it belongs to (numbered over
+/// layers and heads) and that block's damping `δ_b`.
+fn block_index(
+    factors: &Factors,
+    ref_grad: &[(LayerId, Array2<f64>)],
+    n: usize,
+    damping: Damping,
+) -> Result<Vec<(usize, f64)>, InfluenceError> {
+    let mut out = Vec::with_capacity(n);
+    let mut first = 0;
+    for (id, g) in ref_grad {
+        let lf = factors.layers.iter().find(|l| l.id == *id).expect("fitted every layer");
+        let mut of = vec![(0, 0.0); g.len()];
+        for (b, (r, f)) in lf.blocks.iter().enumerate() {
+            let delta = damping.for_block(f, Strategy::Ekfac)?;
+            for i in r.rows.0..r.rows.1 {
+                for j in r.cols.0..r.cols.1 {
+                    of[i * g.ncols() + j] = (first + b, delta);
+                }
+            }
+        }
+        out.extend(of);
+        first += lf.blocks.len();
+    }
+    Ok(out)
+}
+
+/// The dense Fisher over the fitting examples, `F = MᵀM / N`, and N. Empirical Fisher: one row
+/// of M per example, vec(G_n). True Fisher (sampled labels): one row per token, vec(g_t a_tᵀ) —
+/// the cross-token products have zero expectation, and EK-FAC's per-token Λ estimates this F's
+/// diagonal in the Kronecker basis.
+fn dense_fisher(model: &LlamaModel, fitting: &[Vec<u32>], opts: &FitOptions, n: usize) -> Result<(Array2<f64>, usize), InfluenceError> {
     let per_token = matches!(opts.labels, Labels::Sampled { .. });
     let mut fisher = Array2::<f64>::zeros((n, n));
     let mut buf: Vec<f64> = Vec::new();
@@ -157,99 +264,7 @@ pub fn validate(
     }
     flush(&mut buf, &mut fisher);
     fisher /= examples.max(1) as f64;
-
-    // Per-block damping δ_b = x · tr(F_b)/n_b on the diagonal (x = 0.1 by default), matching
-    // Damping::Fisher(x) for K-FAC and EK-FAC.
-    let damping = Damping::Fisher(damping_scale);
-    let mut offset = 0;
-    for (id, g) in &ref_grad {
-        let lf = factors.layers.iter().find(|l| l.id == *id).expect("fitted every layer");
-        let cols = g.ncols();
-        for (r, f) in &lf.blocks {
-            let delta = damping.for_block(f, Strategy::Ekfac)?;
-            for i in r.rows.0..r.rows.1 {
-                for j in r.cols.0..r.cols.1 {
-                    let k = offset + i * cols + j;
-                    fisher[[k, k]] += delta;
-                }
-            }
-        }
-        offset += g.len();
-    }
-    let rhs = flatten(&ref_grad);
-    let exact_v = on_big_stack(|| fisher.solve(&rhs))
-        .map_err(|e| InfluenceError::Input(format!("dense solve failed: {e}")))?;
-    // The same matrix restricted to the approximations' block-diagonal structure (no coupling
-    // between layers or heads): what K-FAC/EK-FAC could at best reach.
-    let mut block_of = vec![0usize; n];
-    let (mut offset, mut next) = (0, 0);
-    for (id, g) in &ref_grad {
-        let lf = factors.layers.iter().find(|l| l.id == *id).expect("fitted every layer");
-        for (r, _) in &lf.blocks {
-            for i in r.rows.0..r.rows.1 {
-                for j in r.cols.0..r.cols.1 {
-                    block_of[offset + i * g.ncols() + j] = next;
-                }
-            }
-            next += 1;
-        }
-        offset += g.len();
-    }
-    let blockdiag = Array2::from_shape_fn((n, n), |(i, j)| {
-        if block_of[i] == block_of[j] {
-            fisher[[i, j]]
-        } else {
-            0.0
-        }
-    });
-    let blockdiag_v = on_big_stack(|| blockdiag.solve(&rhs))
-        .map_err(|e| InfluenceError::Input(format!("dense solve failed: {e}")))?;
-    drop(blockdiag);
-
-    let mut exact_scores = Vec::new();
-    let mut blockdiag_scores = Vec::new();
-    let mut cand_caps = Vec::new();
-    for chunk in candidates.chunks(opts.batch.max(1)) {
-        for cap in model.capture(chunk, opts.context, &opts.selection)?.into_iter().flatten() {
-            let g = flatten(&capture_gradients(&cap)?);
-            exact_scores.push(g.dot(&exact_v));
-            blockdiag_scores.push(g.dot(&blockdiag_v));
-            cand_caps.push(cap);
-        }
-    }
-
-    let rel = |v: &Array1<f64>| (v - &exact_v).dot(&(v - &exact_v)).sqrt() / exact_v.dot(&exact_v).sqrt();
-    let mut rows = vec![ValidationRow {
-        strategy: "exact block-diagonal".into(),
-        ihvp_relative_error: rel(&blockdiag_v),
-        spearman: spearman(&blockdiag_scores, &exact_scores),
-        pearson: pearson(&blockdiag_scores, &exact_scores),
-    }];
-    for strategy in [Strategy::Identity, Strategy::Kfac, Strategy::Ekfac] {
-        let ihvp = ReferenceIhvp::new(&factors, &ref_grad, strategy, damping)?;
-        let v = flatten(&ihvp.layers);
-        let err = if strategy == Strategy::Identity {
-            // Best scalar c minimising ‖c·v − v*‖.
-            rel(&(&v * (v.dot(&exact_v) / v.dot(&v))))
-        } else {
-            rel(&v)
-        };
-        let scores: Vec<f64> = cand_caps.iter().map(|c| ihvp.score(c)).collect::<Result<_, _>>()?;
-        rows.push(ValidationRow {
-            strategy: format!("{strategy:?}").to_lowercase(),
-            ihvp_relative_error: err,
-            spearman: spearman(&scores, &exact_scores),
-            pearson: pearson(&scores, &exact_scores),
-        });
-    }
-    Ok(ValidationReport {
-        parameters: n,
-        fisher: if per_token { "true" } else { "empirical" }.into(),
-        fitting_examples: examples,
-        candidates: cand_caps.len(),
-        per_head: opts.per_head,
-        rows,
-    })
+    Ok((fisher, examples))
 }
 
 /// Tokens per example in the standard validation set-up.

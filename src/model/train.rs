@@ -233,17 +233,9 @@ pub fn train_proxy_from(
     let (train_idx, val_idx, mut rng) = sample_split(n, params)?;
     let (texts, val_texts) = (fetch(&train_idx)?, fetch(&val_idx)?);
 
-    let tokenizer = match &params.tokenizer {
-        Some(path) => Tokenizer::from_file(path)
-            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?,
-        None => train_bpe(&texts, params.vocab_size)?,
-    };
+    let (tokenizer, eos) = proxy_tokenizer(params, &texts)?;
     let vocab = tokenizer.get_vocab_size(true);
     let _ = on_event(TrainEvent::TokenizerReady { vocab });
-    let eos = tokenizer
-        .token_to_id(EOS)
-        .or_else(|| tokenizer.token_to_id("</s>"))
-        .unwrap_or(0);
 
     let train_stream = stream(&tokenize(&tokenizer, &texts)?, eos);
     let val_stream = stream(&tokenize(&tokenizer, &val_texts)?, eos);
@@ -262,60 +254,23 @@ pub fn train_proxy_from(
     let model = LlamaModel::random(config, DType::F32, &device, params.seed)?;
     let initial_val = eval_loss(&model, &val_windows, params.context)?;
     let _ = on_event(TrainEvent::Validated { step: 0, val_loss: initial_val });
-    let mut log = vec![LogRow {
-        step: 0,
-        train_loss: f64::NAN,
-        val_loss: initial_val,
-        tokens_per_s: 0.0,
-        lr: 0.0,
-    }];
-    let mut last_val = initial_val;
-    let mut window_tokens = 0usize;
-    let mut window_loss = 0.0;
-    let mut window_steps = 0usize;
-    let mut window_start = Instant::now();
+    let mut log = LogWindow::new(initial_val);
     let steps_done = optimise(&model, &train_stream, params, &mut rng, |step, l, lr| {
-        window_tokens += params.batch_size * params.context;
-        window_loss += l;
-        window_steps += 1;
+        log.add(params.batch_size * params.context, l);
         // The caller may stop training at any step (Ctrl-C): nothing is saved.
         if on_event(TrainEvent::Step { step, of: params.steps, loss: l }).is_break() {
             return Err(ModelError::Interrupted { step });
         }
         let out_of_time = params.time_limit.is_some_and(|t| started.elapsed() >= t);
         if step % params.eval_every == 0 || step == params.steps || out_of_time {
-            last_val = eval_loss(&model, &val_windows, params.context)?;
-            let _ = on_event(TrainEvent::Validated { step, val_loss: last_val });
-            log.push(LogRow {
-                step,
-                train_loss: window_loss / window_steps as f64,
-                val_loss: last_val,
-                tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64(),
-                lr,
-            });
-            window_tokens = 0;
-            window_loss = 0.0;
-            window_steps = 0;
-            window_start = Instant::now();
+            let val_loss = eval_loss(&model, &val_windows, params.context)?;
+            let _ = on_event(TrainEvent::Validated { step, val_loss });
+            log.close(step, val_loss, lr);
         }
         Ok(!out_of_time)
     })?;
-
-    model.save(out)?;
-    let tok_path = out.join("tokenizer.json");
-    let tok_json = tokenizer
-        .to_string(true)
-        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-    crate::atomic::write_string_atomic(&tok_path, &tok_json).map_err(|e| ModelError::io(&tok_path, e))?;
-    let log_path = out.join("train_log.csv");
-    crate::atomic::write_atomic(&log_path, |w| {
-        writeln!(w, "step,train_loss,val_loss,tokens_per_s,lr")?;
-        for r in &log {
-            writeln!(w, "{},{:.6},{:.6},{:.1},{:.3e}", r.step, r.train_loss, r.val_loss, r.tokens_per_s, r.lr)?;
-        }
-        Ok(())
-    })
-    .map_err(|e| ModelError::io(&log_path, e))?;
+    let (log, last_val) = (log.rows, log.last_val);
+    save_proxy(out, &model, &tokenizer, &log)?;
     Ok(TrainReport {
         parameters: model.num_parameters(),
         train_docs: texts.len(),
@@ -327,6 +282,71 @@ pub fn train_proxy_from(
         seconds: started.elapsed().as_secs_f64(),
         log,
     })
+}
+
+/// The proxy's tokenizer (the given one, or a byte-level BPE trained on `texts`) and its
+/// end-of-text id.
+fn proxy_tokenizer(params: &ProxyParams, texts: &[String]) -> Result<(Tokenizer, u32), ModelError> {
+    let tokenizer = match &params.tokenizer {
+        Some(path) => Tokenizer::from_file(path).map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?,
+        None => train_bpe(texts, params.vocab_size)?,
+    };
+    let eos = tokenizer.token_to_id(EOS).or_else(|| tokenizer.token_to_id("</s>")).unwrap_or(0);
+    Ok((tokenizer, eos))
+}
+
+/// The training log, one row per validation: the mean training loss and the throughput since
+/// the last one.
+struct LogWindow {
+    rows: Vec<LogRow>,
+    last_val: f64,
+    tokens: usize,
+    loss: f64,
+    steps: usize,
+    start: Instant,
+}
+
+impl LogWindow {
+    fn new(initial_val: f64) -> Self {
+        let first = LogRow { step: 0, train_loss: f64::NAN, val_loss: initial_val, tokens_per_s: 0.0, lr: 0.0 };
+        Self { rows: vec![first], last_val: initial_val, tokens: 0, loss: 0.0, steps: 0, start: Instant::now() }
+    }
+
+    fn add(&mut self, tokens: usize, loss: f64) {
+        self.tokens += tokens;
+        self.loss += loss;
+        self.steps += 1;
+    }
+
+    /// A validation at `step`: closes the window into a row.
+    fn close(&mut self, step: usize, val_loss: f64, lr: f64) {
+        self.last_val = val_loss;
+        self.rows.push(LogRow {
+            step,
+            train_loss: self.loss / self.steps as f64,
+            val_loss,
+            tokens_per_s: self.tokens as f64 / self.start.elapsed().as_secs_f64(),
+            lr,
+        });
+        (self.tokens, self.loss, self.steps, self.start) = (0, 0.0, 0, Instant::now());
+    }
+}
+
+/// Writes the proxy's folder: the model, tokenizer.json and train_log.csv (each atomically).
+fn save_proxy(out: &Path, model: &LlamaModel, tokenizer: &Tokenizer, log: &[LogRow]) -> Result<(), ModelError> {
+    model.save(out)?;
+    let tok_path = out.join("tokenizer.json");
+    let tok_json = tokenizer.to_string(true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    crate::atomic::write_string_atomic(&tok_path, &tok_json).map_err(|e| ModelError::io(&tok_path, e))?;
+    let log_path = out.join("train_log.csv");
+    crate::atomic::write_atomic(&log_path, |w| {
+        writeln!(w, "step,train_loss,val_loss,tokens_per_s,lr")?;
+        for r in log {
+            writeln!(w, "{},{:.6},{:.6},{:.1},{:.3e}", r.step, r.train_loss, r.val_loss, r.tokens_per_s, r.lr)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| ModelError::io(&log_path, e))
 }
 
 /// Trains `model` in place on random windows of `context + 1` tokens of `train_stream`: AdamW,

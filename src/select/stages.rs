@@ -77,11 +77,7 @@ pub(super) fn run(
     selector.check_resume(pool, reference, budget)?;
     let request = selector.request(pool, reference, budget);
     let cfg = &selector.config;
-    let (mut cache, stale) = StageCache::open(&selector.cache)?;
-    if stale > 0 {
-        let note = format!("removed {stale} temporaries that killed runs left in {}", selector.cache.display());
-        let _ = observer.event(Event::Note(&note));
-    }
+    let mut cache = open_cache(&selector.cache, observer)?;
     let inputs = read_inputs(cfg, pool, reference, &selector.cache, &mut cache, observer)?;
     let clusters = cluster_pool(cfg, &inputs, &mut cache, observer, executor)?;
     let proxy = load_proxy(cfg, &inputs, &mut cache, observer)?;
@@ -113,13 +109,7 @@ pub(super) fn run(
         index: tokens.eligible.clone(),
     });
     let state = run_bandit(selector, problem, features, (&request, &run_key), &mut scorer, observer)?;
-    let (docs_here, tokens_here, seconds_here) = scorer.scored_here;
-    let scoring = (docs_here > 0).then(|| report::ScoringThroughput {
-        documents: docs_here,
-        tokens: tokens_here,
-        seconds: seconds_here,
-        docs_per_second: docs_here as f64 / seconds_here.max(1e-9),
-    });
+    let scoring = scorer.throughput();
     let cap = cfg.scoring.max_tokens.unwrap_or(usize::MAX);
     let scoring_tokens: Vec<usize> = doc_tokens.iter().map(|&t| t.saturating_sub(1).min(cap)).collect();
     cache.record("bandit", started, false, &run_key);
@@ -151,6 +141,16 @@ pub(super) fn run(
         scoring,
     };
     Ok(report::assemble(&cfg.raw, budget, documents, inputs.pool.len(), tokens.eligible.len(), state, &run, cache.timings))
+}
+
+/// The stage cache, with the temporaries of killed runs removed (and said).
+fn open_cache(dir: &Path, observer: &mut dyn Observer) -> Result<StageCache, SelectError> {
+    let (cache, stale) = StageCache::open(dir)?;
+    if stale > 0 {
+        let note = format!("removed {stale} temporaries that killed runs left in {}", dir.display());
+        let _ = observer.event(Event::Note(&note));
+    }
+    Ok(cache)
 }
 
 fn read_inputs(
@@ -202,14 +202,15 @@ fn read_inputs(
     })
 }
 
-/// Embeddings, then k-means over them.
-fn cluster_pool(
+/// The pool's embeddings, in the cache (computed there, chunk by chunk, when missing): its key
+/// and the stored matrix, read back by blocks, so memory does not grow with rows × dim.
+fn embed_pool(
     cfg: &ValidSelectConfig,
     inputs: &Inputs,
     cache: &mut StageCache,
     observer: &mut dyn Observer,
     executor: &mut dyn Executor,
-) -> Result<Clusters, SelectError> {
+) -> Result<(String, StoredEmbeddings), SelectError> {
     let group = executor.parallelism().max(1);
     let raw = &cfg.raw;
     let embedder_id = match &raw.embed.model {
@@ -220,8 +221,6 @@ fn cluster_pool(
     // The metadata is written last (after the matrix and the ids): its presence marks a whole entry.
     let artifact = cache.folder("embed", &embed_key, Embeddings::META_FILE);
     let docs = &inputs.pool;
-    // Written to the cache chunk by chunk and read back by blocks: memory does not grow with
-    // rows × dim.
     // Rows of other documents than this corpus's are no entry of this key: computed again.
     let load = |p: &Path| -> Result<StoredEmbeddings, SelectError> {
         let emb = StoredEmbeddings::open(p)?;
@@ -253,7 +252,21 @@ fn cluster_pool(
         })?;
         Ok(StoredEmbeddings::open(dir)?)
     })?;
+    Ok((embed_key, emb))
+}
 
+/// Embeddings, then k-means over them: the pool's clusters and their centroid distances, in the
+/// cache (fitted there when missing).
+fn cluster_pool(
+    cfg: &ValidSelectConfig,
+    inputs: &Inputs,
+    cache: &mut StageCache,
+    observer: &mut dyn Observer,
+    executor: &mut dyn Executor,
+) -> Result<Clusters, SelectError> {
+    let (embed_key, emb) = embed_pool(cfg, inputs, cache, observer, executor)?;
+    let group = executor.parallelism().max(1);
+    let docs = &inputs.pool;
     let key = keys::cluster(cfg, &embed_key);
     let artifact = cache.file("cluster", &key, "json");
     let load = |p: &Path| -> Result<(Vec<usize>, Vec<Vec<f64>>), SelectError> {
@@ -335,43 +348,7 @@ fn load_proxy(
                 }
             }
             if !cached {
-                // Trained into a scratch folder of this run's own, renamed whole: a half-written
-                // proxy is never cached.
-                let scratch = cache.scratch_dir(&format!("proxy-{key}."))?;
-                let tmp = scratch.path();
-                let steps = raw.proxy.train.steps as u64;
-                let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
-                    let docs = inputs.pool.documents(idx).map_err(|e| model::ModelError::Config(e.to_string()))?;
-                    // Each document's head only (crate::corpus::text_head): one huge document must not
-                    // take the tokenizer's memory with it.
-                    Ok(docs
-                        .into_iter()
-                        .map(|d| {
-                            let mut text = d.text;
-                            text.truncate(crate::corpus::text_head(&text).len());
-                            text
-                        })
-                        .collect())
-                };
-                let trained = train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, tmp, |ev| match ev {
-                    // The observer may stop the run between two steps (Ctrl-C).
-                    model::train::TrainEvent::Step { step, .. } => observer.event(Event::Progress {
-                        done: step as u64,
-                        total: steps,
-                    }),
-                    _ => std::ops::ControlFlow::Continue(()),
-                });
-                match trained {
-                    Err(model::ModelError::Interrupted { .. }) => return Err(SelectError::stopped()),
-                    other => other?,
-                };
-                match std::fs::rename(tmp, &artifact.path) {
-                    Ok(()) => crate::atomic::sync_parent(&artifact.path).map_err(at(&artifact.path))?,
-                    // Another run on this cache finished the same proxy first (same key, same
-                    // seeded training): theirs stands, ours goes (with `scratch`).
-                    Err(_) if artifact.marker.exists() => {}
-                    Err(e) => return Err(at(&artifact.path)(e).into()),
-                }
+                train_into_cache(cfg, inputs, cache, &artifact, &key, observer)?;
             }
             (artifact.path, cached)
         }
@@ -383,6 +360,55 @@ fn load_proxy(
     let sha = store::model_fingerprint(&path)?;
     cache.finish(observer, "proxy", started, cached, &sha[..16])?;
     Ok(Proxy { loaded, path, sha })
+}
+
+/// Trains the in-house proxy on the pool into a scratch folder of this run's own and renames it
+/// whole into the cache: a half-written proxy is never cached.
+fn train_into_cache(
+    cfg: &ValidSelectConfig,
+    inputs: &Inputs,
+    cache: &mut StageCache,
+    artifact: &super::cache::Artifact,
+    key: &str,
+    observer: &mut dyn Observer,
+) -> Result<(), SelectError> {
+    let raw = &cfg.raw;
+    let scratch = cache.scratch_dir(&format!("proxy-{key}."))?;
+    let tmp = scratch.path();
+    let steps = raw.proxy.train.steps as u64;
+    let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
+        let docs = inputs.pool.documents(idx).map_err(|e| model::ModelError::Config(e.to_string()))?;
+        // Each document's head only (crate::corpus::text_head): one huge document must not
+        // take the tokenizer's memory with it.
+        Ok(docs
+            .into_iter()
+            .map(|d| {
+                let mut text = d.text;
+                text.truncate(crate::corpus::text_head(&text).len());
+                text
+            })
+            .collect())
+    };
+    let trained = train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, tmp, |ev| match ev {
+        // The observer may stop the run between two steps (Ctrl-C).
+        model::train::TrainEvent::Step { step, .. } => observer.event(Event::Progress {
+            done: step as u64,
+            total: steps,
+        }),
+        _ => std::ops::ControlFlow::Continue(()),
+    });
+    match trained {
+        Err(model::ModelError::Interrupted { .. }) => return Err(SelectError::stopped()),
+        other => other?,
+    };
+    match std::fs::rename(tmp, &artifact.path) {
+        Ok(()) => crate::atomic::sync_parent(&artifact.path).map_err(at(&artifact.path))?,
+        // Another run on this cache finished the same proxy first (same key, same
+        // seeded training): theirs stands, ours goes (with `scratch`).
+        Err(_) if artifact.marker.exists() => {}
+        Err(e) => return Err(at(&artifact.path)(e).into()),
+    }
+    Ok(())
 }
 
 /// Token counts (the budget's unit) and the documents too short to score: the pool is encoded
@@ -561,6 +587,17 @@ struct Scorer<'a> {
 }
 
 impl Scorer<'_> {
+    /// What scoring here (not from the cache) took, if anything was scored.
+    fn throughput(&self) -> Option<report::ScoringThroughput> {
+        let (documents, tokens, seconds) = self.scored_here;
+        (documents > 0).then(|| report::ScoringThroughput {
+            documents,
+            tokens,
+            seconds,
+            docs_per_second: documents as f64 / seconds.max(1e-9),
+        })
+    }
+
     fn score(&mut self, idx: &[usize], observer: &mut dyn Observer) -> Result<Vec<f64>, SelectError> {
         let ihvp = self.ihvp.expect("scoring policies have an iHVP");
         let id = |i: usize| &self.pool.ids()[self.eligible[i]];

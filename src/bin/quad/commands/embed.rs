@@ -79,6 +79,7 @@ pub fn cluster(
         Some(path) => path,
         None => {
             let prefix = quad_select::atomic::temp_prefix();
+            std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
             scratch = tempfile::Builder::new()
                 .prefix(&prefix)
                 .suffix(quad_select::atomic::TEMP_SUFFIX)

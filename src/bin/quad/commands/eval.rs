@@ -52,9 +52,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 .into_iter()
                 .map(|d| (d.field(&label_field).unwrap_or_else(|| "(none)".into()), d.text))
                 .collect();
-            let tok_path = split.join(eval::SPLIT_TOKENIZER);
-            let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+            let tokenizer = eval_tokenizer(&split)?;
             let mut params = if quick { eval::eval_params_quick() } else { eval::eval_params() };
             if let Some(s) = steps {
                 params.steps = s;
@@ -64,13 +62,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             let results = eval::evaluate_many(&texts, &tokenizer, &ref_slices, &heldout, &params, seed)?;
             let k = match k {
                 Some(k) => k,
-                None => {
-                    let m = selection.with_file_name("manifest.json");
-                    ManifestSummary::read(&m)
-                        .with_context(|| format!("give --k when the selection has no manifest ({})", m.display()))?
-                        .k()
-                        .with_context(|| format!("{}: no k recorded; give --k", m.display()))?
-                }
+                None => manifest_k(&selection)?,
             };
             let records: Vec<serde_json::Value> = sel
                 .iter()
@@ -93,6 +85,21 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The k recorded in the manifest beside a selection.
+fn manifest_k(selection: &Path) -> Result<usize> {
+    let m = selection.with_file_name("manifest.json");
+    ManifestSummary::read(&m)
+        .with_context(|| format!("give --k when the selection has no manifest ({})", m.display()))?
+        .k()
+        .with_context(|| format!("{}: no k recorded; give --k", m.display()))
+}
+
+/// The evaluation tokenizer `quad eval split` trained.
+fn eval_tokenizer(split: &Path) -> Result<tokenizers::Tokenizer> {
+    let tok_path = split.join(eval::SPLIT_TOKENIZER);
+    tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))
 }
 
 fn read(p: &Path) -> Result<Vec<Document>> {
