@@ -509,26 +509,23 @@ where
     P: FnMut(usize) -> ControlFlow<()>,
 {
     let created = !dir.exists();
-    let result = write_embeddings(documents, embedder, chunk, group, embed_group, dir, on_progress);
+    let mut on_progress = on_progress;
+    let result = write_embeddings(&mut documents.into_iter(), embedder, (chunk, group), embed_group, dir, &mut on_progress);
     if result.is_err() && created {
         let _ = std::fs::remove_dir_all(dir);
     }
     result
 }
 
-fn write_embeddings<I, P>(
-    documents: I,
+/// [`embed_to_dir_grouped`]'s work: chunks of `chunk` texts, `group` chunks at a time.
+fn write_embeddings(
+    documents: &mut dyn Iterator<Item = Result<Document, CorpusError>>,
     embedder: &dyn Embedder,
-    chunk: usize,
-    group: usize,
+    (chunk, group): (usize, usize),
     embed_group: EmbedGroup<'_>,
     dir: &Path,
-    mut on_progress: P,
-) -> Result<EmbeddedDir, EmbedError>
-where
-    I: IntoIterator<Item = Result<Document, CorpusError>>,
-    P: FnMut(usize) -> ControlFlow<()>,
-{
+    on_progress: &mut dyn FnMut(usize) -> ControlFlow<()>,
+) -> Result<EmbeddedDir, EmbedError> {
     use std::io::Write as _;
     std::fs::create_dir_all(dir).map_err(crate::path_io::at(dir))?;
     let (chunk, group) = (chunk.max(1), group.max(1));

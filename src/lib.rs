@@ -4,6 +4,26 @@
 //! Stages, one module each, data flowing one way:
 //! `corpus → embed → cluster → model → influence → bandit → select` (with `select::report`).
 //!
+//! # Reading guide (pipeline order)
+//!
+//! - [`corpus`]: JSONL/Parquet readers, skip counts, the on-disk [`corpus::DocumentStore`].
+//! - [`embed`]: the hashing and BERT embedders, streamed into an embeddings folder.
+//! - [`cluster`]: k-means (`seeding`, `lloyd`, `assign`), the centroid graph (`neighbours`),
+//!   label agreement (`metrics`); [`cluster::Clustering`] fits in memory or over a stored matrix.
+//! - [`model`]: the Llama proxy (candle), its training, gradient captures, GGUF loading.
+//! - [`influence`]: K-FAC/EK-FAC `factors` and `kfac` math, `scores` (batched scoring and
+//!   [`influence::DocumentScorer`]), `stage` (fitting and scoring options), `store`, `validate`.
+//! - [`bandit`]: `params` (as written, and checked into a [`bandit::Policy`]), `state`
+//!   (problem, checkpoint state), `index` (UCB/Thompson/ε-greedy), `threshold`, `tilted`,
+//!   `baselines`, `estimate` (document-level estimators); [`bandit::Bandit`] runs the rounds.
+//! - [`select`]: [`select::Selector`] runs the stages (`stages`), caches them (`cache`, `keys`),
+//!   reports (`report`), tells an [`select::Observer`] (`observer`), runs scoring on an
+//!   [`select::executor::Executor`] (`executor`).
+//! - [`eval`]: the fixed evaluation model and held-out splits.
+//! - Helpers: [`atomic`] (atomic writes, temporaries), [`path_io`] (path errors, output-over-input
+//!   checks), [`hash`] (one hash module), [`npy`], [`weights`], [`error_text`].
+//! - `src/bin/quad`: `args` parses and checks flags, `commands` builds library types and prints.
+//!
 //! # Selecting from Rust
 //!
 //! [`select::Selector`] runs the whole pipeline and returns a [`select::Selection`]: the

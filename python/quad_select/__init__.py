@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
 os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
 from . import _quad  # noqa: E402
-from ._quad import QuadError, Scorer, assign, embed  # noqa: E402
+from ._quad import Embedder, QuadError, Scorer, assign, embed  # noqa: E402
 
 if TYPE_CHECKING:
     import pyarrow
 
-__all__ = ["QuadError", "Scorer", "Selection", "assign", "embed", "select"]
+__all__ = ["Embedder", "QuadError", "Scorer", "Selection", "assign", "embed", "select"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 

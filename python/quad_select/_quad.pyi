@@ -40,6 +40,17 @@ def embed(
     """Unit rows, one per text: the sentence-embedding model folder ``model``, or the hashing
     embedder of ``hashing_dim`` dimensions."""
 
+class Embedder:
+    """An embedder loaded once: the sentence-embedding model folder ``model``, or the hashing
+    embedder of ``hashing_dim`` dimensions."""
+
+    def __init__(self, *, model: Optional[str] = None, hashing_dim: Optional[int] = None, batch_size: int = 32) -> None: ...
+    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Unit rows, one per text."""
+    @property
+    def dim(self) -> int:
+        """Length of every row."""
+
 def assign(
     embeddings: npt.NDArray[np.float32], centroids: npt.NDArray[np.float32]
 ) -> Tuple[npt.NDArray[np.uint64], npt.NDArray[np.float32]]:

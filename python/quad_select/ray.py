@@ -1,7 +1,8 @@
 """`quad select` on a Ray cluster.
 
 The driver runs the pipeline (the same Rust code as ``quad select``) and hands its parallel units
-to Ray: every chunk of 256 documents is embedded by a Ray task, every block of rows is assigned to
+to Ray: every chunk of 256 documents is embedded by one of a pool of Ray actors that each load the
+embedder once, every block of rows is assigned to
 the centroids (fitted once, on the driver, on k-means' seeded sample) by a Ray task, and each
 round's scoring fans out, one batch of similar-length documents per call, to a pool of Ray actors
 that each load the proxy, its factors and the reference iHVP once. The bandit runs on the driver
@@ -37,9 +38,15 @@ except ImportError as e:  # pragma: no cover
     raise ImportError("quad_select.ray needs Ray: pip install 'quad-select[ray]'") from e
 
 
-@ray.remote(max_retries=-1)
-def _embed_chunk(texts: List[str], embed: Dict[str, Any]) -> np.ndarray:
-    return _quad.embed(texts, model=embed.get("model"), hashing_dim=embed["hashing_dim"], batch_size=embed["batch_size"])
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class EmbeddingActor:
+    """Holds one embedder, loaded once, and embeds the chunks it is sent."""
+
+    def __init__(self, embed: Dict[str, Any]) -> None:
+        self._embedder = _quad.Embedder(model=embed.get("model"), hashing_dim=embed["hashing_dim"], batch_size=embed["batch_size"])
+
+    def embed(self, texts: List[str]) -> np.ndarray:
+        return self._embedder.embed(texts)
 
 
 @ray.remote(max_retries=-1)
@@ -91,17 +98,23 @@ class RayExecutor:
         self.workers = max(1, workers if workers is not None else int(cpus // cpus_per_worker))
         self.cpus_per_worker = cpus_per_worker
         self.actors: List[Any] = []
+        # Embedding actors and the settings they were built with (one embedder per run).
+        self._embedders: Tuple[str, List[Any]] = ("", [])
 
     def parallelism(self) -> int:
         # Two units in flight per worker keep every worker busy while results travel.
         return 2 * self.workers
 
     def embed(self, chunks: List[List[str]], embed_json: str) -> List[np.ndarray]:
-        embed = json.loads(embed_json)
-        if embed.get("model"):
-            embed["model"] = os.path.abspath(embed["model"])
-        config = ray.put(embed)
-        return ray.get([_embed_chunk.options(num_cpus=self.cpus_per_worker).remote(c, config) for c in chunks])
+        if self._embedders[0] != embed_json:
+            embed = json.loads(embed_json)
+            if embed.get("model"):
+                embed["model"] = os.path.abspath(embed["model"])
+            actors = [EmbeddingActor.options(num_cpus=self.cpus_per_worker).remote(embed) for _ in range(self.workers)]
+            self._embedders = (embed_json, actors)
+        actors = self._embedders[1]
+        # Chunks round-robin over the actors; answers come back in order.
+        return ray.get([actors[i % len(actors)].embed.remote(c) for i, c in enumerate(chunks)])
 
     def assign(self, blocks: List[np.ndarray], centroids: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
         cents = ray.put(centroids)

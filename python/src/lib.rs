@@ -211,8 +211,40 @@ impl Executor for PyExecutor {
     }
 }
 
+/// An embedder loaded once (the sentence-embedding model in `model`, a folder, or the hashing
+/// embedder of `hashing_dim` dimensions): what a Ray embedding actor holds between chunks.
+#[pyclass(name = "Embedder", module = "quad_select")]
+struct PyEmbedder {
+    inner: Box<dyn quad_select::embed::Embedder>,
+}
+
+#[pymethods]
+impl PyEmbedder {
+    #[new]
+    #[pyo3(signature = (*, model=None, hashing_dim=None, batch_size=32))]
+    fn new(py: Python<'_>, model: Option<PathBuf>, hashing_dim: Option<usize>, batch_size: usize) -> PyResult<Self> {
+        let dim = hashing_dim.unwrap_or(SelectConfig::default().embed.hashing_dim);
+        let bert = BertOptions { batch_size: batch_size.max(1), ..Default::default() };
+        let inner = py.detach(|| quad_select::embed::make_embedder(model.as_deref(), bert, dim)).map_err(err)?;
+        Ok(Self { inner })
+    }
+
+    /// Unit rows (float32), one per text.
+    fn embed<'py>(&self, py: Python<'py>, texts: Vec<String>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let rows = py.detach(|| quad_select::embed::embed_chunk(self.inner.as_ref(), &texts).map(|(rows, _)| rows)).map_err(err)?;
+        Ok(rows.into_pyarray(py))
+    }
+
+    /// Length of every row.
+    #[getter]
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+}
+
 /// Embeds texts as unit rows (float32, one per text): the sentence-embedding model in `model`
-/// (a folder), or the hashing embedder of `hashing_dim` dimensions.
+/// (a folder), or the hashing embedder of `hashing_dim` dimensions. Loads the embedder on every
+/// call; [`PyEmbedder`] keeps it.
 #[pyfunction]
 #[pyo3(signature = (texts, *, model=None, hashing_dim=None, batch_size=32))]
 fn embed<'py>(
@@ -222,21 +254,7 @@ fn embed<'py>(
     hashing_dim: Option<usize>,
     batch_size: usize,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    let dim = hashing_dim.unwrap_or(SelectConfig::default().embed.hashing_dim);
-    let rows = py
-        .detach(|| {
-            let embedder = quad_select::embed::make_embedder(
-                model.as_deref(),
-                BertOptions {
-                    batch_size: batch_size.max(1),
-                    ..Default::default()
-                },
-                dim,
-            )?;
-            quad_select::embed::embed_chunk(embedder.as_ref(), &texts).map(|(rows, _)| rows)
-        })
-        .map_err(err)?;
-    Ok(rows.into_pyarray(py))
+    PyEmbedder::new(py, model, hashing_dim, batch_size)?.embed(py, texts)
 }
 
 /// Each row's nearest centroid and the squared Euclidean distance to it (2 − 2·cos on unit rows).
@@ -335,6 +353,7 @@ fn _quad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("QuadError", m.py().get_type::<QuadError>())?;
     m.add_class::<RawSelection>()?;
     m.add_class::<Scorer>()?;
+    m.add_class::<PyEmbedder>()?;
     m.add_function(wrap_pyfunction!(select, m)?)?;
     m.add_function(wrap_pyfunction!(embed, m)?)?;
     m.add_function(wrap_pyfunction!(assign, m)?)?;

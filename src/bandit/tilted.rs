@@ -183,36 +183,7 @@ impl Bandit {
         scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
         temperature: f64,
     ) -> Round {
-        let mut rng = self.rng();
-        let allowance = self.allowance();
-        if self.state.documents_scored < allowance {
-            let chosen = self.choose_among(&mut rng, |c| self.unseen(c).next().is_some());
-            if !chosen.is_empty() {
-                let mut left = allowance - self.state.documents_scored;
-                let b = self.params.samples_per_arm;
-                let samples = self.score_samples(
-                    &chosen,
-                    |bandit, c| {
-                        let n = bandit.unseen(c).take(b.min(left)).count();
-                        left -= n;
-                        n
-                    },
-                    scorer,
-                )?;
-                let mut picks = Vec::with_capacity(chosen.len());
-                for ((c, index), sample) in chosen.into_iter().zip(samples) {
-                    if sample.is_empty() {
-                        continue;
-                    }
-                    self.state.arms[c].times_chosen += 1;
-                    let reward = self.learn(c, &self.scores_of(&sample), 0.0);
-                    // Nothing is taken while scoring, so the budget is never met here.
-                    let _ = self.settle(&mut picks, ArmPick { arm: Some(c), index, reward, scored: sample.len(), accepted: 0 });
-                }
-                return Ok(Some(picks));
-            }
-        }
-        self.take_by_quotas(&mut rng, temperature)
+        self.score_then_take(temperature, |bandit, rng, left| bandit.score_arms(rng, left, scorer))
     }
 
     /// A round of `predicted`: while the scoring allowance lasts, the next B · b unscored
@@ -223,18 +194,72 @@ impl Bandit {
         scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
         temperature: f64,
     ) -> Round {
+        self.score_then_take(temperature, |bandit, _, left| bandit.score_uniform(left, scorer))
+    }
+
+    /// While `left` of the scoring allowance remains, `score` scores (and says what, or None
+    /// when it finds nothing to score); then the document-level tilt takes.
+    fn score_then_take(
+        &mut self,
+        temperature: f64,
+        score: impl FnOnce(&mut Self, &mut Xoshiro256PlusPlus, usize) -> Round,
+    ) -> Round {
         let mut rng = self.rng();
-        let allowance = self.allowance();
-        if self.state.documents_scored < allowance {
-            let want = (self.params.arms_per_round * self.params.samples_per_arm).min(allowance - self.state.documents_scored);
-            let sample: Vec<usize> =
-                self.pool_order.iter().copied().filter(|&d| self.state.scores[d].is_none()).take(want).collect();
-            if !sample.is_empty() {
-                self.score(&sample, scorer)?;
-                return Ok(Some(vec![ArmPick { arm: None, index: 0.0, reward: None, scored: sample.len(), accepted: 0 }]));
+        let left = self.allowance().saturating_sub(self.state.documents_scored);
+        if left > 0 {
+            if let Some(picks) = score(self, &mut rng, left)? {
+                return Ok(Some(picks));
             }
         }
         self.take_by_quotas(&mut rng, temperature)
+    }
+
+    /// The scoring of the document-level tilt: B arms chosen by Cluster Score, b unseen members
+    /// each (at most `left` in all), rewards learnt, nothing taken.
+    fn score_arms<E: fmt::Display>(
+        &mut self,
+        rng: &mut Xoshiro256PlusPlus,
+        mut left: usize,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+    ) -> Round {
+        let chosen = self.choose_among(rng, |c| self.unseen(c).next().is_some());
+        if chosen.is_empty() {
+            return Ok(None);
+        }
+        let b = self.params.samples_per_arm;
+        let size = |bandit: &Self, c: usize| {
+            let n = bandit.unseen(c).take(b.min(left)).count();
+            left -= n;
+            n
+        };
+        let samples = self.score_samples(&chosen, size, scorer)?;
+        let mut picks = Vec::with_capacity(chosen.len());
+        for ((c, index), sample) in chosen.into_iter().zip(samples) {
+            if sample.is_empty() {
+                continue;
+            }
+            self.state.arms[c].times_chosen += 1;
+            let reward = self.learn(c, &self.scores_of(&sample), 0.0);
+            // Nothing is taken while scoring, so the budget is never met here.
+            let _ = self.settle(&mut picks, ArmPick { arm: Some(c), index, reward, scored: sample.len(), accepted: 0 });
+        }
+        Ok(Some(picks))
+    }
+
+    /// The scoring of `predicted`: the next B · b (at most `left`) unscored documents of the
+    /// pool's seeded order.
+    fn score_uniform<E: fmt::Display>(
+        &mut self,
+        left: usize,
+        scorer: &mut impl FnMut(&[usize]) -> Result<Vec<f64>, E>,
+    ) -> Round {
+        let want = (self.params.arms_per_round * self.params.samples_per_arm).min(left);
+        let sample: Vec<usize> = self.pool_order.iter().copied().filter(|&d| self.state.scores[d].is_none()).take(want).collect();
+        if sample.is_empty() {
+            return Ok(None);
+        }
+        self.score(&sample, scorer)?;
+        Ok(Some(vec![ArmPick { arm: None, index: 0.0, reward: None, scored: sample.len(), accepted: 0 }]))
     }
 
     /// A taking round of the document-level tilt: B arms with room left in their
