@@ -18,7 +18,7 @@ mod harness;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use harness::{mean_std, read_records, update_readme, write_csv, Row, Setup};
 use quad_select::bandit::PolicyName;
 use quad_select::eval;
@@ -37,26 +37,27 @@ pub struct Opts {
     pub config: PathBuf,
 }
 
+/// The selectors of the comparison on one budget (see the module docs).
+#[derive(clap::Parser)]
+struct Args {
+    /// CI-sized: pool-small, tiny models, 40k tokens.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Budget in tokens (default 400000, or 40000 with --quick).
+    #[arg(long)]
+    budget_tokens: Option<usize>,
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
 fn parse() -> Result<Opts> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let shared = harness::shared();
-    let mut args = std::env::args().skip(1);
-    let (mut quick, mut seeds, mut out, mut budget, mut cache) = (false, 3, None, None, None);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--seeds" => seeds = val()?.parse()?,
-            "--out" => out = Some(PathBuf::from(val()?)),
-            "--budget-tokens" => budget = Some(val()?.parse()?),
-            "--cache" => cache = Some(PathBuf::from(val()?)),
-            "-h" | "--help" => {
-                println!("compare [--quick] [--seeds N] [--out DIR] [--budget-tokens N] [--cache DIR]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
+    let Args { quick, seeds, out, budget_tokens: budget, cache } = <Args as clap::Parser>::parse();
     let name = if quick { "compare-quick" } else { "compare" };
     Ok(Opts {
         quick,

@@ -72,43 +72,51 @@ pub struct Opts {
     pub quad: PathBuf,
 }
 
+/// Selection quality against the random/top-k frontier (see the module docs).
+#[derive(clap::Parser)]
+struct Args {
+    /// CI-sized: pool-small, tiny models, one 40k budget.
+    #[arg(long)]
+    quick: bool,
+    /// Reference sets: wiki, abstracts or NAME=PATH, comma-separated.
+    #[arg(long, default_value = "wiki,abstracts")]
+    references: String,
+    /// Budgets in tokens, comma-separated (default: the grid, or 40000 with --quick).
+    #[arg(long, value_delimiter = ',')]
+    budgets: Option<Vec<usize>>,
+    /// Selectors, comma-separated (default: the issue's grid).
+    #[arg(long, value_delimiter = ',')]
+    selectors: Option<Vec<String>>,
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Evaluations run at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    jobs: u64,
+    /// Make every selection, run no evaluation.
+    #[arg(long)]
+    select_only: bool,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    cache: Option<PathBuf>,
+    /// A `quad select` TOML the selections start from (default: the tool's defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Write the tables into experiments/README.md (default: for the full default run).
+    #[arg(long)]
+    readme: bool,
+}
+
 fn parse() -> Result<Opts> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let shared = harness::shared();
-    let mut args = std::env::args().skip(1);
-    let (mut quick, mut refs, mut budgets, mut selectors, mut seeds, mut jobs, mut select_only, mut out, mut cache, mut config) =
-        (false, None, None, None, 3u64, 1usize, false, None, None, None);
-    let mut readme = None;
-    while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--quick" => quick = true,
-            "--references" => refs = Some(val()?),
-            "--budgets" => budgets = Some(val()?.split(',').map(|b| b.trim().parse()).collect::<Result<Vec<usize>, _>>()?),
-            "--selectors" => selectors = Some(val()?.split(',').map(str::to_string).collect::<Vec<_>>()),
-            "--seeds" => seeds = val()?.parse()?,
-            "--jobs" => jobs = val()?.parse()?,
-            "--select-only" => select_only = true,
-            "--out" => out = Some(PathBuf::from(val()?)),
-            "--cache" => cache = Some(PathBuf::from(val()?)),
-            "--config" => config = Some(PathBuf::from(val()?)),
-            "--readme" => readme = Some(true),
-            "-h" | "--help" => {
-                println!(
-                    "frontier [--quick] [--references wiki,abstracts|NAME=PATH,...] [--budgets N,...] [--selectors S,...] \
-                     [--seeds N] [--jobs N] [--select-only] [--out DIR] [--cache DIR] [--config TOML] [--readme]"
-                );
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    if jobs == 0 {
-        bail!("--jobs must be at least 1");
-    }
+    let a = <Args as clap::Parser>::parse();
+    let (quick, refs, budgets, selectors, seeds, jobs, select_only, out, cache, config) =
+        (a.quick, a.references, a.budgets, a.selectors, a.seeds, a.jobs as usize, a.select_only, a.out, a.cache, a.config);
+    let readme = a.readme.then_some(true);
+
     let data = shared.join("data");
     let references = refs
-        .unwrap_or_else(|| "wiki,abstracts".into())
         .split(',')
         .map(|r| match r.split_once('=') {
             Some((name, path)) => Ok((name.to_string(), PathBuf::from(path))),

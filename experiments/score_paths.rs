@@ -12,44 +12,54 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device};
 use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::influence::{stage as infl, store};
 use quad_select::model::{self, capture::truncate_predicted, Labels};
 use quad_select::select::SelectConfig;
 
+/// Scoring paths compared on the real proxy (see the module docs).
+#[derive(clap::Parser)]
+struct Args {
+    /// The cache folder the names below are in.
+    #[arg(long)]
+    cache: PathBuf,
+    /// The proxy's folder in the cache (proxy-KEY).
+    #[arg(long)]
+    proxy: String,
+    /// The factors' folder in the cache (factors-KEY).
+    #[arg(long)]
+    factors: String,
+    /// The reference gradient in the cache (refgrad-KEY.safetensors).
+    #[arg(long)]
+    refgrad: String,
+    /// The pool the documents are read from.
+    #[arg(long)]
+    pool: PathBuf,
+    /// Documents scored.
+    #[arg(long, default_value_t = 128)]
+    docs: usize,
+    /// Documents per pass (default: the configuration's).
+    #[arg(long)]
+    batch: Option<usize>,
+}
+
 fn main() -> Result<()> {
     quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
-    let mut args = std::env::args().skip(1);
-    let (mut cache, mut proxy, mut factors, mut refgrad, mut pool) = (None, None, None, None, None);
-    let (mut n, mut batch) = (128usize, None);
-    while let Some(a) = args.next() {
-        let mut v = || args.next().context("a value after the flag");
-        match a.as_str() {
-            "--cache" => cache = Some(PathBuf::from(v()?)),
-            "--proxy" => proxy = Some(v()?),
-            "--factors" => factors = Some(v()?),
-            "--refgrad" => refgrad = Some(v()?),
-            "--pool" => pool = Some(PathBuf::from(v()?)),
-            "--docs" => n = v()?.parse()?,
-            "--batch" => batch = Some(v()?.parse::<usize>()?),
-            other => anyhow::bail!("unknown flag {other}"),
-        }
-    }
-    let cache = cache.context("--cache")?;
+    let Args { cache, proxy, factors, refgrad, pool, docs: n, batch } = <Args as clap::Parser>::parse();
     let cfg = SelectConfig::default().check()?;
-    let loaded = model::load(&cache.join(proxy.context("--proxy")?), DType::F32, &Device::Cpu)?;
-    let (f, _) = store::load(&cache.join(factors.context("--factors")?))?;
+    let loaded = model::load(&cache.join(proxy), DType::F32, &Device::Cpu)?;
+    let (f, _) = store::load(&cache.join(factors))?;
     let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
-    let grad = store::load_layers(&cache.join(refgrad.context("--refgrad")?), &layer_ids)?;
+    let grad = store::load_layers(&cache.join(refgrad), &layer_ids)?;
     let ihvp = infl::reference_ihvp(Some(&f), &grad, cfg.factors.per_head, &cfg.scoring)?;
     let mut opts = cfg.factors.gradient_options();
     if let Some(b) = batch {
         opts.batch = b;
     }
-    let reader = CorpusReader::open(&pool.context("--pool")?, CorpusConfig::default())?;
+    let reader = CorpusReader::open(&pool, CorpusConfig::default())?;
     let mut docs = Vec::new();
     for d in reader.take(n) {
         let mut ids = loaded.encode(&d?.text)?;

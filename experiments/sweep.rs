@@ -20,7 +20,7 @@ mod plot;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use harness::{mean_std, update_readme, write_csv, Row, Setup};
 use quad_select::select::SelectConfig;
 
@@ -52,29 +52,34 @@ fn set(cfg: &mut SelectConfig, param: &str, v: f64) {
     }
 }
 
+/// One-parameter sweeps of the bandit (see the module docs).
+#[derive(clap::Parser)]
+struct Args {
+    /// alpha, gamma, tau, B, b, k or all.
+    #[arg(long)]
+    param: String,
+    /// Values to sweep, comma-separated (default: the parameter's grid).
+    #[arg(long, value_delimiter = ',')]
+    values: Option<Vec<f64>>,
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// CI-sized: pool-small, tiny models, 40k tokens.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Budget in tokens (default 400000, or 40000 with --quick).
+    #[arg(long)]
+    budget_tokens: Option<usize>,
+    #[arg(long)]
+    cache: Option<PathBuf>,
+}
+
 fn main() -> Result<()> {
     quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut args = std::env::args().skip(1);
-    let (mut param, mut values, mut seeds, mut quick, mut out, mut budget, mut cache) =
-        (None, None, 1u64, false, None, None, None);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().with_context(|| format!("{a} needs a value"));
-        match a.as_str() {
-            "--param" => param = Some(val()?),
-            "--values" => {
-                values = Some(val()?.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<Vec<_>, _>>()?)
-            }
-            "--seeds" => seeds = val()?.parse()?,
-            "--quick" => quick = true,
-            "--out" => out = Some(PathBuf::from(val()?)),
-            "--budget-tokens" => budget = Some(val()?.parse()?),
-            "--cache" => cache = Some(PathBuf::from(val()?)),
-            other => bail!("unknown argument {other} (see the file's doc comment)"),
-        }
-    }
-    let param = param.context("--param alpha|gamma|tau|B|b|k|all")?;
+    let Args { param, values, seeds, quick, out, budget_tokens: budget, cache } = <Args as clap::Parser>::parse();
     let params: Vec<&str> = if param == "all" {
         PARAMS.to_vec()
     } else if let Some(p) = PARAMS.iter().find(|p| **p == param) {
