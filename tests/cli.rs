@@ -272,3 +272,68 @@ fn temperature_flag_is_checked_before_anything_runs() {
     assert!(stderr.contains("temperature applies to the tilted allocations"), "{stderr}");
     assert!(!tmp.path().join("cache").exists(), "nothing was computed");
 }
+
+/// A budget of nothing is a usage error (exit 2), not an empty selection; `--budget-documents`
+/// is the spelling Python shares, `--budget-docs` still works.
+#[test]
+fn budgets_are_positive_and_spelled_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = common::repo().join("experiments/data/sample.jsonl");
+    let s = sample.to_str().unwrap();
+    let out = tmp.path().join("out");
+    for flag in ["--budget-tokens", "--budget-documents", "--budget-docs"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_quad"))
+            .args(["select", "--input", s, "--reference", s, flag, "0", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flag} 0");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("must be at least 1"), "{flag}");
+        assert!(!out.exists(), "nothing written for {flag} 0");
+    }
+}
+
+/// The reference may name its fields apart from the pool's: a pool of `content`/`doc_id` with a
+/// reference of `text`/`id` fails without `--reference-text-field` (the pool's fields apply to
+/// both) and selects with it.
+#[test]
+fn the_reference_has_its_own_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = std::fs::read_to_string(common::repo().join("experiments/data/sample.jsonl")).unwrap();
+    let pool = tmp.path().join("pool.jsonl");
+    let renamed: String = sample
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            let text = o.remove("text").unwrap();
+            let id = o.remove("id").unwrap();
+            o.insert("content".into(), text);
+            o.insert("doc_id".into(), id);
+            v.to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&pool, renamed).unwrap();
+    let reference = common::repo().join("experiments/data/sample.jsonl");
+    let config = common::repo().join("tests/fixtures/tiny-select.toml");
+    let args = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "select", "--input", pool.to_str().unwrap(), "--reference", reference.to_str().unwrap(),
+            "--text-field", "content", "--id-field", "doc_id", "--budget-documents", "20", "--policy", "random",
+            "--config", config.to_str().unwrap(), "--cache", tmp.path().join("cache").to_str().unwrap(),
+            "--out", tmp.path().join(out).to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let a = args("shared", &[]);
+    let stderr = common::quad_fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(stderr.contains("reference"), "{stderr}");
+    let a = args("own", &["--reference-text-field", "text", "--reference-id-field", "id"]);
+    common::quad(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let manifest = common::read_json(&tmp.path().join("own/manifest.json"));
+    assert_eq!(manifest["parameters"]["reference_text_field"], "text");
+    assert_eq!(manifest["inputs"]["reference"]["read"]["documents"], 400);
+}

@@ -1,6 +1,6 @@
 """Type stubs of the extension module (python/src/lib.rs)."""
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,7 @@ class RawSelection:
     def rounds_json(self) -> str: ...
     def manifest_json(self) -> str: ...
     def clusters_json(self) -> str: ...
+    def skipped_json(self) -> str: ...
     def write(self, out: str) -> None: ...
 
 def select(
@@ -25,10 +26,15 @@ def select(
     config_path: Optional[str] = None,
     config_json: Optional[str] = None,
     temperature: Optional[float] = None,
+    text_field: Optional[str] = None,
+    id_field: Optional[str] = None,
+    reference_text_field: Optional[str] = None,
+    reference_id_field: Optional[str] = None,
     cache: Optional[str] = None,
     out: Optional[str] = None,
     resume: bool = False,
     executor: Optional[object] = None,
+    on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> RawSelection: ...
 def embed(
     texts: Sequence[str],

@@ -116,11 +116,20 @@ class RayExecutor:
         # Chunks round-robin over the actors; answers come back in order.
         return ray.get([actors[i % len(actors)].embed.remote(c) for i, c in enumerate(chunks)])
 
+    def _release_embedders(self) -> None:
+        """Embedding is over once clustering starts: its actors give their CPUs back (they would
+        otherwise hold them while assignment tasks and scoring actors wait for CPUs)."""
+        for actor in self._embedders[1]:
+            ray.kill(actor)
+        self._embedders = ("", [])
+
     def assign(self, blocks: List[np.ndarray], centroids: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
+        self._release_embedders()
         cents = ray.put(centroids)
         return ray.get([_assign_block.options(num_cpus=self.cpus_per_worker).remote(b, cents) for b in blocks])
 
     def prepare_scoring(self, setup_json: str) -> None:
+        self._release_embedders()
         setup = json.loads(setup_json)
         files = {key: _files(Path(setup[key])) for key in ["proxy", "factors", "reference_gradient"] if setup.get(key)}
         # Kept: a restarted actor is built again from the same objects.
@@ -167,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     s.add_argument("--reference", required=True)
     budget = s.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget-tokens", type=int)
-    budget.add_argument("--budget-docs", type=int)
+    budget.add_argument("--budget-documents", "--budget-docs", dest="budget_documents", type=int)
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="a TOML config (as for quad select)")
     s.add_argument("--cache", default=".quad-cache")
@@ -177,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ray.init(address=a.address, log_to_driver=False)
     try:
         sel = select(
-            a.input, a.reference, a.budget_tokens, budget_documents=a.budget_docs, config=a.config,
+            a.input, a.reference, a.budget_tokens, budget_documents=a.budget_documents, config=a.config,
             out=a.out, cache=a.cache, resume=a.resume, workers=a.workers,
         )
     except quad_select.QuadError as e:

@@ -9,6 +9,7 @@ use ndarray::{Array2, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use quad_select::bandit::Budget;
 use quad_select::embed::BertOptions;
@@ -17,7 +18,8 @@ use quad_select::influence::DocumentScorer;
 use quad_select::influence::{Damping, Strategy};
 use quad_select::select::{Event, Executor, Local, ScoringSetup, SelectConfig, SelectError, Selection, Selector};
 
-pyo3::create_exception!(_quad, QuadError, pyo3::exceptions::PyException, "An error of quad-select (the Rust library's message).");
+// Named as users import it: tracebacks say `quad_select.QuadError`.
+pyo3::create_exception!(quad_select, QuadError, pyo3::exceptions::PyException, "An error of quad-select (the Rust library's message).");
 
 /// A library error as a `QuadError`, its text as the CLI prints it.
 fn err(e: impl std::error::Error + 'static) -> PyErr {
@@ -29,8 +31,33 @@ fn config(path: Option<PathBuf>, json: Option<&str>) -> PyResult<SelectConfig> {
     match (path, json) {
         (Some(_), Some(_)) => Err(QuadError::new_err("give the config as a path or as a dict, not both")),
         (Some(p), None) => SelectConfig::from_toml_file(&p).map_err(err),
-        (None, Some(j)) => serde_json::from_str(j).map_err(|e| QuadError::new_err(format!("config: {e}"))),
+        (None, Some(j)) => config_from_dict(j),
         (None, None) => Ok(SelectConfig::default()),
+    }
+}
+
+/// A dict config (as JSON text): an error names the key path (`bandit.alpah`), not a position in
+/// JSON the package generated.
+fn config_from_dict(json: &str) -> PyResult<SelectConfig> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| QuadError::new_err(format!("config: {e}")))?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            QuadError::new_err(format!("config: {inner}"))
+        } else {
+            QuadError::new_err(format!("config: {path}: {inner}"))
+        }
+    })
+}
+
+/// A budget given from Python: a positive whole number (0 and negatives are errors, not an
+/// empty selection or an OverflowError).
+fn budget_value(name: &str, v: Option<i64>) -> PyResult<Option<usize>> {
+    match v {
+        None => Ok(None),
+        Some(n) if n > 0 => Ok(Some(n as usize)),
+        Some(n) => Err(QuadError::new_err(format!("{name} must be above 0 (got {n})"))),
     }
 }
 
@@ -60,6 +87,12 @@ impl RawSelection {
         serde_json::to_string(&self.inner.manifest).expect("plain data")
     }
 
+    /// The pool's and the reference's read reports: `{"pool": {...}, "reference": {...}}`, each
+    /// with the skipped records per reason and the first few examples (`file:line`).
+    fn skipped_json(&self) -> String {
+        serde_json::to_string(&self.inner.manifest.inputs).expect("plain data")
+    }
+
     fn clusters_json(&self) -> String {
         serde_json::to_string(&self.inner.clusters).expect("plain data")
     }
@@ -75,24 +108,37 @@ impl RawSelection {
 /// output files are written at the end. The GIL is released while it runs; Ctrl-C (a pending
 /// KeyboardInterrupt) stops it at the next stage step or round.
 #[pyfunction]
-#[pyo3(signature = (pool, reference, *, budget_tokens=None, budget_documents=None, config_path=None, config_json=None, temperature=None, cache=None, out=None, resume=false, executor=None))]
+#[pyo3(signature = (pool, reference, *, budget_tokens=None, budget_documents=None, config_path=None, config_json=None, temperature=None, text_field=None, id_field=None, reference_text_field=None, reference_id_field=None, cache=None, out=None, resume=false, executor=None, on_event=None))]
 #[allow(clippy::too_many_arguments)]
 fn select(
     py: Python<'_>,
     pool: PathBuf,
     reference: PathBuf,
-    budget_tokens: Option<usize>,
-    budget_documents: Option<usize>,
+    budget_tokens: Option<i64>,
+    budget_documents: Option<i64>,
     config_path: Option<PathBuf>,
     config_json: Option<&str>,
     temperature: Option<f64>,
+    text_field: Option<String>,
+    id_field: Option<String>,
+    reference_text_field: Option<String>,
+    reference_id_field: Option<String>,
     cache: Option<PathBuf>,
     out: Option<PathBuf>,
     resume: bool,
     executor: Option<Py<PyAny>>,
+    on_event: Option<Py<PyAny>>,
 ) -> PyResult<RawSelection> {
-    let budget = Budget::from_options(budget_tokens, budget_documents).map_err(err)?;
+    let budget = Budget::from_options(
+        budget_value("budget_tokens", budget_tokens)?,
+        budget_value("budget_documents", budget_documents)?,
+    )
+    .map_err(err)?;
     let mut cfg = config(config_path, config_json)?;
+    cfg.text_field = text_field.unwrap_or(cfg.text_field);
+    cfg.id_field = id_field.unwrap_or(cfg.id_field);
+    cfg.reference_text_field = reference_text_field.or(cfg.reference_text_field);
+    cfg.reference_id_field = reference_id_field.or(cfg.reference_id_field);
     if let Some(t) = temperature {
         cfg.bandit = cfg.bandit.with_temperature(t).map_err(err)?;
     }
@@ -106,19 +152,28 @@ fn select(
         selector.prepare_out(&pool, &reference, budget, out).map_err(err)?;
     }
     let mut interrupted = false;
+    let mut callback_error: Option<PyErr> = None;
     let mut remote = match executor {
         Some(obj) => Some(PyExecutor::new(py, obj)?),
         None => None,
     };
     let result = py.detach(|| {
-        let mut observer = |_: Event<'_>| {
-            // A pending Ctrl-C stops the run between steps.
-            if Python::attach(|py| py.check_signals()).is_err() {
-                interrupted = true;
-                ControlFlow::Break(())
-            } else {
+        let mut observer = |e: Event<'_>| {
+            Python::attach(|py| {
+                if let Some(f) = &on_event {
+                    // An exception in the callback stops the run and is raised as it is.
+                    if let Err(err) = event_dict(py, &e).and_then(|d| f.call1(py, (d,))) {
+                        callback_error = Some(err);
+                        return ControlFlow::Break(());
+                    }
+                }
+                // A pending Ctrl-C stops the run between steps.
+                if py.check_signals().is_err() {
+                    interrupted = true;
+                    return ControlFlow::Break(());
+                }
                 ControlFlow::Continue(())
-            }
+            })
         };
         let selection = match remote.as_mut() {
             Some(ex) => selector.select_with(&pool, &reference, budget, &mut observer, ex)?,
@@ -129,11 +184,55 @@ fn select(
         }
         Ok(selection)
     });
+    if let Some(e) = callback_error {
+        return Err(e);
+    }
     match result {
         Ok(inner) => Ok(RawSelection { inner }),
         Err(e @ SelectError::Interrupted { .. }) if interrupted => Err(PyKeyboardInterrupt::new_err(e.to_string())),
         Err(e) => Err(err(e)),
     }
+}
+
+/// An [`Event`] as the dict `on_event` receives (see `quad_select.progress`).
+fn event_dict<'py>(py: Python<'py>, e: &Event<'_>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match *e {
+        Event::Stage { name, cached } => {
+            d.set_item("kind", "stage")?;
+            d.set_item("name", name)?;
+            d.set_item("cached", cached)?;
+        }
+        Event::Progress { done, total } => {
+            d.set_item("kind", "progress")?;
+            d.set_item("done", done)?;
+            d.set_item("total", total)?;
+        }
+        Event::Note(text) => {
+            d.set_item("kind", "note")?;
+            d.set_item("text", text)?;
+        }
+        Event::StageDone { name } => {
+            d.set_item("kind", "stage_done")?;
+            d.set_item("name", name)?;
+        }
+        Event::Round { log, budget, best_index } => {
+            d.set_item("kind", "round")?;
+            d.set_item("round", log.round)?;
+            d.set_item("scored", log.scored)?;
+            d.set_item("accepted", log.accepted)?;
+            d.set_item("docs_selected", log.docs_selected)?;
+            d.set_item("tokens_selected", log.tokens_selected)?;
+            let b = PyDict::new(py);
+            match budget {
+                Budget::Tokens(n) => b.set_item("tokens", n)?,
+                Budget::Documents(n) => b.set_item("documents", n)?,
+            }
+            d.set_item("budget", b)?;
+            d.set_item("best_index", best_index)?;
+        }
+    }
+    Ok(d)
 }
 
 /// An executor written in Python (`quad_select.ray.RayExecutor`): an object with `parallelism()`,

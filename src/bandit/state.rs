@@ -16,7 +16,7 @@ pub enum Budget {
 }
 
 impl Budget {
-    /// The budget from the two ways of giving one (`--budget-tokens` / `--budget-docs`,
+    /// The budget from the two ways of giving one (`--budget-tokens` / `--budget-documents`,
     /// `budget_tokens=` / `budget_documents=`): exactly one, and above zero (a budget of nothing
     /// would "succeed" with an empty selection).
     pub fn from_options(tokens: Option<usize>, documents: Option<usize>) -> Result<Self, BanditError> {

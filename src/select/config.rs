@@ -163,6 +163,12 @@ impl Default for InfluenceConfig {
 pub struct SelectConfig {
     pub text_field: String,
     pub id_field: String,
+    /// The reference's text field, when it differs from the pool's (`text_field`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_text_field: Option<String>,
+    /// The reference's id field, when it differs from the pool's (`id_field`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_id_field: Option<String>,
     /// Stop at the first bad record instead of skipping and counting it (never changes a result,
     /// so it is left out of the serialised form, and of the cache keys, unless set).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -180,6 +186,8 @@ impl Default for SelectConfig {
         Self {
             text_field: "text".into(),
             id_field: "id".into(),
+            reference_text_field: None,
+            reference_id_field: None,
             strict: false,
             embed: EmbedConfig::default(),
             cluster: KMeansParams::default(),
@@ -196,7 +204,10 @@ impl Default for SelectConfig {
 pub struct ValidSelectConfig {
     /// The settings as given: written to the manifest and hashed into cache keys.
     pub raw: SelectConfig,
+    /// How the pool's records become documents.
     pub corpus: CorpusConfig,
+    /// How the reference's records become documents (the pool's fields unless told otherwise).
+    pub reference: CorpusConfig,
     pub kmeans: ValidKMeansParams,
     pub factors: FactorArguments,
     pub scoring: ScoreArguments,
@@ -242,9 +253,15 @@ impl SelectConfig {
             id_field: self.id_field.clone(),
             strict: self.strict,
         };
+        let reference = CorpusConfig {
+            text_field: self.reference_text_field.clone().unwrap_or_else(|| self.text_field.clone()),
+            id_field: self.reference_id_field.clone().unwrap_or_else(|| self.id_field.clone()),
+            strict: self.strict,
+        };
         Ok(ValidSelectConfig {
             raw: self,
             corpus,
+            reference,
             kmeans,
             factors,
             scoring,

@@ -35,10 +35,16 @@ pub fn factors(cfg: &ValidSelectConfig, proxy_sha: &str, corpus_key: &str) -> St
     key_of(&json!(["factors", proxy_sha, corpus_key, cfg.raw.factors]))
 }
 
-/// The reference gradient: the proxy, the reference's bytes, the layers and windows.
+/// The reference gradient: the proxy, the reference's bytes and the field its text is read from,
+/// the layers and windows. The field enters the key only when it is not the default one, as the
+/// default estimator stays out of the parameters: keys made before it was named stay valid.
 pub fn reference_gradient(cfg: &ValidSelectConfig, proxy_sha: &str, ref_sha: &str) -> String {
     let raw = &cfg.raw;
-    key_of(&json!(["refgrad", proxy_sha, ref_sha, cfg.factors.layers, raw.factors.context, raw.influence.max_tokens]))
+    let mut parts = json!(["refgrad", proxy_sha, ref_sha, cfg.factors.layers, raw.factors.context, raw.influence.max_tokens]);
+    if cfg.reference.text_field != crate::corpus::CorpusConfig::default().text_field {
+        parts.as_array_mut().expect("an array").push(json!({ "text_field": cfg.reference.text_field }));
+    }
+    key_of(&parts)
 }
 
 /// The documents' scores against that reference through those factors.
@@ -84,6 +90,22 @@ mod tests {
             run(&cfg, ("c", "proxy", &score_key), crate::bandit::Budget::Tokens(400_000), 0),
         ];
         assert_eq!(keys, PINNED, "{keys:?}");
+    }
+
+    /// The reference gradient of other texts is another entry: with a given `--model` (the proxy
+    /// unchanged), a reference read from another field must not reuse the gradient.
+    #[test]
+    fn the_reference_text_field_is_in_the_gradient_key() {
+        let key = |field: Option<&str>| {
+            let mut c = SelectConfig::default();
+            c.reference_text_field = field.map(str::to_string);
+            reference_gradient(&c.check().unwrap(), "proxy", "ref")
+        };
+        assert_eq!(key(None), key(Some("text")));
+        assert_ne!(key(None), key(Some("content")));
+        let mut pool_field = SelectConfig::default();
+        pool_field.text_field = "content".into();
+        assert_eq!(reference_gradient(&pool_field.check().unwrap(), "proxy", "ref"), key(Some("content")));
     }
 
     const PINNED: [&str; 8] = [

@@ -173,7 +173,7 @@ fn read_inputs(
             clash = Some((d.id.clone(), d.location.to_string()));
         }
     })?;
-    let (ref_docs, ref_report) = CorpusReader::read_all(reference, cfg.corpus.clone())?;
+    let (ref_docs, ref_report) = CorpusReader::read_all(reference, cfg.reference.clone())?;
     let _ = observer.event(Event::Note(&pool_report.to_string()));
     let _ = observer.event(Event::Note(&ref_report.to_string()));
     if docs.is_empty() {

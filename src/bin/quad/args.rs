@@ -274,11 +274,11 @@ pub struct SelectArgs {
     #[arg(long)]
     pub reference: PathBuf,
     /// Budget in proxy-tokenizer tokens (the last document taken is the one that reaches it).
-    #[arg(long, conflicts_with = "budget_docs", required_unless_present = "budget_docs")]
+    #[arg(long, conflicts_with = "budget_documents", required_unless_present = "budget_documents", value_parser = at_least::<1>)]
     pub budget_tokens: Option<usize>,
-    /// Budget in documents (met exactly).
-    #[arg(long)]
-    pub budget_docs: Option<usize>,
+    /// Budget in documents (met exactly); `--budget-docs` is an older spelling.
+    #[arg(long, alias = "budget-docs", value_parser = at_least::<1>)]
+    pub budget_documents: Option<usize>,
     /// TOML file with any of the settings (see README); flags below override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -303,6 +303,12 @@ pub struct SelectArgs {
     /// Field holding the id.
     #[arg(long)]
     pub id_field: Option<String>,
+    /// Field holding the reference's text, when it differs from the pool's (`--text-field`).
+    #[arg(long)]
+    pub reference_text_field: Option<String>,
+    /// Field holding the reference's id, when it differs from the pool's (`--id-field`).
+    #[arg(long)]
+    pub reference_id_field: Option<String>,
     /// Stop at the first bad record instead of skipping and counting it (TOML: `strict = true`).
     #[arg(long)]
     pub strict: bool,
@@ -358,6 +364,12 @@ impl SelectArgs {
         }
         set!(self.text_field, c.text_field);
         set!(self.id_field, c.id_field);
+        if self.reference_text_field.is_some() {
+            c.reference_text_field = self.reference_text_field.clone();
+        }
+        if self.reference_id_field.is_some() {
+            c.reference_id_field = self.reference_id_field.clone();
+        }
         if self.strict {
             c.strict = true;
         }

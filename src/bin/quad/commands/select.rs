@@ -11,7 +11,7 @@ use crate::progress::{stop_on_ctrl_c, CliObserver};
 
 pub fn run(args: &SelectArgs) -> Result<()> {
     let config = args.config()?.check()?;
-    let budget = Budget::from_options(args.budget_tokens, args.budget_docs)?;
+    let budget = Budget::from_options(args.budget_tokens, args.budget_documents)?;
     let selector = Selector::new(config)
         .cache(&args.cache)
         .checkpoint(args.out.join("checkpoint.json"), args.resume);
