@@ -64,9 +64,21 @@ def _files(path: Path) -> Tuple[bool, Dict[str, bytes]]:
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class ScoringActor:
     """Holds one run's scorer: the proxy, the factors and the reference gradient arrive through the
-    object store, are written to a local scratch folder and loaded once."""
+    object store, are written to a local scratch folder and loaded once.
 
-    def __init__(self, setup: Dict[str, Any], files: Dict[str, Tuple[bool, Dict[str, bytes]]]) -> None:
+    The constructor takes nothing: Ray does not keep constructor arguments that live in the object
+    store for an actor's restarts (ray#53727; it logs an error-level line for every such actor).
+    Every call carries the refs of the run's files instead (the driver holds them), and an actor
+    that has not loaded them yet, a restarted one included, loads them first."""
+
+    def __init__(self) -> None:
+        self._scorer: Any = None
+        self._scratch: Optional[tempfile.TemporaryDirectory] = None
+
+    def load(self, refs: List[Any]) -> None:
+        if self._scorer is not None:
+            return
+        setup, files = ray.get(refs)
         self._scratch = tempfile.TemporaryDirectory(prefix="quad-scorer-")
         local = dict(setup)
         for key, (is_dir, contents) in files.items():
@@ -77,7 +89,8 @@ class ScoringActor:
             local[key] = str(folder if is_dir else folder / next(iter(contents)))
         self._scorer = _quad.Scorer.for_run(json.dumps(local))
 
-    def score(self, batches: List[List[List[int]]]) -> List[List[Optional[float]]]:
+    def score(self, refs: List[Any], batches: List[List[List[int]]]) -> List[List[Optional[float]]]:
+        self.load(refs)
         return self._scorer.score_batches(batches)
 
     def where(self) -> Tuple[str, int]:
@@ -132,18 +145,19 @@ class RayExecutor:
         self._release_embedders()
         setup = json.loads(setup_json)
         files = {key: _files(Path(setup[key])) for key in ["proxy", "factors", "reference_gradient"] if setup.get(key)}
-        # Kept: a restarted actor is built again from the same objects.
+        # Kept, and sent with every call: a restarted actor loads again from the same objects.
         self._setup_refs = (ray.put(setup), ray.put(files))
-        self.actors = [
-            ScoringActor.options(num_cpus=self.cpus_per_worker).remote(*self._setup_refs) for _ in range(self.workers)
-        ]
+        self.actors = [ScoringActor.options(num_cpus=self.cpus_per_worker).remote() for _ in range(self.workers)]
+        for actor in self.actors:
+            actor.load.remote(list(self._setup_refs))
 
     def score(self, batches: List[List[List[int]]]) -> List[List[Optional[float]]]:
         # Contiguous runs of batches, one per actor; answers come back in order.
         n = len(self.actors)
         per = -(-len(batches) // n) if batches else 0
         parts = [batches[i * per:(i + 1) * per] for i in range(n)]
-        futures = [a.score.remote(p) for a, p in zip(self.actors, parts) if p]
+        refs = list(self._setup_refs)
+        futures = [a.score.remote(refs, p) for a, p in zip(self.actors, parts) if p]
         return [scores for part in ray.get(futures) for scores in part]
 
 
