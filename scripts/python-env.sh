@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Python side's environment: a virtual environment in .venv (git-ignored) with the package's
 # build and test requirements (maturin, pytest, numpy, pyarrow, Ray from PyPI). Idempotent: it
-# installs only what is missing. Called by scripts/setup.sh; QUAD_VENV moves the environment.
+# installs only what is missing. Called by scripts/test-python.sh; QUAD_VENV moves the environment.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${QUAD_VENV:-$root/.venv}"

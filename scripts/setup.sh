@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-time machine setup for quad-select: the system BLAS (for ndarray-linalg), the test models and
-# the Python environment of the Python package (scripts/python-env.sh).
+# One-time machine setup for quad-select: the system BLAS (for ndarray-linalg) and the models. The
+# Python environment is the Python tests' own (scripts/test-python.sh makes it): a selection does
+# not wait for it.
 # Safe to rerun: it installs and fetches only what is missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,4 +12,3 @@ if ! dpkg -s libopenblas-dev >/dev/null 2>&1; then
   echo "installed libopenblas-dev"
 fi
 bash "$root/scripts/fetch-models.sh"
-bash "$root/scripts/python-env.sh"

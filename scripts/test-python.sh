@@ -6,6 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${QUAD_VENV:-$root/.venv}"
 cd "$root"
+bash "$root/scripts/python-env.sh"
 export PATH="$venv/bin:$PATH"
 [ -x target/release/quad ] || cargo build --release --bin quad
 started=$(date +%s)
