@@ -502,7 +502,7 @@ impl Damping {
 
 impl Default for Damping {
     fn default() -> Self {
-        Damping::Relative(0.1)
+        Damping::Relative(super::DEFAULT_DAMPING_REL)
     }
 }
 

@@ -35,6 +35,10 @@ pub use kfac::{BlockRange, EkfacSums, FactorSums, KfacError, KroneckerFactors, S
 /// `influence.damping_rel`, `quad influence --damping-rel`, and the factors header).
 pub const DEFAULT_DAMPING_REL: f64 = 0.1;
 
+/// Documents per forward/backward pass when scoring (`influence.batch`): 2 was the fastest on 2
+/// cores (`experiments/score_paths.rs`).
+pub const DEFAULT_BATCH: usize = 2;
+
 /// Turns off candle's per-op threads (`CANDLE_NUM_THREADS=1`) unless the user has set it, so that
 /// work is spread across documents instead ([`score_documents`]). Call it first thing in `main`,
 /// before any other thread exists: it sets a process environment variable.

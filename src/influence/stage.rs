@@ -72,7 +72,7 @@ impl FactorArguments {
             layers: factors.selection(),
             per_head: header.per_head,
             context: header.context,
-            batch: 2,
+            batch: super::DEFAULT_BATCH,
             fisher: if header.fisher == Fisher::Empirical.name() { Fisher::Empirical } else { Fisher::True },
             seed: 0,
             fit_docs: header.examples,

@@ -35,7 +35,7 @@ impl Default for EmbedConfig {
         Self {
             model: None,
             hashing_dim: HashingEmbedder::DEFAULT_DIM,
-            batch_size: 32,
+            batch_size: crate::embed::BertOptions::default().batch_size,
         }
     }
 }
@@ -92,11 +92,12 @@ impl Default for FactorsConfig {
     fn default() -> Self {
         Self {
             fit_docs: 256,
-            max_tokens: 256,
+            max_tokens: ProxyParams::default().context,
             layers: LayerGroup::Both,
             per_head: true,
             fisher: Fisher::True,
-            context: 256,
+            // One window of the proxy's context.
+            context: ProxyParams::default().context,
             seed: 0,
         }
     }
@@ -151,8 +152,8 @@ impl Default for InfluenceConfig {
         Self {
             strategy: Strategy::Ekfac,
             damping_rel: crate::influence::DEFAULT_DAMPING_REL,
-            batch: 2,
-            max_tokens: 256,
+            batch: crate::influence::DEFAULT_BATCH,
+            max_tokens: ProxyParams::default().context,
         }
     }
 }
@@ -184,8 +185,8 @@ pub struct SelectConfig {
 impl Default for SelectConfig {
     fn default() -> Self {
         Self {
-            text_field: "text".into(),
-            id_field: "id".into(),
+            text_field: CorpusConfig::default().text_field,
+            id_field: CorpusConfig::default().id_field,
             reference_text_field: None,
             reference_id_field: None,
             strict: false,
