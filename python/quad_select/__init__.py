@@ -22,6 +22,7 @@ os.environ.setdefault("CANDLE_NUM_THREADS", "1")
 
 from . import _quad  # noqa: E402
 from ._quad import Embedder, QuadError, Scorer, assign, embed  # noqa: E402
+from .inputs import as_path  # noqa: E402
 from .progress import default_reporter  # noqa: E402
 
 if TYPE_CHECKING:
@@ -118,8 +119,8 @@ def _config_args(config: Union[None, PathLike, Mapping[str, Any]]) -> Dict[str, 
 
 
 def select(
-    pool: PathLike,
-    reference: PathLike,
+    pool: Any,
+    reference: Any,
     budget_tokens: Optional[int] = None,
     *,
     budget_documents: Optional[int] = None,
@@ -135,8 +136,11 @@ def select(
     executor: Optional[object] = None,
     on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> Selection:
-    """Selects from ``pool`` (JSONL, optionally compressed, or Parquet; a file or a folder) for
-    ``reference``, up to ``budget_tokens`` proxy tokens (or ``budget_documents`` documents).
+    """Selects from ``pool`` for ``reference``, up to ``budget_tokens`` proxy tokens (or
+    ``budget_documents`` documents). Each is a path (JSONL, optionally compressed, or Parquet; a
+    file or a folder), Arrow data (a pyarrow Table or RecordBatchReader, a Polars or pandas
+    DataFrame: anything with ``__arrow_c_stream__``), a ``datasets.Dataset``, or an iterable of
+    dicts; in-memory data is written out once, batch by batch (:mod:`quad_select.inputs`).
 
     ``config`` is a TOML file or a dict of the same sections (``{"bandit": {"alpha": 2.0}}``);
     omitted settings take their defaults. ``temperature`` (T, in units of the pool's score
@@ -155,21 +159,22 @@ def select(
     Without it, a progress bar is drawn on a terminal and ``logging`` records (logger
     ``quad_select``) are emitted otherwise.
     """
-    raw = _quad.select(
-        os.fspath(pool),
-        os.fspath(reference),
-        budget_tokens=budget_tokens,
-        budget_documents=budget_documents,
-        cache=None if cache is None else os.fspath(cache),
-        out=None if out is None else os.fspath(out),
-        resume=resume,
-        executor=executor,
-        on_event=on_event if on_event is not None else default_reporter(),
-        temperature=temperature,
-        text_field=text_field,
-        id_field=id_field,
-        reference_text_field=reference_text_field,
-        reference_id_field=reference_id_field,
-        **_config_args(config),
-    )
+    with as_path(pool, "pool") as pool_path, as_path(reference, "reference") as reference_path:
+        raw = _quad.select(
+            pool_path,
+            reference_path,
+            budget_tokens=budget_tokens,
+            budget_documents=budget_documents,
+            cache=None if cache is None else os.fspath(cache),
+            out=None if out is None else os.fspath(out),
+            resume=resume,
+            executor=executor,
+            on_event=on_event if on_event is not None else default_reporter(),
+            temperature=temperature,
+            text_field=text_field,
+            id_field=id_field,
+            reference_text_field=reference_text_field,
+            reference_id_field=reference_id_field,
+            **_config_args(config),
+        )
     return Selection(raw)
