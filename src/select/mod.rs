@@ -137,7 +137,8 @@ impl Selector {
 
     /// Makes `out` ready for this run's [`Selection::write`]: checked against the inputs
     /// ([`Selector::check_paths`]), created, and cleared of an earlier run's outputs (only the
-    /// files a selection writes; the checkpoint stays), so that a run that stops early cannot leave
+    /// files a selection writes, and the temporaries of killed runs; the checkpoint stays), so
+    /// that a run that stops early cannot leave
     /// an older selection to be taken for its own.
     /// A resumed run is also checked against its checkpoint's request first
     /// ([`Selector::check_resume`]): a changed flag is refused before anything is removed.
@@ -145,6 +146,8 @@ impl Selector {
         self.check_paths(pool, reference, Some(out))?;
         self.check_resume(pool, reference, budget)?;
         std::fs::create_dir_all(out).map_err(crate::path_io::at(out))?;
+        // A run killed while it wrote an output or its checkpoint left a temporary here.
+        crate::atomic::remove_stale_temporaries(out, 0);
         Selection::clear_outputs(out)
     }
 
