@@ -18,25 +18,22 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
 use quad_select::corpus::{CorpusConfig, CorpusReader};
-use quad_select::influence::stage as infl;
+
 use quad_select::influence::DocumentScorer;
-use quad_select::influence::store;
+
 use quad_select::influence::validate::spearman;
 use quad_select::model;
 use quad_select::select::SelectConfig;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+#[path = "harness.rs"]
+mod harness;
+
 #[derive(Parser)]
 struct Args {
-    #[arg(long)]
-    cache: PathBuf,
-    #[arg(long)]
-    proxy: String,
-    #[arg(long)]
-    factors: String,
-    #[arg(long)]
-    refgrad: String,
+    #[command(flatten)]
+    scoring: harness::CachedScoring,
     /// The full scores (`scores-*.jsonl` of a `topk` run with this proxy, factors and reference).
     #[arg(long)]
     scores: String,
@@ -65,14 +62,10 @@ fn main() -> Result<()> {
     quad_select::tune_allocator();
     let a = Args::parse();
     let cfg = SelectConfig::default().check()?;
-    let loaded = model::load(&a.cache.join(&a.proxy), DType::F32, &Device::Cpu)?;
-    let (factors, _) = store::load(&a.cache.join(&a.factors))?;
-    let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
-    let grad = store::load_layers(&a.cache.join(&a.refgrad), &layer_ids)?;
-    let ihvp = infl::reference_ihvp(Some(&factors), &grad, cfg.factors.per_head, &cfg.scoring)?;
+    let (_, ihvp) = a.scoring.load(&cfg)?;
 
     let mut full: HashMap<String, f64> = HashMap::new();
-    for line in std::fs::read_to_string(a.cache.join(&a.scores)).context("--scores")?.lines() {
+    for line in std::fs::read_to_string(a.scoring.cache.join(&a.scores)).context("--scores")?.lines() {
         if let Ok((id, s)) = serde_json::from_str::<(String, f64)>(line) {
             full.insert(id, s);
         }
@@ -90,7 +83,7 @@ fn main() -> Result<()> {
     docs.truncate(a.docs);
     let truth: Vec<f64> = docs.iter().map(|d| (full[&d.id] - median) / sd).collect();
 
-    let proxy = a.cache.join(&a.proxy);
+    let proxy = a.scoring.proxy_path();
     let scorer_at = |n: Option<usize>| -> Result<DocumentScorer> {
         Ok(DocumentScorer::new(model::load(&proxy, DType::F32, &Device::Cpu)?, ihvp.clone(), &cfg.factors, n))
     };

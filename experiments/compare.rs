@@ -40,34 +40,23 @@ pub struct Opts {
 /// The selectors of the comparison on one budget (see the module docs).
 #[derive(clap::Parser)]
 struct Args {
-    /// CI-sized: pool-small, tiny models, 40k tokens.
-    #[arg(long)]
-    quick: bool,
+    #[command(flatten)]
+    run: harness::ComparisonArgs,
     #[arg(long, default_value_t = 3)]
     seeds: u64,
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Budget in tokens (default 400000, or 40000 with --quick).
-    #[arg(long)]
-    budget_tokens: Option<usize>,
-    #[arg(long)]
-    cache: Option<PathBuf>,
 }
 
 fn parse() -> Result<Opts> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shared = harness::shared();
-    let Args { quick, seeds, out, budget_tokens: budget, cache } = <Args as clap::Parser>::parse();
-    let name = if quick { "compare-quick" } else { "compare" };
+    let Args { run, seeds } = <Args as clap::Parser>::parse();
     Ok(Opts {
-        quick,
+        quick: run.quick,
         seeds,
-        out: out.unwrap_or_else(|| repo.join("experiments/results").join(name)),
-        budget: budget.unwrap_or(if quick { 40_000 } else { 400_000 }),
-        pool: shared.join(if quick { "data/pool-small.jsonl" } else { "data/pool.jsonl" }),
-        reference: shared.join("data/reference-wiki.jsonl"),
-        cache: cache.unwrap_or_else(|| repo.join(".quad-cache")),
-        config: repo.join("experiments").join(format!("{name}.toml")),
+        out: run.out.clone().unwrap_or_else(|| harness::repo().join("experiments/results").join(run.name())),
+        budget: run.budget(),
+        pool: run.pool(),
+        reference: harness::shared().join("data/reference-wiki.jsonl"),
+        cache: run.cache(),
+        config: run.config(),
     })
 }
 

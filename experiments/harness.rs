@@ -280,3 +280,86 @@ pub fn update_readme(name: &str, body: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The flags the comparison and the sweeps share, and the defaults they resolve to.
+#[derive(clap::Args)]
+pub struct ComparisonArgs {
+    /// CI-sized: pool-small, tiny models, 40k tokens.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Budget in tokens (default 400000, or 40000 with --quick).
+    #[arg(long)]
+    pub budget_tokens: Option<usize>,
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+}
+
+impl ComparisonArgs {
+    /// The comparison's name: its config (`experiments/NAME.toml`) and its results folder.
+    pub fn name(&self) -> &'static str {
+        if self.quick { "compare-quick" } else { "compare" }
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget_tokens.unwrap_or(if self.quick { 40_000 } else { 400_000 })
+    }
+
+    pub fn pool(&self) -> PathBuf {
+        shared().join(if self.quick { "data/pool-small.jsonl" } else { "data/pool.jsonl" })
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.cache.clone().unwrap_or_else(|| repo().join(".quad-cache"))
+    }
+
+    /// `experiments/NAME.toml`.
+    pub fn config(&self) -> PathBuf {
+        repo().join("experiments").join(format!("{}.toml", self.name()))
+    }
+}
+
+/// The repository.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A run's proxy, factors and reference gradient, named by their entries in a `quad select`
+/// cache (the flags of the scoring experiments).
+#[derive(clap::Args)]
+pub struct CachedScoring {
+    /// The cache folder the names below are in.
+    #[arg(long)]
+    pub cache: PathBuf,
+    /// The proxy's folder in the cache (proxy-KEY).
+    #[arg(long)]
+    pub proxy: String,
+    /// The factors' folder in the cache (factors-KEY).
+    #[arg(long)]
+    pub factors: String,
+    /// The reference gradient in the cache (refgrad-KEY.safetensors).
+    #[arg(long)]
+    pub refgrad: String,
+}
+
+impl CachedScoring {
+    /// The proxy's folder.
+    pub fn proxy_path(&self) -> PathBuf {
+        self.cache.join(&self.proxy)
+    }
+
+    /// The proxy and the reference iHVP, as `quad select` forms them with `cfg`.
+    pub fn load(
+        &self,
+        cfg: &quad_select::select::ValidSelectConfig,
+    ) -> Result<(quad_select::model::LoadedModel, quad_select::influence::ReferenceIhvp)> {
+        use quad_select::influence::{stage, store};
+        let loaded = quad_select::model::load(&self.proxy_path(), candle_core::DType::F32, &candle_core::Device::Cpu)?;
+        let (factors, _) = store::load(&self.cache.join(&self.factors))?;
+        let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
+        let grad = store::load_layers(&self.cache.join(&self.refgrad), &layer_ids)?;
+        let ihvp = stage::reference_ihvp(Some(&factors), &grad, cfg.factors.per_head, &cfg.scoring)?;
+        Ok((loaded, ihvp))
+    }
+}

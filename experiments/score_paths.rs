@@ -13,27 +13,20 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Device};
+
 use quad_select::corpus::{CorpusConfig, CorpusReader};
-use quad_select::influence::{stage as infl, store};
-use quad_select::model::{self, capture::truncate_predicted, Labels};
+
+use quad_select::model::{capture::truncate_predicted, Labels};
 use quad_select::select::SelectConfig;
+
+#[path = "harness.rs"]
+mod harness;
 
 /// Scoring paths compared on the real proxy (see the module docs).
 #[derive(clap::Parser)]
 struct Args {
-    /// The cache folder the names below are in.
-    #[arg(long)]
-    cache: PathBuf,
-    /// The proxy's folder in the cache (proxy-KEY).
-    #[arg(long)]
-    proxy: String,
-    /// The factors' folder in the cache (factors-KEY).
-    #[arg(long)]
-    factors: String,
-    /// The reference gradient in the cache (refgrad-KEY.safetensors).
-    #[arg(long)]
-    refgrad: String,
+    #[command(flatten)]
+    scoring: harness::CachedScoring,
     /// The pool the documents are read from.
     #[arg(long)]
     pool: PathBuf,
@@ -48,13 +41,9 @@ struct Args {
 fn main() -> Result<()> {
     quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
-    let Args { cache, proxy, factors, refgrad, pool, docs: n, batch } = <Args as clap::Parser>::parse();
+    let Args { scoring, pool, docs: n, batch } = <Args as clap::Parser>::parse();
     let cfg = SelectConfig::default().check()?;
-    let loaded = model::load(&cache.join(proxy), DType::F32, &Device::Cpu)?;
-    let (f, _) = store::load(&cache.join(factors))?;
-    let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
-    let grad = store::load_layers(&cache.join(refgrad), &layer_ids)?;
-    let ihvp = infl::reference_ihvp(Some(&f), &grad, cfg.factors.per_head, &cfg.scoring)?;
+    let (loaded, ihvp) = scoring.load(&cfg)?;
     let mut opts = cfg.factors.gradient_options();
     if let Some(b) = batch {
         opts.batch = b;

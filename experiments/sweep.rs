@@ -63,23 +63,15 @@ struct Args {
     values: Option<Vec<f64>>,
     #[arg(long, default_value_t = 1)]
     seeds: u64,
-    /// CI-sized: pool-small, tiny models, 40k tokens.
-    #[arg(long)]
-    quick: bool,
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Budget in tokens (default 400000, or 40000 with --quick).
-    #[arg(long)]
-    budget_tokens: Option<usize>,
-    #[arg(long)]
-    cache: Option<PathBuf>,
+    #[command(flatten)]
+    run: harness::ComparisonArgs,
 }
 
 fn main() -> Result<()> {
     quad_select::influence::prefer_document_parallelism();
     quad_select::tune_allocator();
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let Args { param, values, seeds, quick, out, budget_tokens: budget, cache } = <Args as clap::Parser>::parse();
+    let Args { param, values, seeds, run } = <Args as clap::Parser>::parse();
     let params: Vec<&str> = if param == "all" {
         PARAMS.to_vec()
     } else if let Some(p) = PARAMS.iter().find(|p| **p == param) {
@@ -87,22 +79,19 @@ fn main() -> Result<()> {
     } else {
         bail!("unknown parameter {param} (alpha, gamma, tau, B, b, k or all)");
     };
-    let shared = harness::shared();
-    let name = if quick { "compare-quick" } else { "compare" };
-    let out = out.unwrap_or_else(|| repo.join("experiments/results").join(if quick { "sweeps-quick" } else { "sweeps" }));
-    let budget = budget.unwrap_or(if quick { 40_000 } else { 400_000 });
-    let pool = shared.join(if quick { "data/pool-small.jsonl" } else { "data/pool.jsonl" });
+    let (quick, budget) = (run.quick, run.budget());
+    let out = run.out.clone().unwrap_or_else(|| repo.join("experiments/results").join(if quick { "sweeps-quick" } else { "sweeps" }));
     // The comparison's split, so sweep rows and comparison rows are evaluated identically.
-    let compare_dir = repo.join("experiments/results").join(name);
+    let compare_dir = repo.join("experiments/results").join(run.name());
     let setup = Setup::new(
-        &pool,
-        &shared.join("data/reference-wiki.jsonl"),
+        &run.pool(),
+        &harness::shared().join("data/reference-wiki.jsonl"),
         &compare_dir.join("split"),
-        &cache.unwrap_or_else(|| repo.join(".quad-cache")),
+        &run.cache(),
         budget,
         quick,
     )?;
-    let base = SelectConfig::from_toml_file(&repo.join("experiments").join(format!("{name}.toml")))?;
+    let base = SelectConfig::from_toml_file(&run.config())?;
 
     for p in params {
         let vals = values.clone().unwrap_or_else(|| default_values(p));
