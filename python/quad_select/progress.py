@@ -79,8 +79,6 @@ class _Tqdm:
                 self.bar = self.tqdm(desc="select", total=n, unit=unit, leave=False)
             self.bar.n = e["tokens_selected"] if unit == "tokens" else e["docs_selected"]
             self.bar.set_postfix(round=e["round"], scored=e["scored"])
-        elif kind == "stage_done":
-            pass
 
     def __del__(self) -> None:
         self._close()

@@ -51,13 +51,12 @@ fn config_from_dict(json: &str) -> PyResult<SelectConfig> {
     })
 }
 
-/// A budget given from Python: a positive whole number (0 and negatives are errors, not an
-/// empty selection or an OverflowError).
+/// A budget given from Python: a negative one is a `QuadError` (not an OverflowError); 0 is
+/// refused by [`Budget::from_options`], as for the CLI and the library.
 fn budget_value(name: &str, v: Option<i64>) -> PyResult<Option<usize>> {
     match v {
-        None => Ok(None),
-        Some(n) if n > 0 => Ok(Some(n as usize)),
-        Some(n) => Err(QuadError::new_err(format!("{name} must be above 0 (got {n})"))),
+        Some(n) if n < 0 => Err(QuadError::new_err(format!("{name} must be above 0 (got {n})"))),
+        v => Ok(v.map(|n| n as usize)),
     }
 }
 

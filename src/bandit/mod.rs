@@ -324,18 +324,13 @@ impl Bandit {
         allocation: Allocation,
     ) -> Round {
         let exploring = explore_first && self.state.arms.iter().any(|a| a.available() && a.times_chosen == 0);
-        let threshold = match allocation {
-            Allocation::Threshold { gamma, coverage } => Some(threshold::Gamma { given: gamma, coverage }),
-            _ => None,
-        };
-        if exploring {
-            return self.round_exploring(scorer, threshold);
-        }
-        match (allocation, threshold) {
-            (Allocation::Tilted { temperature }, _) => self.round_tilted(scorer, temperature),
-            (Allocation::TiltedDocuments { temperature }, _) => self.round_documents(scorer, temperature),
-            (Allocation::Threshold { .. }, Some(gamma)) => self.round_threshold(scorer, gamma, explore_first),
-            (Allocation::Threshold { .. }, None) => unreachable!("a threshold allocation has its γ"),
+        match allocation {
+            _ if exploring => self.round_exploring(scorer, threshold::Gamma::of(allocation)),
+            Allocation::Tilted { temperature } => self.round_tilted(scorer, temperature),
+            Allocation::TiltedDocuments { temperature } => self.round_documents(scorer, temperature),
+            Allocation::Threshold { gamma, coverage } => {
+                self.round_threshold(scorer, threshold::Gamma { given: gamma, coverage }, explore_first)
+            }
         }
     }
 

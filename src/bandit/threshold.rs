@@ -25,6 +25,7 @@
 
 use std::fmt;
 
+use super::params::Allocation;
 use super::state::{ArmPick, Budget};
 use super::{Bandit, Round};
 
@@ -33,6 +34,16 @@ use super::{Bandit, Round};
 pub(super) struct Gamma {
     pub given: Option<f64>,
     pub coverage: f64,
+}
+
+impl Gamma {
+    /// The threshold rule's γ, when `allocation` is the threshold rule.
+    pub(super) fn of(allocation: Allocation) -> Option<Self> {
+        match allocation {
+            Allocation::Threshold { gamma, coverage } => Some(Self { given: gamma, coverage }),
+            _ => None,
+        }
+    }
 }
 
 /// How a round treats the arms it samples.
@@ -86,17 +97,17 @@ impl Bandit {
         }
         // An arm whose estimate beats γ even less its margin is taken from without new scores:
         // more of them would not change the decision.
-        let sure: Vec<bool> = chosen
+        let sure: Vec<usize> = chosen
             .iter()
-            .map(|&(c, _)| pass.gate.is_some_and(|g| self.estimate(c).is_some_and(|e| e - self.margin(c) > g)))
+            .map(|&(c, _)| c)
+            .filter(|&c| pass.gate.is_some_and(|g| self.estimate(c).is_some_and(|e| e - self.margin(c) > g)))
             .collect();
-        let sure_arms: Vec<usize> = chosen.iter().zip(&sure).filter(|(_, &s)| s).map(|(&(c, _), _)| c).collect();
         let b = self.params.samples_per_arm;
-        let samples = self.score_samples(&chosen, |_, c| if sure_arms.contains(&c) { 0 } else { b }, scorer)?;
+        let samples = self.score_samples(&chosen, |_, c| if sure.contains(&c) { 0 } else { b }, scorer)?;
         let mut picks = Vec::with_capacity(chosen.len());
-        for (((c, index), sample), sure) in chosen.into_iter().zip(samples).zip(sure) {
+        for ((c, index), sample) in chosen.into_iter().zip(samples) {
             self.state.arms[c].times_chosen += 1;
-            let pick = if sure {
+            let pick = if sure.contains(&c) {
                 let accepted = self.take_chunk(c, None);
                 ArmPick { arm: Some(c), index, reward: None, scored: 0, accepted }
             } else {

@@ -75,8 +75,8 @@ pub fn cluster(
     out: &Path,
 ) -> Result<()> {
     let scratch;
-    let path = match embeddings {
-        Some(path) => path,
+    let (path, given) = match embeddings {
+        Some(path) => (path, true),
         None => {
             let prefix = quad_select::atomic::temp_prefix();
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -87,13 +87,16 @@ pub fn cluster(
                 .with_context(|| format!("making a scratch folder in {}", out.display()))?;
             let (written, describe) = embed_into(corpus, embedder, scratch.path())?;
             eprintln!("embedded {} documents with {describe}", written.rows);
-            scratch.path().to_path_buf()
+            (scratch.path().to_path_buf(), false)
         }
     };
     let emb = embed::StoredEmbeddings::open(&path)?;
-    // The rows must be this corpus's documents, or the clusters (and labels) mean nothing.
-    corpus_mod::check_ids(&corpus.input, corpus.config(), &emb.ids)
-        .with_context(|| format!("--embeddings {} against --input", path.display()))?;
+    // Given embeddings must be this corpus's documents, or the clusters (and labels) mean
+    // nothing; the ones just made from it are.
+    if given {
+        corpus_mod::check_ids(&corpus.input, corpus.config(), &emb.ids)
+            .with_context(|| format!("--embeddings {} against --input", path.display()))?;
+    }
     let labels = match &label_field {
         Some(field) => Some(corpus_mod::labels_by_id(&corpus.input, corpus.config(), field, &emb.ids)?),
         None => None,
