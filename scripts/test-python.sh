@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Python package (python/, maturin, release profile, the same target/ as cargo) into
-# the environment of scripts/python-env.sh and runs its tests. Needs target/release/quad, which
+# the environment of scripts/python-env.sh and runs its tests, then tests the wheel in a fresh
+# environment without the system's OpenBLAS (scripts/test-wheel.sh). Needs target/release/quad, which
 # `cargo test --release` builds (the tests compare against the CLI byte for byte).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -29,3 +30,4 @@ started=$(date +%s)
 "$venv/bin/python" -m pip install --quiet --no-build-isolation ./python
 echo "built and installed the Python package in $(( $(date +%s) - started )) s"
 "$venv/bin/python" -m pytest -q python/tests "$@"
+bash "$root/scripts/test-wheel.sh"

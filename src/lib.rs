@@ -22,7 +22,8 @@
 //! - [`eval`]: the fixed evaluation model and held-out splits.
 //! - Helpers: [`atomic`] (atomic writes, temporaries), [`path_io`] (path errors, output-over-input
 //!   checks), [`hash`] (one hash module), [`npy`], [`weights`], [`error_text`].
-//! - `src/bin/quad`: `args` parses and checks flags, `commands` builds library types and prints.
+//! - [`cli`]: the `quad` command line as a function (the binary and Python's `quad` call it):
+//!   `args` parses and checks flags, `commands` builds library types and prints.
 //!
 //! # Selecting from Rust
 //!
@@ -58,6 +59,7 @@
 
 pub mod atomic;
 pub mod bandit;
+pub mod cli;
 pub mod cluster;
 pub mod corpus;
 pub mod embed;

@@ -86,3 +86,7 @@ class Scorer:
         """Raw scores of batches of token ids, each batch one pass."""
     def score(self, texts: Sequence[str]) -> List[Optional[float]]:
         """Influence scores of ``texts`` in order (None: fewer than two tokens)."""
+
+def cli(argv: Sequence[str]) -> int:
+    """Runs the ``quad`` command line with ``argv`` (the program name first) in this process and
+    returns its exit status (``quad_select.__main__``)."""

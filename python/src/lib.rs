@@ -446,6 +446,14 @@ impl Scorer {
     }
 }
 
+/// Runs the `quad` command line in this process with `argv` (the program name first) and returns
+/// its exit status: the `quad` command the wheel installs (`quad_select.__main__`), so the wheel
+/// carries one native library, with its bundled BLAS, and no second binary.
+#[pyfunction]
+fn cli(py: Python<'_>, argv: Vec<std::ffi::OsString>) -> i32 {
+    py.detach(|| quad_select::cli::main(argv))
+}
+
 #[pymodule]
 fn _quad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("QuadError", m.py().get_type::<QuadError>())?;
@@ -455,5 +463,6 @@ fn _quad(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(select, m)?)?;
     m.add_function(wrap_pyfunction!(embed, m)?)?;
     m.add_function(wrap_pyfunction!(assign, m)?)?;
+    m.add_function(wrap_pyfunction!(cli, m)?)?;
     Ok(())
 }

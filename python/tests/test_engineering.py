@@ -118,3 +118,40 @@ def test_without_a_callback_progress_is_logged(pool_small, reference, cli_run, c
         quad_select.select(pool_small, reference, 40_000, config=TINY, cache=cache)
     messages = [r.getMessage() for r in caplog.records if r.name == "quad_select"]
     assert any(m.startswith("embed") for m in messages), messages
+
+
+def _quad_command() -> Path:
+    """The `quad` command the package installed beside this interpreter."""
+    import sys
+
+    p = Path(sys.executable).parent / "quad"
+    assert p.is_file(), f"{p}: the package's `quad` command is not installed"
+    return p
+
+
+def test_the_packages_quad_command_is_the_cli(tmp_path, pool_small, reference, cli_run):
+    import subprocess
+
+    quad = _quad_command()
+    help_text = subprocess.run([str(quad), "select", "--help"], check=True, capture_output=True, text=True).stdout
+    assert "--budget-documents" in help_text and help_text.startswith("Select documents")
+    usage = subprocess.run([str(quad), "select", "--budget-tokens", "0"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "error:" in usage.stderr
+    missing = subprocess.run(
+        [str(quad), "select", "--input", str(tmp_path / "missing.jsonl"), "--reference", str(reference),
+         "--budget-tokens", "1000", "--config", str(TINY), "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True,
+    )
+    assert missing.returncode == 1 and "missing.jsonl" in missing.stderr
+    # The same selection as the binary, byte for byte (same cache, as conftest's CLI run).
+    _, cache, expected = cli_run
+    out = tmp_path / "out"
+    subprocess.run(
+        [str(quad), "select", "--input", str(pool_small), "--reference", str(reference), "--budget-tokens", "40000",
+         "--config", str(TINY), "--cache", str(cache), "--out", str(out)],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    assert (out / "selected.jsonl").read_bytes() == expected
+    from quad_select.__main__ import main
+
+    assert main(["--version"]) == 0

@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use quad_select::corpus::{CorpusConfig, CorpusReader, Document};
-use quad_select::eval;
-use quad_select::select::ManifestSummary;
+use crate::corpus::{CorpusConfig, CorpusReader, Document};
+use crate::eval;
+use crate::select::ManifestSummary;
 
-use crate::args::EvalCommand;
+use crate::cli::args::EvalCommand;
 
 pub fn run(cmd: EvalCommand) -> Result<()> {
     match cmd {

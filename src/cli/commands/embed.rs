@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use quad_select::cluster::{self, Clustering, KMeansEvent};
-use quad_select::corpus as corpus_mod;
-use quad_select::embed::{self, BertOptions, Embeddings};
+use crate::cluster::{self, Clustering, KMeansEvent};
+use crate::corpus as corpus_mod;
+use crate::embed::{self, BertOptions, Embeddings};
 
-use crate::args::{CorpusArgs, EmbedderArgs, KMeansArgs};
-use crate::progress::{bar, spinner};
+use crate::cli::args::{CorpusArgs, EmbedderArgs, KMeansArgs};
+use crate::cli::progress::{bar, spinner};
 
 /// Streams the corpus through the embedder into `out`, one chunk of rows in memory at a time
 /// (rows scaled to unit norm).
@@ -49,7 +49,7 @@ fn embed_into(corpus: &CorpusArgs, args: &EmbedderArgs, dir: &Path) -> Result<(e
 }
 
 fn make_embedder(args: &EmbedderArgs) -> Result<Box<dyn embed::Embedder>> {
-    quad_select::embed::make_embedder(
+    crate::embed::make_embedder(
         args.model.as_deref(),
         BertOptions {
             max_seq_length: args.max_seq_length,
@@ -78,11 +78,11 @@ pub fn cluster(
     let (path, given) = match embeddings {
         Some(path) => (path, true),
         None => {
-            let prefix = quad_select::atomic::temp_prefix();
+            let prefix = crate::atomic::temp_prefix();
             std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
             scratch = tempfile::Builder::new()
                 .prefix(&prefix)
-                .suffix(quad_select::atomic::TEMP_SUFFIX)
+                .suffix(crate::atomic::TEMP_SUFFIX)
                 .tempdir_in(out)
                 .with_context(|| format!("making a scratch folder in {}", out.display()))?;
             let (written, describe) = embed_into(corpus, embedder, scratch.path())?;

@@ -6,17 +6,17 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use quad_select::cluster::{ClusterCount, KMeansParams};
-use quad_select::corpus::{CorpusConfig, CorpusReader};
-use quad_select::embed::HashingEmbedder;
-use quad_select::bandit::BanditParams;
-use quad_select::eval;
-use quad_select::influence::stage::{FactorArguments, Fisher, ScoreArguments};
-use quad_select::influence::validate::ValidationOptions;
-use quad_select::influence::{Damping, Projection, Strategy};
-use quad_select::model::train::ProxyParams;
-use quad_select::model::LayerSelection;
-use quad_select::select::{EmbedConfig, FactorsConfig, InfluenceConfig, SelectConfig, DEFAULT_CACHE};
+use crate::cluster::{ClusterCount, KMeansParams};
+use crate::corpus::{CorpusConfig, CorpusReader};
+use crate::embed::HashingEmbedder;
+use crate::bandit::BanditParams;
+use crate::eval;
+use crate::influence::stage::{FactorArguments, Fisher, ScoreArguments};
+use crate::influence::validate::ValidationOptions;
+use crate::influence::{Damping, Projection, Strategy};
+use crate::model::train::ProxyParams;
+use crate::model::LayerSelection;
+use crate::select::{EmbedConfig, FactorsConfig, InfluenceConfig, SelectConfig, DEFAULT_CACHE};
 
 #[derive(Parser)]
 #[command(name = "quad", version, about)]
@@ -317,7 +317,7 @@ pub struct SelectArgs {
     pub k: Option<ClusterCount>,
     /// ucb, thompson, epsilon-greedy, greedy, uniform, random, topk, mix or predicted.
     #[arg(long)]
-    pub policy: Option<quad_select::bandit::PolicyName>,
+    pub policy: Option<crate::bandit::PolicyName>,
     /// α: exploration weight of the Cluster Score.
     #[arg(long)]
     pub alpha: Option<f64>,
@@ -379,7 +379,7 @@ impl SelectArgs {
         if self.gamma.is_some() {
             // A threshold is only meaningful for the threshold allocation.
             c.bandit.gamma = self.gamma;
-            c.bandit.allocation = quad_select::bandit::AllocationName::Threshold;
+            c.bandit.allocation = crate::bandit::AllocationName::Threshold;
         }
         if let Some(t) = self.temperature {
             c.bandit = c.bandit.with_temperature(t)?;
@@ -761,7 +761,7 @@ impl Command {
     /// Checked before anything is written or removed: no output may be, contain or lie inside
     /// an input, and an output folder must be a folder.
     pub fn check_paths(&self) -> Result<()> {
-        use quad_select::path_io::{check_output_folder, refuse_output_over_input, Named};
+        use crate::path_io::{check_output_folder, refuse_output_over_input, Named};
         let paths = self.paths();
         let named = |keep: &dyn Fn(Role) -> bool| -> Vec<Named<'_>> {
             paths.iter().filter(|(r, _, _)| keep(*r)).map(|(_, flag, p)| Named::new(flag, p)).collect()

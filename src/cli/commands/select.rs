@@ -3,11 +3,11 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use quad_select::bandit::{Budget, StopReason};
-use quad_select::select::{rounds_done, SelectError, Selector};
+use crate::bandit::{Budget, StopReason};
+use crate::select::{rounds_done, SelectError, Selector};
 
-use crate::args::SelectArgs;
-use crate::progress::{stop_on_ctrl_c, CliObserver};
+use crate::cli::args::SelectArgs;
+use crate::cli::progress::{stop_on_ctrl_c, CliObserver};
 
 pub fn run(args: &SelectArgs) -> Result<()> {
     let config = args.config()?.check()?;
@@ -31,11 +31,11 @@ pub fn run(args: &SelectArgs) -> Result<()> {
                 "stopped after {}: {docs} documents, {tokens} tokens so far; continue with --resume",
                 rounds_done(rounds)
             );
-            return Err(crate::Exit(crate::EXIT_INTERRUPTED).into());
+            return Err(crate::cli::Exit(crate::cli::EXIT_INTERRUPTED).into());
         }
         Err(e @ SelectError::Interrupted { rounds: None, .. }) => {
             eprintln!("{e}");
-            return Err(crate::Exit(crate::EXIT_INTERRUPTED).into());
+            return Err(crate::cli::Exit(crate::cli::EXIT_INTERRUPTED).into());
         }
         other => other?,
     };

@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use quad_select::influence::stage as infl;
-use quad_select::influence::{self, store, DocumentScorer};
-use quad_select::model::train::{self, TrainEvent};
-use quad_select::model::{self, LoadedModel};
+use crate::influence::stage as infl;
+use crate::influence::{self, store, DocumentScorer};
+use crate::model::train::{self, TrainEvent};
+use crate::model::{self, LoadedModel};
 
-use crate::args::{CorpusArgs, FactorsArgs, InfluenceArgs, ProxyArgs, ValidateArgs};
-use crate::progress::templated;
+use crate::cli::args::{CorpusArgs, FactorsArgs, InfluenceArgs, ProxyArgs, ValidateArgs};
+use crate::cli::progress::templated;
 
 pub fn proxy_train(corpus: &CorpusArgs, args: &ProxyArgs, out: &Path) -> Result<()> {
     let params = args.params();
@@ -75,7 +75,7 @@ pub fn factors(corpus: &CorpusArgs, flags: &FactorsArgs, out: &Path) -> Result<(
 pub fn influence(corpus: &CorpusArgs, flags: &InfluenceArgs, out: &Path) -> Result<()> {
     let scoring = flags.to_arguments();
     let reference = read_texts(&corpus.with_input(&flags.reference))?;
-    let batch = quad_select::select::InfluenceConfig::default().batch;
+    let batch = crate::select::InfluenceConfig::default().batch;
     let mut scorer = DocumentScorer::load(&flags.model, &flags.factors, &reference, &scoring, batch)
         .with_context(|| format!("loading {} with the factors in {}", flags.model.display(), flags.factors.display()))?;
     if let Some(p) = flags.projection() {
@@ -132,7 +132,7 @@ pub fn validate(corpus: &CorpusArgs, flags: &ValidateArgs, out: &Path) -> Result
     println!("per-head attention factors:\n{per_head}\nwhole-layer factors:\n{whole}");
     let path = out.join("validate.json");
     let json = serde_json::to_string_pretty(&serde_json::json!({"per_head": per_head, "whole_layer": whole}))?;
-    quad_select::atomic::write_string_atomic(&path, &json).map_err(quad_select::path_io::at(&path))?;
+    crate::atomic::write_string_atomic(&path, &json).map_err(crate::path_io::at(&path))?;
     Ok(())
 }
 

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use quad_select::bandit::Budget;
-use quad_select::select::{Event, Observer};
+use crate::bandit::Budget;
+use crate::select::{Event, Observer};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -71,7 +71,7 @@ impl CliObserver {
         self.bar = Some(b);
     }
 
-    fn round(&self, log: &quad_select::bandit::RoundLog, budget: Budget, best: f64) {
+    fn round(&self, log: &crate::bandit::RoundLog, budget: Budget, best: f64) {
         let (used, limit, unit) = match budget {
             Budget::Tokens(n) => (log.tokens_selected, n, "tokens"),
             Budget::Documents(n) => (log.docs_selected, n, "docs"),
