@@ -124,7 +124,11 @@ impl HashingEmbedder {
     }
 
     fn embed_one(&self, text: &str, out: &mut ndarray::ArrayViewMut1<f32>) {
-        for (h, tf) in Self::features(text) {
+        // In hash order: a HashMap's own order changes from map to map, and features that share a
+        // slot would be summed in another order, so the same text got other last bits each call.
+        let mut features: Vec<(u64, u32)> = Self::features(text).into_iter().collect();
+        features.sort_unstable_by_key(|&(h, _)| h);
+        for (h, tf) in features {
             let idx = (h % self.dim as u64) as usize;
             let sign = if h >> 63 == 1 { -1.0 } else { 1.0 };
             out[idx] += sign * (1.0 + (tf as f32).ln());
@@ -458,8 +462,8 @@ pub fn rescale_to_unit(mut row: ndarray::ArrayViewMut1<f32>) -> bool {
 /// 64 KB), one row per text, rows scaled to unit norm; with the number of rows that needed it.
 /// A sentence embedder batches by length inside a chunk, so the same texts chunked otherwise may
 /// differ in the last bits.
-pub fn embed_chunk(embedder: &dyn Embedder, texts: &[String]) -> Result<(Array2<f32>, usize), EmbedError> {
-    let refs: Vec<&str> = texts.iter().map(|t| crate::corpus::text_head(t)).collect();
+pub fn embed_chunk<S: AsRef<str>>(embedder: &dyn Embedder, texts: &[S]) -> Result<(Array2<f32>, usize), EmbedError> {
+    let refs: Vec<&str> = texts.iter().map(|t| crate::corpus::text_head(t.as_ref())).collect();
     let mut rows = embedder.embed(&refs)?;
     let rescaled = rows.rows_mut().into_iter().map(rescale_to_unit).filter(|&r| r).count();
     Ok((rows, rescaled))
@@ -675,6 +679,19 @@ mod tests {
         let d: f32 = (&m.row(0) - &m.row(1)).iter().map(|v| v.abs()).sum();
         assert!(d < 1e-6);
         assert_eq!(m, e.embed(&["The cat sat.", "the CAT sat", "!!!", "dogs bark loudly"]).unwrap());
+    }
+
+    /// Many features sharing few slots: the sums must not depend on a HashMap's order, which
+    /// differs from map to map (it gave other last bits on most calls before).
+    #[test]
+    fn hashing_gives_the_same_bits_on_every_call() {
+        let text: String = (0..3000u64).map(|i| format!("w{} ", i * i % 997)).collect();
+        let e = HashingEmbedder::new(8);
+        let first = e.embed(&[text.as_str()]).unwrap();
+        for _ in 0..20 {
+            let again = e.embed(&[text.as_str()]).unwrap();
+            assert!(first.iter().zip(again.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
     }
 
     /// Checks the formula against a direct computation for a tiny text.

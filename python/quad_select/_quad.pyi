@@ -1,6 +1,6 @@
 """Type stubs of the extension module (python/src/lib.rs)."""
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -36,23 +36,32 @@ def select(
     executor: Optional[object] = None,
     on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> RawSelection: ...
+# Texts: a list of str (one batch), Arrow data read in place (a pyarrow Array/ChunkedArray of
+# strings, a Polars Series, or a Table/RecordBatch/RecordBatchReader, Polars or pandas DataFrame or
+# datasets.Dataset whose ``text_field`` column is read), or an iterable of str or of dicts (their
+# ``text_field``); all but the list come in batches of at most 8,192 (quad_select.inputs.text_arrays).
+Texts = Union[Sequence[str], Any]
+
 def embed(
-    texts: Sequence[str],
+    texts: Texts,
     *,
     model: Optional[str] = None,
     hashing_dim: Optional[int] = None,
     batch_size: int = 32,
+    text_field: str = "text",
 ) -> npt.NDArray[np.float32]:
     """Unit rows, one per text: the sentence-embedding model folder ``model``, or the hashing
-    embedder of ``hashing_dim`` dimensions."""
+    embedder of ``hashing_dim`` dimensions. A list of str is embedded as one chunk, other texts
+    batch by batch (Arrow data without copying its strings); a sentence embedder's rows may differ
+    in the last bits between chunkings (it batches by length within a chunk)."""
 
 class Embedder:
     """An embedder loaded once: the sentence-embedding model folder ``model``, or the hashing
     embedder of ``hashing_dim`` dimensions."""
 
     def __init__(self, *, model: Optional[str] = None, hashing_dim: Optional[int] = None, batch_size: int = 32) -> None: ...
-    def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Unit rows, one per text."""
+    def embed(self, texts: Texts, *, text_field: str = "text") -> npt.NDArray[np.float32]:
+        """Unit rows, one per text (as :func:`embed`)."""
     @property
     def dim(self) -> int:
         """Length of every row."""
@@ -80,12 +89,13 @@ class Scorer:
     @staticmethod
     def for_run(setup_json: str) -> "Scorer":
         """The scorer of a run's scoring worker, from the ScoringSetup JSON its executor received."""
-    def encode(self, texts: Sequence[str]) -> List[List[int]]:
+    def encode(self, texts: Texts, *, text_field: str = "text") -> List[List[int]]:
         """Token ids of ``texts`` as scoring takes them."""
     def score_batches(self, batches: Sequence[Sequence[Sequence[int]]]) -> List[List[Optional[float]]]:
         """Raw scores of batches of token ids, each batch one pass."""
-    def score(self, texts: Sequence[str]) -> List[Optional[float]]:
-        """Influence scores of ``texts`` in order (None: fewer than two tokens)."""
+    def score(self, texts: Texts, *, text_field: str = "text") -> List[Optional[float]]:
+        """Influence scores of ``texts`` in order (None: fewer than two tokens); Arrow data is read
+        in place, batch by batch."""
 
 def cli(argv: Sequence[str]) -> int:
     """Runs the ``quad`` command line with ``argv`` (the program name first) in this process and

@@ -29,11 +29,17 @@ def is_path(source: Any) -> bool:
     return isinstance(source, (str, bytes, os.PathLike))
 
 
+def _dataset_table(source: Any) -> Optional[Any]:
+    """A Hugging Face ``datasets.Dataset``'s Arrow table (``.data.table``), else None."""
+    if type(source).__module__.split(".")[0] != "datasets":
+        return None
+    table = getattr(getattr(source, "data", None), "table", None)
+    return table if hasattr(table, "__arrow_c_stream__") else None
+
+
 def _arrow_reader(source: Any) -> Optional[Any]:
     """A pyarrow RecordBatchReader over `source` if it is Arrow data, else None."""
-    table = getattr(getattr(source, "data", None), "table", None)  # datasets.Dataset
-    if table is not None and hasattr(table, "__arrow_c_stream__"):
-        source = table
+    source = _dataset_table(source) or source
     if not hasattr(source, "__arrow_c_stream__"):
         return None
     import pyarrow as pa
@@ -106,3 +112,82 @@ def as_path(source: Any, role: str) -> Iterator[str]:
         yield str(final / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def text_arrays(source: Any, text_field: str = "text") -> Optional[Iterator[Any]]:
+    """The texts of Arrow data as pyarrow string arrays of at most ``BATCH_ROWS`` rows each (slices:
+    no copy), for :func:`quad_select.embed`, :class:`quad_select.Embedder` and
+    :class:`quad_select.Scorer`, which read them in place through the Arrow C data interface.
+    ``source`` is a string array (pyarrow Array or ChunkedArray, a Polars Series, anything with
+    ``__arrow_c_array__`` or ``__arrow_c_stream__`` of strings) or tabular Arrow data (a pyarrow
+    Table, RecordBatch or RecordBatchReader, a Polars or pandas DataFrame, a ``datasets.Dataset``),
+    whose ``text_field`` column is read, or an iterable (a generator, say) of str or of dicts
+    (their ``text_field``), gathered into arrays batch by batch. None for a list or tuple of str,
+    which the extension reads as it is."""
+    if isinstance(source, (str, bytes)):
+        raise TypeError("texts: expected a sequence of str or Arrow data, not a single str")
+    source = _dataset_table(source) or source
+    if not (hasattr(source, "__arrow_c_stream__") or hasattr(source, "__arrow_c_array__")):
+        if isinstance(source, (list, tuple)) and all(isinstance(t, str) for t in source):
+            return None
+        if isinstance(source, Mapping) or not isinstance(source, Iterable):
+            raise TypeError(f"texts: expected a sequence of str, dicts or Arrow data; got {type(source).__name__}")
+        return _texts_of(_python_batches(iter(source), text_field), text_field)
+    import pyarrow as pa
+
+    if isinstance(source, pa.ChunkedArray):
+        chunks: Iterable[Any] = source.chunks
+    elif isinstance(source, (pa.Array, pa.RecordBatch)):
+        chunks = [source]
+    elif hasattr(source, "__arrow_c_array__") and not hasattr(source, "__arrow_c_stream__"):
+        chunks = [pa.array(source)]
+    else:
+        try:
+            chunks = pa.RecordBatchReader.from_stream(source)
+        except (TypeError, ValueError, pa.ArrowInvalid):  # a stream of strings, not of records
+            chunks = pa.chunked_array(source).chunks
+    return _texts_of(chunks, text_field)
+
+
+def _python_batches(items: Iterator[Any], text_field: str) -> Iterator[Any]:
+    """Strings or dicts (their ``text_field``) from an iterator, as string arrays of ``BATCH_ROWS``."""
+    import itertools
+
+    import pyarrow as pa
+
+    seen = 0
+    while True:
+        batch = list(itertools.islice(items, BATCH_ROWS))
+        if not batch:
+            return
+        texts = []
+        for i, item in enumerate(batch):
+            if isinstance(item, Mapping):
+                if text_field not in item:
+                    raise KeyError(f"texts: item {seen + i} has no field {text_field!r}")
+                item = item[text_field]
+            if not isinstance(item, str):
+                raise TypeError(f"texts: item {seen + i} is {type(item).__name__}, not str")
+            texts.append(item)
+        seen += len(batch)
+        yield pa.array(texts, pa.string())
+
+
+def _texts_of(chunks: Iterable[Any], text_field: str) -> Iterator[Any]:
+    import pyarrow as pa
+
+    for chunk in chunks:
+        if isinstance(chunk, pa.RecordBatch):
+            if text_field not in chunk.schema.names:
+                raise KeyError(f"texts: no field {text_field!r} (fields: {', '.join(chunk.schema.names)})")
+            chunk = chunk.column(text_field)
+        elif pa.types.is_struct(chunk.type):
+            names = [chunk.type.field(i).name for i in range(chunk.type.num_fields)]
+            if text_field not in names:
+                raise KeyError(f"texts: no field {text_field!r} (fields: {', '.join(names)})")
+            chunk = chunk.field(text_field)
+        is_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow ≥ 16
+        if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type) or is_view(chunk.type)):
+            raise TypeError(f"texts: expected strings, got Arrow type {chunk.type}")
+        for start in range(0, len(chunk), BATCH_ROWS):
+            yield chunk.slice(start, BATCH_ROWS)

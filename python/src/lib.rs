@@ -7,9 +7,12 @@ use std::path::PathBuf;
 
 use ndarray::{Array2, ArrayView2};
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
-use pyo3::exceptions::PyKeyboardInterrupt;
+use arrow_array::cast::AsArray;
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
+use arrow_array::{Array, ArrayRef};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyCapsule, PyDict};
 
 use quad_select::bandit::Budget;
 use quad_select::embed::BertOptions;
@@ -309,6 +312,70 @@ impl Executor for PyExecutor {
     }
 }
 
+/// Runs `f` on the texts `texts` holds, batch by batch, and gives its results in order. A sequence
+/// of str is one batch; Arrow data (a string array, or tabular data whose `text_field` column is
+/// read; `quad_select.inputs.text_arrays` says which kinds) comes as arrays of at most 8,192 rows,
+/// each read in place through the Arrow C data interface: the texts are borrowed from Arrow's
+/// buffers, never made into Python strings or copied.
+fn for_each_text_batch<R>(
+    py: Python<'_>,
+    texts: &Bound<'_, PyAny>,
+    text_field: &str,
+    mut f: impl FnMut(&[&str]) -> PyResult<R>,
+) -> PyResult<Vec<R>> {
+    let arrays = py.import("quad_select.inputs")?.call_method1("text_arrays", (texts, text_field))?;
+    if arrays.is_none() {
+        let list: Vec<String> = texts.extract()?;
+        let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+        return Ok(vec![f(&refs)?]);
+    }
+    let mut out = Vec::new();
+    let mut start = 0;
+    for array in arrays.try_iter()? {
+        let array = import_array(&array?)?;
+        let refs = string_refs(array.as_ref(), start)?;
+        start += refs.len();
+        out.push(f(&refs)?);
+    }
+    Ok(out)
+}
+
+/// An array from an object with `__arrow_c_array__` (the Arrow PyCapsule interface), sharing its
+/// buffers: they stay alive until the returned array is dropped.
+fn import_array(obj: &Bound<'_, PyAny>) -> PyResult<ArrayRef> {
+    let (schema, array): (Bound<'_, PyCapsule>, Bound<'_, PyCapsule>) = obj.call_method0("__arrow_c_array__")?.extract()?;
+    let schema = schema.pointer_checked(Some(c"arrow_schema"))?.cast::<FFI_ArrowSchema>();
+    let array = array.pointer_checked(Some(c"arrow_array"))?.cast::<FFI_ArrowArray>();
+    // SAFETY: the capsules hold an ArrowSchema and an ArrowArray (their names were checked). The
+    // array is moved out and its slot left released, as the interface asks of a consumer that takes
+    // it over, so the capsule's destructor does not release it a second time; the schema is only
+    // read while its capsule lives.
+    let data = unsafe {
+        let array = std::ptr::replace(array.as_ptr(), FFI_ArrowArray::empty());
+        arrow_array::ffi::from_ffi(array, schema.as_ref())
+    }
+    .map_err(|e| QuadError::new_err(format!("texts: Arrow data: {e}")))?;
+    Ok(arrow_array::make_array(data))
+}
+
+/// The strings of a utf8, large-utf8 or utf8-view array, borrowed; a null is an error naming its
+/// row (`start` is the array's first row among all the texts).
+fn string_refs(array: &dyn Array, start: usize) -> PyResult<Vec<&str>> {
+    let values: Box<dyn Iterator<Item = Option<&str>> + '_> = if let Some(a) = array.as_string_opt::<i32>() {
+        Box::new(a.iter())
+    } else if let Some(a) = array.as_string_opt::<i64>() {
+        Box::new(a.iter())
+    } else if let Some(a) = array.as_string_view_opt() {
+        Box::new(a.iter())
+    } else {
+        return Err(PyTypeError::new_err(format!("texts: expected strings, got Arrow type {}", array.data_type())));
+    };
+    values
+        .enumerate()
+        .map(|(i, v)| v.ok_or_else(|| QuadError::new_err(format!("texts: row {} is null", start + i))))
+        .collect()
+}
+
 /// An embedder loaded once (the sentence-embedding model in `model`, a folder, or the hashing
 /// embedder of `hashing_dim` dimensions): what a Ray embedding actor holds between chunks.
 #[pyclass(name = "Embedder", module = "quad_select")]
@@ -327,9 +394,21 @@ impl PyEmbedder {
         Ok(Self { inner })
     }
 
-    /// Unit rows (float32), one per text.
-    fn embed<'py>(&self, py: Python<'py>, texts: Vec<String>) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let rows = py.detach(|| quad_select::embed::embed_chunk(self.inner.as_ref(), &texts).map(|(rows, _)| rows)).map_err(err)?;
+    /// Unit rows (float32), one per text: texts a sequence of str (one chunk) or Arrow data read in
+    /// place, each batch a chunk ([`for_each_text_batch`]).
+    #[pyo3(signature = (texts, *, text_field="text"))]
+    fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>, text_field: &str) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let parts = for_each_text_batch(py, texts, text_field, |batch| {
+            py.detach(|| quad_select::embed::embed_chunk(self.inner.as_ref(), batch).map(|(rows, _)| rows)).map_err(err)
+        })?;
+        let rows = match parts.len() {
+            0 => Array2::zeros((0, self.inner.dim())),
+            1 => parts.into_iter().next().expect("one part"),
+            _ => {
+                let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+                ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| QuadError::new_err(format!("embed: {e}")))?
+            }
+        };
         Ok(rows.into_pyarray(py))
     }
 
@@ -344,15 +423,16 @@ impl PyEmbedder {
 /// (a folder), or the hashing embedder of `hashing_dim` dimensions. Loads the embedder on every
 /// call; [`PyEmbedder`] keeps it.
 #[pyfunction]
-#[pyo3(signature = (texts, *, model=None, hashing_dim=None, batch_size=32))]
+#[pyo3(signature = (texts, *, model=None, hashing_dim=None, batch_size=32, text_field="text"))]
 fn embed<'py>(
     py: Python<'py>,
-    texts: Vec<String>,
+    texts: &Bound<'py, PyAny>,
     model: Option<PathBuf>,
     hashing_dim: Option<usize>,
     batch_size: usize,
+    text_field: &str,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
-    PyEmbedder::new(py, model, hashing_dim, batch_size)?.embed(py, texts)
+    PyEmbedder::new(py, model, hashing_dim, batch_size)?.embed(py, texts, text_field)
 }
 
 /// Each row's nearest centroid and the squared Euclidean distance to it (2 − 2·cos on unit rows).
@@ -422,9 +502,17 @@ impl Scorer {
 
     /// Token ids of `texts` as scoring takes them (each text's head, its first `max_tokens`
     /// predicted tokens).
-    fn encode(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<Vec<u32>>> {
-        py.detach(|| texts.iter().enumerate().map(|(i, t)| self.inner.encode(&format!("text {i}"), t)).collect::<Result<Vec<_>, _>>())
-            .map_err(err)
+    #[pyo3(signature = (texts, *, text_field="text"))]
+    fn encode(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, text_field: &str) -> PyResult<Vec<Vec<u32>>> {
+        let mut start = 0;
+        let parts = for_each_text_batch(py, texts, text_field, |batch| {
+            let ids = py.detach(|| {
+                batch.iter().enumerate().map(|(i, t)| self.inner.encode(&format!("text {}", start + i), t)).collect::<Result<Vec<_>, _>>()
+            });
+            start += batch.len();
+            ids.map_err(err)
+        })?;
+        Ok(parts.into_iter().flatten().collect())
     }
 
     /// Raw scores of batches of token ids, each batch one pass (None: fewer than two tokens).
@@ -438,11 +526,15 @@ impl Scorer {
         .map_err(err)
     }
 
-    /// Influence scores of `texts`, in order (None: fewer than two tokens).
-    fn score(&self, py: Python<'_>, texts: Vec<String>) -> PyResult<Vec<Option<f64>>> {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let scored = py.detach(|| self.inner.score_texts(&refs)).map_err(err)?;
-        Ok(scored.into_iter().map(|s| s.map(|(score, _)| score)).collect())
+    /// Influence scores of `texts`, in order (None: fewer than two tokens): a sequence of str or
+    /// Arrow data read in place ([`for_each_text_batch`]).
+    #[pyo3(signature = (texts, *, text_field="text"))]
+    fn score(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, text_field: &str) -> PyResult<Vec<Option<f64>>> {
+        let parts = for_each_text_batch(py, texts, text_field, |batch| {
+            let scored = py.detach(|| self.inner.score_texts(batch)).map_err(err)?;
+            Ok(scored.into_iter().map(|s| s.map(|(score, _)| score)).collect::<Vec<_>>())
+        })?;
+        Ok(parts.into_iter().flatten().collect())
     }
 }
 

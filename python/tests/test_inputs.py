@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -76,3 +77,69 @@ def test_the_written_copy_is_removed_and_bad_kinds_are_refused(tmp_path, records
         select(42, reference, cache)
     with pytest.raises(TypeError, match="item 0 is str"):
         select(["not a dict"], reference, cache)
+
+
+def _text_kinds(texts):
+    """The same texts as every kind `embed` and `Scorer` take besides a list: makers, as a reader
+    or a generator is read once."""
+    kinds = {
+        "pyarrow Array": lambda: pa.array(texts),
+        "large_string": lambda: pa.array(texts, pa.large_string()),
+        "ChunkedArray": lambda: pa.chunked_array([texts[:3], texts[3:]]),
+        "Table": lambda: pa.table({"id": list(range(len(texts))), "text": texts}),
+        "RecordBatch": lambda: pa.RecordBatch.from_pydict({"text": texts}),
+        "RecordBatchReader": lambda: pa.table({"text": texts}).to_reader(max_chunksize=2),
+        "generator of str": lambda: (t for t in texts),
+        "list of dicts": lambda: [{"id": i, "text": t} for i, t in enumerate(texts)],
+        "generator of dicts": lambda: ({"text": t} for t in texts),
+    }
+    if hasattr(pa, "string_view"):
+        kinds["string_view"] = lambda: pa.array(texts, pa.string_view())
+    try:
+        import datasets
+        import pandas as pd
+        import polars as pl
+
+        kinds["pandas"] = lambda: pd.DataFrame({"text": texts})
+        kinds["Polars DataFrame"] = lambda: pl.DataFrame({"text": texts})
+        kinds["Polars Series"] = lambda: pl.Series("text", texts)
+        kinds["datasets.Dataset"] = lambda: datasets.Dataset.from_dict({"text": texts})
+    except ImportError:
+        pass
+    return kinds
+
+
+def test_embed_reads_every_kind_as_the_list(records):
+    texts = [r["text"] for r in records[:7]]
+    want = quad_select.embed(texts, hashing_dim=128)
+    embedder = quad_select.Embedder(hashing_dim=128)
+    for kind, make in _text_kinds(texts).items():
+        np.testing.assert_array_equal(quad_select.embed(make(), hashing_dim=128), want, err_msg=kind)
+    np.testing.assert_array_equal(embedder.embed(pa.table({"body": texts}), text_field="body"), want)
+    assert quad_select.embed(pa.array([], pa.string()), hashing_dim=128).shape == (0, 128)
+
+
+def test_arrow_texts_are_checked(records):
+    with pytest.raises(KeyError, match="no field 'text'.*body"):
+        quad_select.embed(pa.table({"body": ["a"]}), hashing_dim=8)
+    with pytest.raises(TypeError, match="expected strings"):
+        quad_select.embed(pa.array([1, 2]), hashing_dim=8)
+    with pytest.raises(quad_select.QuadError, match="row 2 is null"):
+        quad_select.embed(pa.chunked_array([["a", "b"], [None]]), hashing_dim=8)
+    with pytest.raises(TypeError, match="single str"):
+        quad_select.embed("a text", hashing_dim=8)
+    with pytest.raises(KeyError, match="item 1 has no field 'text'"):
+        quad_select.embed([{"text": "a"}, {"body": "b"}], hashing_dim=8)
+    with pytest.raises(TypeError, match="item 0 is int"):
+        quad_select.embed([1, 2], hashing_dim=8)
+
+
+def test_the_scorer_reads_every_kind_as_the_list(records, cli_run):
+    out, cache, _ = cli_run
+    scorer = quad_select.Scorer(str(next(cache.glob("proxy-*"))), str(next(cache.glob("factors-*"))),
+                                [r["text"] for r in records[:3]], max_tokens=48)
+    texts = [r["text"] for r in records[3:10]]
+    want_scores, want_ids = scorer.score(texts), scorer.encode(texts)
+    for kind, make in _text_kinds(texts).items():
+        assert scorer.score(make()) == want_scores, kind
+        assert scorer.encode(make()) == want_ids, kind
