@@ -19,7 +19,7 @@ use quad_select::embed::BertOptions;
 use quad_select::influence::stage::ScoreArguments;
 use quad_select::influence::DocumentScorer;
 use quad_select::influence::{Damping, Strategy};
-use quad_select::select::{Event, Executor, Local, ScoringSetup, SelectConfig, SelectError, Selection, Selector};
+use quad_select::select::{Event, Executor, Local, ScoringSetup, SelectConfig, SelectError, Selection, Selector, ValidSelectConfig};
 
 // Named as users import it: tracebacks say `quad_select.QuadError`.
 pyo3::create_exception!(quad_select, QuadError, pyo3::exceptions::PyException, "An error of quad-select (the Rust library's message).");
@@ -52,6 +52,26 @@ fn config_from_dict(json: &str) -> PyResult<SelectConfig> {
             QuadError::new_err(format!("config: {path}: {inner}"))
         }
     })
+}
+
+/// The field names `select` was given (None: the config's).
+struct Fields {
+    text: Option<String>,
+    id: Option<String>,
+    reference_text: Option<String>,
+    reference_id: Option<String>,
+}
+
+/// The config with `select`'s keyword overrides (fields, temperature), checked.
+fn run_config(mut cfg: SelectConfig, fields: Fields, temperature: Option<f64>) -> PyResult<ValidSelectConfig> {
+    cfg.text_field = fields.text.unwrap_or(cfg.text_field);
+    cfg.id_field = fields.id.unwrap_or(cfg.id_field);
+    cfg.reference_text_field = fields.reference_text.or(cfg.reference_text_field);
+    cfg.reference_id_field = fields.reference_id.or(cfg.reference_id_field);
+    if let Some(t) = temperature {
+        cfg.bandit = cfg.bandit.with_temperature(t).map_err(err)?;
+    }
+    cfg.check().map_err(err)
 }
 
 /// A budget given from Python: a negative one is a `QuadError` (not an OverflowError); 0 is
@@ -136,16 +156,13 @@ fn select(
         budget_value("budget_documents", budget_documents)?,
     )
     .map_err(err)?;
-    let mut cfg = config(config_path, config_json)?;
-    cfg.text_field = text_field.unwrap_or(cfg.text_field);
-    cfg.id_field = id_field.unwrap_or(cfg.id_field);
-    cfg.reference_text_field = reference_text_field.or(cfg.reference_text_field);
-    cfg.reference_id_field = reference_id_field.or(cfg.reference_id_field);
-    if let Some(t) = temperature {
-        cfg.bandit = cfg.bandit.with_temperature(t).map_err(err)?;
-    }
-    let valid = cfg.check().map_err(err)?;
-    let mut selector = Selector::new(valid);
+    let fields = Fields {
+        text: text_field,
+        id: id_field,
+        reference_text: reference_text_field,
+        reference_id: reference_id_field,
+    };
+    let mut selector = Selector::new(run_config(config(config_path, config_json)?, fields, temperature)?);
     if let Some(c) = cache {
         selector = selector.cache(c);
     }
