@@ -34,27 +34,29 @@ target/release/quad "${run[@]}" --cache "$work/cache-binary" --out "$work/binary
 
 # The real files behind the binary's system libraries, each to be covered.
 hidden="$(ldd target/release/quad | awk '/openblas|gfortran|quadmath/ {print $3}' | xargs -r realpath | sort -u)"
-cat > "$work/in-wheel-venv.sh" <<SCRIPT
-set -euo pipefail
-for f in $(echo $hidden); do : > "$work/empty"; mount --bind "$work/empty" "\$f"; done
-if "$root/target/release/quad" --version >/dev/null 2>&1; then
-  echo "the system libraries are still reachable" >&2; exit 1
-fi
-echo "system libraries hidden: target/release/quad no longer starts (\$("$root/target/release/quad" --version 2>&1 | head -n 1))"
-"$work/venv/bin/quad" --help | head -n 3
-"$work/venv/bin/quad" ${run[*]} --cache "$work/cache-wheel" --out "$work/wheel" >/dev/null 2>&1
-"$work/venv/bin/python" - <<PY
-import quad_select
-quad_select.select("$shared/data/pool-small.jsonl", "$work/ref.jsonl", 40000,
-                   config="$root/tests/fixtures/tiny-select.toml", cache="$work/cache-wheel", out="$work/python")
-PY
-SCRIPT
+hide_system_libraries() {
+  : > "$work/empty"
+  for f in $hidden; do mount --bind "$work/empty" "$f"; done
+  if "$root/target/release/quad" --version >/dev/null 2>&1; then
+    echo "the system libraries are still reachable" >&2
+    return 1
+  fi
+  echo "system libraries hidden: target/release/quad no longer starts ($("$root/target/release/quad" --version 2>&1 | head -n 1))"
+}
+run_with_the_wheel() {
+  "$work/venv/bin/quad" --help | head -n 3
+  "$work/venv/bin/quad" "${run[@]}" --cache "$work/cache-wheel" --out "$work/wheel" >/dev/null 2>&1
+  "$work/venv/bin/python" -c 'import sys, quad_select
+quad_select.select(sys.argv[1], sys.argv[2], 40000, config=sys.argv[3], cache=sys.argv[4], out=sys.argv[5])' \
+    "$shared/data/pool-small.jsonl" "$work/ref.jsonl" "$root/tests/fixtures/tiny-select.toml" "$work/cache-wheel" "$work/python"
+}
 if unshare --mount --propagation private true 2>/dev/null; then
-  unshare --mount --propagation private bash "$work/in-wheel-venv.sh"
+  unshare --mount --propagation private bash -euo pipefail -c \
+    "$(declare -p work root shared hidden run; declare -f hide_system_libraries run_with_the_wheel)
+     hide_system_libraries && run_with_the_wheel"
 else
   echo "cannot make a mount namespace here (unshare needs root): the wheel runs with the system libraries in place"
-  sed -i '/mount --bind/d; /still reachable/,/^fi$/d; /no longer starts/d' "$work/in-wheel-venv.sh"
-  bash "$work/in-wheel-venv.sh"
+  run_with_the_wheel
 fi
 cmp "$work/binary/selected.jsonl" "$work/wheel/selected.jsonl"
 cmp "$work/binary/selected.jsonl" "$work/python/selected.jsonl"
