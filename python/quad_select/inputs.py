@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 BATCH_ROWS = 8192
 
@@ -29,17 +29,18 @@ def is_path(source: Any) -> bool:
     return isinstance(source, (str, bytes, os.PathLike))
 
 
-def _dataset_table(source: Any) -> Optional[Any]:
-    """A Hugging Face ``datasets.Dataset``'s Arrow table (``.data.table``), else None."""
+def _unwrap_dataset(source: Any) -> Any:
+    """A Hugging Face ``datasets.Dataset`` as its Arrow table (``.data.table``); anything else as
+    it is. (Not ``table or source``: an empty table is falsy.)"""
     if type(source).__module__.split(".")[0] != "datasets":
-        return None
+        return source
     table = getattr(getattr(source, "data", None), "table", None)
-    return table if hasattr(table, "__arrow_c_stream__") else None
+    return table if hasattr(table, "__arrow_c_stream__") else source
 
 
 def _arrow_reader(source: Any) -> Optional[Any]:
-    """A pyarrow RecordBatchReader over `source` if it is Arrow data, else None."""
-    source = _dataset_table(source) or source
+    """A pyarrow RecordBatchReader over `source` if it is Arrow record data, else None."""
+    source = _unwrap_dataset(source)
     if not hasattr(source, "__arrow_c_stream__"):
         return None
     import pyarrow as pa
@@ -47,27 +48,21 @@ def _arrow_reader(source: Any) -> Optional[Any]:
     return pa.RecordBatchReader.from_stream(source)
 
 
-def _write_parquet(reader: Any, path: Path) -> int:
+def _write_parquet(reader: Any, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    rows = 0
     with pq.ParquetWriter(path, reader.schema) as writer:
         for batch in reader:
             writer.write_batch(batch, row_group_size=BATCH_ROWS)
-            rows += batch.num_rows
-    return rows
 
 
-def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path, role: str) -> int:
-    rows = 0
+def _write_jsonl(records: Iterable[Mapping[str, Any]], path: Path, role: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        for r in records:
+        for i, r in enumerate(records):
             if not isinstance(r, Mapping):
-                raise TypeError(f"{role}: an iterable of dicts is expected; item {rows} is {type(r).__name__}")
+                raise TypeError(f"{role}: an iterable of dicts is expected; item {i} is {type(r).__name__}")
             f.write(json.dumps(dict(r), ensure_ascii=False))
             f.write("\n")
-            rows += 1
-    return rows
 
 
 def _sha256(path: Path) -> str:
@@ -126,7 +121,7 @@ def text_arrays(source: Any, text_field: str = "text") -> Optional[Iterator[Any]
     which the extension reads as it is."""
     if isinstance(source, (str, bytes)):
         raise TypeError("texts: expected a sequence of str or Arrow data, not a single str")
-    source = _dataset_table(source) or source
+    source = _unwrap_dataset(source)
     if not (hasattr(source, "__arrow_c_stream__") or hasattr(source, "__arrow_c_array__")):
         if isinstance(source, (list, tuple)) and all(isinstance(t, str) for t in source):
             return None
@@ -143,7 +138,7 @@ def text_arrays(source: Any, text_field: str = "text") -> Optional[Iterator[Any]
         chunks = [pa.array(source)]
     else:
         try:
-            chunks = pa.RecordBatchReader.from_stream(source)
+            chunks = _arrow_reader(source)
         except (TypeError, ValueError, pa.ArrowInvalid):  # a stream of strings, not of records
             chunks = pa.chunked_array(source).chunks
     return _texts_of(chunks, text_field)
@@ -176,6 +171,7 @@ def _python_batches(items: Iterator[Any], text_field: str) -> Iterator[Any]:
 def _texts_of(chunks: Iterable[Any], text_field: str) -> Iterator[Any]:
     import pyarrow as pa
 
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow ≥ 16
     for chunk in chunks:
         if isinstance(chunk, pa.RecordBatch):
             if text_field not in chunk.schema.names:
@@ -186,7 +182,6 @@ def _texts_of(chunks: Iterable[Any], text_field: str) -> Iterator[Any]:
             if text_field not in names:
                 raise KeyError(f"texts: no field {text_field!r} (fields: {', '.join(names)})")
             chunk = chunk.field(text_field)
-        is_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow ≥ 16
         if not (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type) or is_view(chunk.type)):
             raise TypeError(f"texts: expected strings, got Arrow type {chunk.type}")
         for start in range(0, len(chunk), BATCH_ROWS):

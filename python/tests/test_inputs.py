@@ -55,6 +55,14 @@ def test_pandas_polars_and_datasets_are_arrow_too(records, reference, cache, fro
         assert lines_of(select(source, reference, cache)) == lines_of(from_parquet), type(source)
 
 
+def test_an_empty_dataset_is_an_empty_pool_not_an_unknown_kind(reference, cache):
+    datasets = pytest.importorskip("datasets")
+    empty = datasets.Dataset.from_dict({"id": [], "text": []})
+    with pytest.raises(quad_select.QuadError, match="no usable"):
+        select(empty, reference, cache)
+    assert quad_select.embed(empty, hashing_dim=8).shape == (0, 8)
+
+
 def test_dicts_select_as_the_jsonl_file_of_them(tmp_path, records, reference, cache):
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
