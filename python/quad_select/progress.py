@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 log = logging.getLogger("quad_select")
 
 Event = Dict[str, Any]
 
 
-def _budget_text(budget: Dict[str, int]) -> str:
-    ((unit, n),) = budget.items()
-    return f"{n} {unit}"
+def _budget_progress(e: Event) -> Tuple[str, int, int]:
+    """A round event's budget: its unit (``tokens`` or ``documents``), its size and how much of it
+    is selected."""
+    ((unit, n),) = e["budget"].items()
+    return unit, n, e["tokens_selected"] if unit == "tokens" else e["docs_selected"]
 
 
 class _Lines:
@@ -45,8 +47,8 @@ class _Lines:
         elif kind == "note":
             print(e["text"], file=sys.stderr, flush=True)
         elif kind == "round":
-            used = e["tokens_selected"] if "tokens" in e["budget"] else e["docs_selected"]
-            print(f"round {e['round']}: {used}/{_budget_text(e['budget'])}, scored {e['scored']}, accepted {e['accepted']}", file=sys.stderr, flush=True)
+            unit, n, used = _budget_progress(e)
+            print(f"round {e['round']}: {used}/{n} {unit}, scored {e['scored']}, accepted {e['accepted']}", file=sys.stderr, flush=True)
 
 
 class _Tqdm:
@@ -73,11 +75,11 @@ class _Tqdm:
         elif kind == "note":
             self.tqdm.write(e["text"], file=sys.stderr)
         elif kind == "round":
-            ((unit, n),) = e["budget"].items()
+            unit, n, used = _budget_progress(e)
             if self.bar is None or self.bar.desc != "select":
                 self._close()
                 self.bar = self.tqdm(desc="select", total=n, unit=unit, leave=False)
-            self.bar.n = e["tokens_selected"] if unit == "tokens" else e["docs_selected"]
+            self.bar.n = used
             self.bar.set_postfix(round=e["round"], scored=e["scored"])
 
     def __del__(self) -> None:

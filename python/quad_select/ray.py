@@ -146,18 +146,17 @@ class RayExecutor:
         setup = json.loads(setup_json)
         files = {key: _files(Path(setup[key])) for key in ["proxy", "factors", "reference_gradient"] if setup.get(key)}
         # Kept, and sent with every call: a restarted actor loads again from the same objects.
-        self._setup_refs = (ray.put(setup), ray.put(files))
+        self._setup_refs = [ray.put(setup), ray.put(files)]
         self.actors = [ScoringActor.options(num_cpus=self.cpus_per_worker).remote() for _ in range(self.workers)]
         for actor in self.actors:
-            actor.load.remote(list(self._setup_refs))
+            actor.load.remote(self._setup_refs)
 
     def score(self, batches: List[List[List[int]]]) -> List[List[Optional[float]]]:
         # Contiguous runs of batches, one per actor; answers come back in order.
         n = len(self.actors)
         per = -(-len(batches) // n) if batches else 0
         parts = [batches[i * per:(i + 1) * per] for i in range(n)]
-        refs = list(self._setup_refs)
-        futures = [a.score.remote(refs, p) for a, p in zip(self.actors, parts) if p]
+        futures = [a.score.remote(self._setup_refs, p) for a, p in zip(self.actors, parts) if p]
         return [scores for part in ray.get(futures) for scores in part]
 
 

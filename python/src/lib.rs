@@ -329,8 +329,8 @@ impl Executor for PyExecutor {
     }
 }
 
-/// Runs `f` on the texts `texts` holds, batch by batch, and gives its results in order. A sequence
-/// of str is one batch; Arrow data (a string array, or tabular data whose `text_field` column is
+/// Runs `f` on the texts `texts` holds, batch by batch (with the index of the batch's first text
+/// among all of them), and gives its results in order. A sequence of str is one batch; Arrow data (a string array, or tabular data whose `text_field` column is
 /// read; `quad_select.inputs.text_arrays` says which kinds) comes as arrays of at most 8,192 rows,
 /// each read in place through the Arrow C data interface: the texts are borrowed from Arrow's
 /// buffers, never made into Python strings or copied.
@@ -338,21 +338,21 @@ fn for_each_text_batch<R>(
     py: Python<'_>,
     texts: &Bound<'_, PyAny>,
     text_field: &str,
-    mut f: impl FnMut(&[&str]) -> PyResult<R>,
+    mut f: impl FnMut(usize, &[&str]) -> PyResult<R>,
 ) -> PyResult<Vec<R>> {
     let arrays = py.import("quad_select.inputs")?.call_method1("text_arrays", (texts, text_field))?;
     if arrays.is_none() {
         let list: Vec<String> = texts.extract()?;
         let refs: Vec<&str> = list.iter().map(String::as_str).collect();
-        return Ok(vec![f(&refs)?]);
+        return Ok(vec![f(0, &refs)?]);
     }
     let mut out = Vec::new();
     let mut start = 0;
     for array in arrays.try_iter()? {
         let array = import_array(&array?)?;
         let refs = string_refs(array.as_ref(), start)?;
+        out.push(f(start, &refs)?);
         start += refs.len();
-        out.push(f(&refs)?);
     }
     Ok(out)
 }
@@ -415,7 +415,7 @@ impl PyEmbedder {
     /// place, each batch a chunk ([`for_each_text_batch`]).
     #[pyo3(signature = (texts, *, text_field="text"))]
     fn embed<'py>(&self, py: Python<'py>, texts: &Bound<'py, PyAny>, text_field: &str) -> PyResult<Bound<'py, PyArray2<f32>>> {
-        let parts = for_each_text_batch(py, texts, text_field, |batch| {
+        let parts = for_each_text_batch(py, texts, text_field, |_, batch| {
             py.detach(|| quad_select::embed::embed_chunk(self.inner.as_ref(), batch).map(|(rows, _)| rows)).map_err(err)
         })?;
         let rows = match parts.len() {
@@ -521,13 +521,11 @@ impl Scorer {
     /// predicted tokens).
     #[pyo3(signature = (texts, *, text_field="text"))]
     fn encode(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, text_field: &str) -> PyResult<Vec<Vec<u32>>> {
-        let mut start = 0;
-        let parts = for_each_text_batch(py, texts, text_field, |batch| {
-            let ids = py.detach(|| {
+        let parts = for_each_text_batch(py, texts, text_field, |start, batch| {
+            py.detach(|| {
                 batch.iter().enumerate().map(|(i, t)| self.inner.encode(&format!("text {}", start + i), t)).collect::<Result<Vec<_>, _>>()
-            });
-            start += batch.len();
-            ids.map_err(err)
+            })
+            .map_err(err)
         })?;
         Ok(parts.into_iter().flatten().collect())
     }
@@ -547,7 +545,7 @@ impl Scorer {
     /// Arrow data read in place ([`for_each_text_batch`]).
     #[pyo3(signature = (texts, *, text_field="text"))]
     fn score(&self, py: Python<'_>, texts: &Bound<'_, PyAny>, text_field: &str) -> PyResult<Vec<Option<f64>>> {
-        let parts = for_each_text_batch(py, texts, text_field, |batch| {
+        let parts = for_each_text_batch(py, texts, text_field, |_, batch| {
             let scored = py.detach(|| self.inner.score_texts(batch)).map_err(err)?;
             Ok(scored.into_iter().map(|s| s.map(|(score, _)| score)).collect::<Vec<_>>())
         })?;
