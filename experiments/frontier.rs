@@ -470,7 +470,7 @@ fn collect_rows(s: &Setting, seeds: u64) -> Result<Vec<Row>> {
                 value: sel.mix,
                 seed,
                 eval: serde_json::from_value(ev["eval"].clone())?,
-                selection: eval::selection_stats(&recs, k, "domain"),
+                selection: eval::selection_stats(&recs, k, "domain").map_err(anyhow::Error::msg)?,
                 scored_fraction: scored_fraction(&run_dir)?,
                 select_seconds: std::fs::read_to_string(run_dir.join("select-seconds")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0.0),
             };

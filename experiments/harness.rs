@@ -168,7 +168,7 @@ impl Setup {
             selector,
             value,
             seed,
-            selection: eval::selection_stats(&recs, k, "domain"),
+            selection: eval::selection_stats(&recs, k, "domain").map_err(anyhow::Error::msg)?,
             eval: ev,
             scored_fraction: selection.scored_fraction(),
             select_seconds,
@@ -216,7 +216,7 @@ impl Setup {
             selector: selector.into(),
             value: None,
             seed,
-            selection: eval::selection_stats(recs, k, "domain"),
+            selection: eval::selection_stats(recs, k, "domain").map_err(anyhow::Error::msg)?,
             eval: ev,
             scored_fraction: 0.0,
             select_seconds: 0.0,
@@ -356,9 +356,9 @@ impl CachedScoring {
     ) -> Result<(quad_select::model::LoadedModel, quad_select::influence::ReferenceIhvp)> {
         use quad_select::influence::{stage, store};
         let loaded = quad_select::model::load(&self.proxy_path(), candle_core::DType::F32, &candle_core::Device::Cpu)?;
-        let (factors, _) = store::load(&self.cache.join(&self.factors))?;
+        let (factors, _) = store::load(&self.cache.join(&self.factors), &loaded.model.config)?;
         let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
-        let grad = store::load_layers(&self.cache.join(&self.refgrad), &layer_ids)?;
+        let grad = store::load_layers(&self.cache.join(&self.refgrad), &layer_ids, &loaded.model.config)?;
         let ihvp = stage::reference_ihvp(Some(&factors), &grad, cfg.factors.per_head, &cfg.scoring)?;
         Ok((loaded, ihvp))
     }

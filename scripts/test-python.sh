@@ -15,6 +15,9 @@ export PATH="$venv/bin:$PATH"
 # `cargo test --release` compiled only while both resolve every crate they share with the same
 # features; one feature apart recompiles that crate and all above it (candle, arrow, parquet).
 # The two manifests ask for what the other side turns on (see their comments); this keeps it so.
+# `cargo test --release` downloads only the root package's crates: fetch the Python crate's too
+# (the lock file's versions, nothing resolved anew) before `cargo tree` reads them offline.
+cargo fetch --locked --quiet
 features() { cargo tree "$@" -e normal,build -f '{p} {f}' --prefix none --no-dedupe --frozen | sort -u; }
 tests="$(features -p quad-select -e dev)"
 package="$(features -p quad-select-python -F pyo3/extension-module)"

@@ -106,6 +106,52 @@ fn alive(pid: u32) -> bool {
     true
 }
 
+/// An exclusive hold on an output folder: one writer at a time. The lock is an advisory `flock`
+/// on `DIR/.quad-lock` (which names its holder's pid), taken without waiting and released when
+/// the guard drops or the process ends however it ends (a killed run leaves nothing to clean:
+/// the kernel drops its locks). The file itself stays: removing it could let two runs lock two
+/// different files.
+#[derive(Debug)]
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+impl FolderLock {
+    pub const FILE: &'static str = ".quad-lock";
+
+    /// Locks `dir` (which must exist), or says which process holds it.
+    pub fn acquire(dir: &Path) -> io::Result<Self> {
+        use std::io::{Read as _, Seek as _, Write as _};
+        let path = dir.join(Self::FILE);
+        let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock on a file descriptor this handle owns.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                    return Err(e);
+                }
+                let mut holder = String::new();
+                let _ = f.read_to_string(&mut holder);
+                let who = match holder.trim() {
+                    "" => "another quad run".to_string(),
+                    pid => format!("another quad run (pid {pid})"),
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("{who} is writing into this folder; wait for it to finish or choose another output folder"),
+                ));
+            }
+        }
+        f.set_len(0)?;
+        f.rewind()?;
+        write!(f, "{}", std::process::id())?;
+        Ok(Self { _file: f })
+    }
+}
+
 /// Removes the temporaries (files and folders named by [`temp_prefix`]) that processes no longer
 /// running left in `dir` and in its sub-folders, `depth` levels down; returns how many. A killed
 /// run leaves them (an atomic file's partial bytes, a half-trained model's scratch folder) and

@@ -92,6 +92,18 @@ pub struct HashingEmbedder {
 
 impl HashingEmbedder {
     pub const DEFAULT_DIM: usize = 2048;
+    /// The largest dimension accepted: a chunk of 256 rows is then 1 GiB, and the stored matrix
+    /// 4 MiB a document (beyond that the matrix, not the hashing, would be the problem).
+    pub const MAX_DIM: usize = 1 << 20;
+
+    /// A dimension in `1..=MAX_DIM`, or the reason it is not.
+    pub fn check_dim(dim: usize) -> Result<usize, String> {
+        if (1..=Self::MAX_DIM).contains(&dim) {
+            Ok(dim)
+        } else {
+            Err(format!("hashing dimension {dim}: must be between 1 and {}", Self::MAX_DIM))
+        }
+    }
 
     pub fn new(dim: usize) -> Self {
         assert!(dim > 0, "hashing dimension must be positive");
@@ -199,13 +211,17 @@ pub struct BertEmbedder {
     max_seq_length: usize,
     batch_size: usize,
     name: String,
+    /// The model folder, for errors.
+    path: PathBuf,
 }
 
 impl BertEmbedder {
     /// Loads `config.json`, `model.safetensors` (tensor names with or without a `bert.` prefix) and
     /// `tokenizer.json` from a local folder. Pickle checkpoints are refused.
-    pub fn load(dir: &Path, options: BertOptions) -> Result<Self, EmbedError> {
-        let weights_path = weights::safetensors_file(dir)?;
+    pub fn load(path: &Path, options: BertOptions) -> Result<Self, EmbedError> {
+        let weights_path = weights::safetensors_file(path)?;
+        // A weights file named directly: its folder holds the config and the tokenizer.
+        let dir = if path.is_file() { weights_path.parent().unwrap_or(Path::new(".")) } else { path };
         let config_path = dir.join("config.json");
         let config_text = std::fs::read_to_string(&config_path).map_err(crate::path_io::at(&config_path))?;
         let config: BertConfig =
@@ -213,6 +229,15 @@ impl BertEmbedder {
                 path: config_path.clone(),
                 message: format!("not a BERT config.json: {e}"),
             })?;
+        let names = weights::safetensors_names(&weights_path).map_err(|message| EmbedError::Config {
+            path: weights_path.clone(),
+            message,
+        })?;
+        // Checked here: candle's BERT divides by the head count and trusts every size.
+        check_bert_config(&config, &names).map_err(|message| EmbedError::Config {
+            path: config_path.clone(),
+            message,
+        })?;
         let st_max = read_sentence_bert_max_len(dir)?;
         let max_seq_length = options
             .max_seq_length
@@ -253,6 +278,7 @@ impl BertEmbedder {
             dim: config.hidden_size,
             max_seq_length,
             batch_size: options.batch_size.max(1),
+            path: dir.to_path_buf(),
             name: dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -301,6 +327,55 @@ impl BertEmbedder {
     }
 }
 
+/// A BERT `config.json` against the bounds the encoder needs and the weights it comes with:
+/// positive sizes, heads dividing the width, a finite `layer_norm_eps` in (0, 1), at least two
+/// positions, and as many layers as the weights hold (`encoder.layer.N`, with or without a
+/// `bert.` prefix).
+pub fn check_bert_config(c: &BertConfig, tensor_names: &[String]) -> Result<(), String> {
+    use crate::model::config::{MAX_LAYERS, MAX_TENSOR_ELEMENTS};
+    let positive = [
+        ("vocab_size", c.vocab_size),
+        ("hidden_size", c.hidden_size),
+        ("num_hidden_layers", c.num_hidden_layers),
+        ("num_attention_heads", c.num_attention_heads),
+        ("intermediate_size", c.intermediate_size),
+        ("type_vocab_size", c.type_vocab_size),
+    ];
+    if let Some((field, v)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(format!("{field} = {v}: must be positive"));
+    }
+    if c.hidden_size % c.num_attention_heads != 0 {
+        return Err(format!(
+            "hidden_size {} is not divisible by num_attention_heads {}",
+            c.hidden_size, c.num_attention_heads
+        ));
+    }
+    if c.max_position_embeddings < 2 {
+        return Err(format!("max_position_embeddings = {}: needs room for [CLS] and [SEP]", c.max_position_embeddings));
+    }
+    if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0) {
+        return Err(format!("layer_norm_eps = {}: must be finite, positive and below 1", c.layer_norm_eps));
+    }
+    if c.num_hidden_layers > MAX_LAYERS {
+        return Err(format!("num_hidden_layers = {}: more than {MAX_LAYERS}", c.num_hidden_layers));
+    }
+    for (field, a, b) in [
+        ("vocab_size × hidden_size", c.vocab_size, c.hidden_size),
+        ("intermediate_size × hidden_size", c.intermediate_size, c.hidden_size),
+        ("max_position_embeddings × hidden_size", c.max_position_embeddings, c.hidden_size),
+    ] {
+        if a.checked_mul(b).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+            return Err(format!("{field} = {a} × {b}: more than {MAX_TENSOR_ELEMENTS} elements in one tensor"));
+        }
+    }
+    let stripped = tensor_names.iter().map(|n| n.strip_prefix("bert.").unwrap_or(n));
+    let present = crate::model::layers::names::layers_present(stripped, "encoder.layer");
+    if present != c.num_hidden_layers {
+        return Err(format!("num_hidden_layers = {} but the weights hold {present} layers", c.num_hidden_layers));
+    }
+    Ok(())
+}
+
 fn read_sentence_bert_max_len(dir: &Path) -> Result<Option<usize>, EmbedError> {
     let path = dir.join("sentence_bert_config.json");
     if !path.is_file() {
@@ -331,6 +406,13 @@ impl Embedder for BertEmbedder {
             for (row, &i) in chunk.iter().enumerate() {
                 out.row_mut(i).assign(&pooled.row(row));
             }
+        }
+        // Finite or refused: NaN or ±inf here comes from the model (its weights), not the texts.
+        if out.iter().any(|x| !x.is_finite()) {
+            return Err(EmbedError::Config {
+                path: self.path.clone(),
+                message: "the model gives non-finite embeddings (NaN or infinite values in its weights)".into(),
+            });
         }
         normalize_rows(&mut out);
         Ok(out)
@@ -554,6 +636,10 @@ fn write_embeddings(
             if rows.dim() != (n, dim) {
                 return Err(EmbedError::Executor(format!("a chunk of {n} texts came back as {:?} rows (dimension {dim})", rows.dim())));
             }
+            // Finite or refused: nothing non-finite reaches the stored matrix.
+            if rows.iter().any(|x| !x.is_finite()) {
+                return Err(EmbedError::Invalid(format!("{} gave non-finite embeddings", embedder.describe())));
+            }
             rescaled += fixed;
             writer.push(rows.view())?;
             if on_progress(n).is_break() {
@@ -655,10 +741,12 @@ pub fn make_embedder(
 ) -> Result<Box<dyn Embedder>, EmbedError> {
     Ok(match model_dir {
         Some(dir) => Box::new(BertEmbedder::load(dir, bert)?),
-        None if hashing_dim == 0 => {
-            return Err(EmbedError::Invalid("the hashing dimension must be at least 1".into()))
+        None if bert.max_seq_length.is_some() => {
+            return Err(EmbedError::Invalid(
+                "a maximum sequence length applies to a sentence-embedding model, not the hashing embedder (give the model, or drop the length)".into(),
+            ))
         }
-        None => Box::new(HashingEmbedder::new(hashing_dim)),
+        None => Box::new(HashingEmbedder::new(HashingEmbedder::check_dim(hashing_dim).map_err(EmbedError::Invalid)?)),
     })
 }
 

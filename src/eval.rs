@@ -353,8 +353,9 @@ pub fn write_result(
         .map_err(crate::path_io::at(out))
 }
 
-/// Statistics of selected records (`quad.cluster`, `quad.score`, and `label_field`).
-pub fn selection_stats(records: &[serde_json::Value], k: usize, label_field: &str) -> SelectionStats {
+/// Statistics of selected records (`quad.cluster`, `quad.score`, and `label_field`). A record in
+/// a cluster `≥ k` is an error: the entropy over ln k would exceed 1 (k is not the run's).
+pub fn selection_stats(records: &[serde_json::Value], k: usize, label_field: &str) -> Result<SelectionStats, String> {
     let mut per_cluster: BTreeMap<u64, usize> = BTreeMap::new();
     let mut domains = BTreeMap::new();
     let (mut sum, mut scored) = (0.0, 0usize);
@@ -369,6 +370,9 @@ pub fn selection_stats(records: &[serde_json::Value], k: usize, label_field: &st
             scored += 1;
         }
     }
+    if let Some((&c, _)) = per_cluster.range(k as u64..).next() {
+        return Err(format!("a selected document is in cluster {c}, but k = {k}: give the k of the run that selected it"));
+    }
     let n: usize = per_cluster.values().sum();
     let h: f64 = per_cluster
         .values()
@@ -377,14 +381,14 @@ pub fn selection_stats(records: &[serde_json::Value], k: usize, label_field: &st
             -p * p.ln()
         })
         .sum();
-    SelectionStats {
+    Ok(SelectionStats {
         documents: records.len(),
         cluster_entropy: if k > 1 { h / (k as f64).ln() } else { 0.0 },
         clusters_touched: per_cluster.len(),
         domains,
         mean_score: (scored > 0).then(|| sum / scored as f64),
         scored,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -470,11 +474,13 @@ mod tests {
     fn cluster_entropy_is_normalised() {
         let rec = |c: u64| serde_json::json!({"domain": "a", "quad": {"cluster": c, "score": 1.0}});
         let even: Vec<_> = (0..8).map(|i| rec(i % 4)).collect();
-        let s = selection_stats(&even, 4, "domain");
+        let s = selection_stats(&even, 4, "domain").unwrap();
         assert!((s.cluster_entropy - 1.0).abs() < 1e-12);
         assert_eq!(s.clusters_touched, 4);
         let one: Vec<_> = (0..8).map(|_| rec(2)).collect();
-        assert_eq!(selection_stats(&one, 4, "domain").cluster_entropy, 0.0);
+        assert_eq!(selection_stats(&one, 4, "domain").unwrap().cluster_entropy, 0.0);
+        // k below the clusters present: refused, not an entropy above 1.
+        assert!(selection_stats(&even, 2, "domain").unwrap_err().contains("cluster 2, but k = 2"));
         assert_eq!(s.mean_score, Some(1.0));
         assert_eq!(s.domains["a"], 8);
     }

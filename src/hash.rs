@@ -84,6 +84,69 @@ pub fn sha256_files(files: &[std::path::PathBuf]) -> Result<String, PathIoError>
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// A file's version as the file system tells it without reading it: device, inode, size and the
+/// modification and change times to the nanosecond. Replacing a file (a rename over it) gives
+/// another inode; writing it in place, another mtime and ctime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Result<Self, PathIoError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(path).map_err(at(path))?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// The sha256 of some files ([`sha256_files`]) with their stamps taken before they were hashed:
+/// a run that hashes its inputs, then reads them, then [`Snapshot::check_unchanged`] knows that
+/// the key and the contents it read come from the same bytes (a file replaced or written in
+/// between is caught, not cached under the other version's key).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    files: Vec<std::path::PathBuf>,
+    stamps: Vec<FileStamp>,
+    pub sha256: String,
+}
+
+impl Snapshot {
+    pub fn take(files: &[std::path::PathBuf]) -> Result<Self, PathIoError> {
+        let stamps = files.iter().map(|f| FileStamp::of(f)).collect::<Result<Vec<_>, _>>()?;
+        let sha256 = sha256_files(files)?;
+        let snapshot = Self { files: files.to_vec(), stamps, sha256 };
+        // Changed while it was hashed: the hash is of no one version.
+        snapshot.check_unchanged().map_err(|path| PathIoError::new(&path, changed()))?;
+        Ok(snapshot)
+    }
+
+    /// `Err(path)` of the first file whose stamp differs from the one taken before hashing.
+    pub fn check_unchanged(&self) -> Result<(), std::path::PathBuf> {
+        for (f, s) in self.files.iter().zip(&self.stamps) {
+            if FileStamp::of(f).ok().as_ref() != Some(s) {
+                return Err(f.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The error of a file that changed while it was read.
+pub fn changed() -> std::io::Error {
+    std::io::Error::other("the file changed (was replaced or written) while quad read it; rerun once it is no longer being written")
+}
+
 /// A cache key: the first 16 hex digits of the sha256 of a JSON value's text.
 pub fn key_of(parts: &serde_json::Value) -> String {
     sha256_hex(parts.to_string().as_bytes())[..16].to_string()

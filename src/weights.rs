@@ -65,6 +65,26 @@ pub fn safetensors_file(path: &Path) -> Result<PathBuf, WeightsError> {
     })
 }
 
+/// The tensor names in a safetensors file's header, read without loading any tensor (the
+/// 8-byte little-endian header length, then the JSON header), so that a config can be checked
+/// against the weights before anything is sized by it.
+pub fn safetensors_names(path: &Path) -> Result<Vec<String>, String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file_len = f.metadata().map_err(|e| format!("{}: {e}", path.display()))?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| format!("{}: not a safetensors file ({e})", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > file_len.saturating_sub(8) || len > 100 << 20 {
+        return Err(format!("{}: not a safetensors file (header length {len} for a {file_len}-byte file)", path.display()));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| format!("{}: {e}", path.display()))?;
+    let v: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("{}: not a safetensors header ({e})", path.display()))?;
+    Ok(v.into_iter().map(|(k, _)| k).filter(|k| k != "__metadata__").collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,8 @@ fn factors_then_influence_score_every_document() {
         "--fit-docs", "40", "--context", "48", "--out", factors.to_str().unwrap(),
     ]);
     assert!(out.contains("fitted 7 layers (11 blocks) on 40 documents"), "{out}");
-    let (fitted, header) = store::load(&factors).unwrap();
+    let config = quad_select::model::load(&model, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap().model.config;
+    let (fitted, header) = store::load(&factors, &config).unwrap();
     assert!(header.per_head && fitted.layers.len() == 7);
     for l in &fitted.layers {
         for (_, f) in &l.blocks {

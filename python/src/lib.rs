@@ -166,9 +166,10 @@ fn select(
     if let Some(c) = cache {
         selector = selector.cache(c);
     }
+    let mut _lock = None;
     if let Some(out) = &out {
         selector = selector.checkpoint(out.join("checkpoint.json"), resume);
-        selector.prepare_out(&pool, &reference, budget, out).map_err(err)?;
+        _lock = Some(selector.prepare_out(&pool, &reference, budget, out).map_err(err)?);
     }
     let mut interrupted = false;
     let mut callback_error: Option<PyErr> = None;

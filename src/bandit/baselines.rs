@@ -71,6 +71,10 @@ impl Bandit {
         fraction: f64,
     ) -> Result<Vec<ArmPick>, BanditError> {
         let part = (fraction * self.problem.budget.limit() as f64).round() as usize;
+        // Nothing from topk: `random`, without scoring the pool for a part that takes nothing.
+        if part == 0 {
+            return Ok(self.round_random(usize::MAX));
+        }
         let mut picks = self.round_topk(scorer, part)?;
         picks.extend(self.round_random(usize::MAX));
         Ok(picks)

@@ -326,6 +326,13 @@ impl BanditParams {
         if !(0.0..=1.0).contains(&self.mix) {
             return bad("mix must be in [0, 1]");
         }
+        // The calibration sample is scored first and counts against the allowance.
+        if let Some(a) = self.allowance.filter(|&a| a < self.calibration) {
+            return Err(BanditError::Params(format!(
+                "allowance = {a} is below calibration = {}: the documents scored up front to standardise scores count against the allowance (lower calibration too)",
+                self.calibration
+            )));
+        }
         if let Estimator::Knn { k: 0 } | Estimator::Mlp { hidden: 0, .. } = self.estimator {
             return bad("estimator: knn's k and mlp's hidden must be positive");
         }

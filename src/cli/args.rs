@@ -522,8 +522,8 @@ pub struct ProxyArgs {
     #[arg(long, default_value_t = ProxyParams::default().eval_every)]
     pub eval_every: usize,
     /// Stop after this many minutes even if steps remain.
-    #[arg(long, value_parser = positive_finite)]
-    pub max_minutes: Option<f64>,
+    #[arg(long, value_parser = minutes)]
+    pub max_minutes: Option<Duration>,
 }
 
 impl ProxyArgs {
@@ -544,7 +544,7 @@ impl ProxyArgs {
             seed: self.seed,
             max_docs: self.max_docs,
             eval_every: self.eval_every,
-            time_limit: self.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0)),
+            time_limit: self.max_minutes,
             ..Default::default()
         }
     }
@@ -645,7 +645,7 @@ pub struct EmbedderArgs {
     #[arg(long)]
     pub max_seq_length: Option<usize>,
     /// Dimension of the hashing embedder.
-    #[arg(long, default_value_t = HashingEmbedder::DEFAULT_DIM, value_parser = at_least::<1>)]
+    #[arg(long, default_value_t = HashingEmbedder::DEFAULT_DIM, value_parser = hashing_dim)]
     pub hashing_dim: usize,
 }
 
@@ -794,6 +794,20 @@ fn non_negative_finite(s: &str) -> Result<f64, String> {
 }
 
 /// A count of at least `MIN`.
+/// A number of minutes, positive and finite, as a duration (at most a year: beyond that no
+/// duration is meant, and `Duration` would overflow).
+fn minutes(s: &str) -> Result<Duration, String> {
+    let m = positive_finite(s)?;
+    if m > 525_600.0 {
+        return Err(format!("{m} minutes: at most 525600 (a year)"));
+    }
+    Duration::try_from_secs_f64(m * 60.0).map_err(|e| format!("{m} minutes: {e}"))
+}
+
+fn hashing_dim(s: &str) -> Result<usize, String> {
+    HashingEmbedder::check_dim(s.parse::<usize>().map_err(|e| e.to_string())?)
+}
+
 fn at_least<const MIN: usize>(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= MIN => Ok(n),

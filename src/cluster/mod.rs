@@ -47,6 +47,9 @@ pub enum ClusterError {
     NonFinite { id: String, row: usize },
     #[error("embedding of document {id:?} (row {row}) is all zeros; it has no direction to cluster by")]
     ZeroRow { id: String, row: usize },
+    /// A stored row (clustered as it is on disk, never rewritten) that is not unit-norm.
+    #[error("embedding of document {id:?} (row {row}) has norm {norm:.6}, not 1: stored embeddings are clustered as they are; write unit-norm rows (`quad embed` does)")]
+    NotUnit { id: String, row: usize, norm: f64 },
     #[error("k-means failed: {0}")]
     KMeans(String),
     #[error(transparent)]
@@ -119,16 +122,31 @@ impl Serialize for ClusterCount {
 
 impl<'de> serde::Deserialize<'de> for ClusterCount {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(serde::Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
+        // A visitor, not an untagged enum: a bad value is named ("k = -1: …"), not "did not
+        // match any variant".
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ClusterCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a positive number of clusters or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, k: u64) -> Result<ClusterCount, E> {
+                usize::try_from(k).map(ClusterCount::Fixed).map_err(|_| E::custom(format!("k = {k}: too large")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, k: i64) -> Result<ClusterCount, E> {
+                match u64::try_from(k) {
+                    Ok(k) => self.visit_u64(k),
+                    Err(_) => Err(E::custom(format!("k = {k}: must be a positive number of clusters or \"auto\""))),
+                }
+            }
+            fn visit_f64<E: serde::de::Error>(self, k: f64) -> Result<ClusterCount, E> {
+                Err(E::custom(format!("k = {k}: must be a whole number of clusters or \"auto\"")))
+            }
+            fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<ClusterCount, E> {
+                t.parse().map_err(E::custom)
+            }
         }
-        match Raw::deserialize(d)? {
-            Raw::Number(k) => Ok(Self::Fixed(k as usize)),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
+        d.deserialize_any(Visitor)
     }
 }
 
@@ -242,10 +260,7 @@ fn check_row(v: ndarray::ArrayView1<f32>, row: usize, ids: &[String]) -> Result<
         return Err(ClusterError::ZeroRow { id: id(), row });
     }
     if (norm - 1.0).abs() > 1e-4 {
-        return Err(ClusterError::Params(format!(
-            "embedding of document {:?} (row {row}) has norm {norm:.6}, not 1; embed it again",
-            id()
-        )));
+        return Err(ClusterError::NotUnit { id: id(), row, norm });
     }
     Ok(())
 }

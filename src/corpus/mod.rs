@@ -70,6 +70,8 @@ pub enum CorpusError {
     DanglingLink { path: PathBuf, target: PathBuf },
     #[error("document {id:?} is not in {path}")]
     MissingId { id: String, path: PathBuf },
+    #[error("no record of {path} has the field {field:?}")]
+    NoSuchField { field: String, path: PathBuf },
     #[error("{path} does not hold the documents these rows were made from: {what}")]
     IdsDiffer { path: PathBuf, what: String },
     #[error("{path}: Parquet error: {message}")]
@@ -312,7 +314,7 @@ impl FileKind {
 /// A source of raw records: numbered lines of one file, as bytes.
 type RawRecords = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), CorpusError>>>;
 
-fn open_records(path: &Path) -> Result<RawRecords, CorpusError> {
+fn open_records(path: &Path, config: &CorpusConfig) -> Result<RawRecords, CorpusError> {
     let io = |source| CorpusError::Io(crate::path_io::PathIoError::new(path, source));
     let kind = FileKind::of(path).ok_or_else(|| CorpusError::UnsupportedFile {
         path: path.to_path_buf(),
@@ -322,7 +324,7 @@ fn open_records(path: &Path) -> Result<RawRecords, CorpusError> {
         FileKind::Jsonl => Box::new(file),
         FileKind::JsonlGz => Box::new(flate2::read::MultiGzDecoder::new(file)),
         FileKind::JsonlZst => Box::new(zstd::stream::read::Decoder::new(file).map_err(io)?),
-        FileKind::Parquet => return parquet_records(path, file),
+        FileKind::Parquet => return parquet_records(path, file, [config.text_field.clone(), config.id_field.clone()]),
     };
     Ok(Box::new(LineRecords {
         path: path.to_path_buf(),
@@ -375,8 +377,10 @@ impl Iterator for LineRecords {
     }
 }
 
-/// Parquet rows as JSON object lines, one row batch in memory at a time.
-fn parquet_records(path: &Path, file: File) -> Result<RawRecords, CorpusError> {
+/// Parquet rows as JSON object lines, one row batch in memory at a time. Binary columns named
+/// by `text_fields` (the text and id fields) are decoded as UTF-8 ([`decode_binary_columns`]):
+/// Arrow's JSON writer would give their bytes as hex.
+fn parquet_records(path: &Path, file: File, text_fields: [String; 2]) -> Result<RawRecords, CorpusError> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     // The parquet crate's messages begin with "Parquet error: " already; ours adds it once.
     let perr = |e: &dyn fmt::Display| CorpusError::Parquet {
@@ -397,6 +401,15 @@ fn parquet_records(path: &Path, file: File) -> Result<RawRecords, CorpusError> {
                 message: e.to_string(),
             })],
             Ok(batch) => {
+                let (batch, not_utf8) = match decode_binary_columns(batch, &text_fields) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return vec![Err(CorpusError::Parquet {
+                            path: path.clone(),
+                            message: format!("decoding a binary column as text: {e}"),
+                        })]
+                    }
+                };
                 let mut out = Vec::new();
                 let mut writer = arrow_json::LineDelimitedWriter::new(&mut out);
                 match writer.write(&batch).and_then(|_| writer.finish()) {
@@ -408,9 +421,12 @@ fn parquet_records(path: &Path, file: File) -> Result<RawRecords, CorpusError> {
                         drop(writer);
                         out.split(|&b| b == b'\n')
                             .take(batch.num_rows())
-                            .map(|l| {
+                            .enumerate()
+                            .map(|(i, l)| {
                                 row += 1;
-                                Ok((row, l.to_vec()))
+                                // A row whose text is not UTF-8 reaches the record parser as bytes
+                                // that are not, and is counted as such (invalid_utf8).
+                                Ok((row, if not_utf8[i] { NOT_UTF8.to_vec() } else { l.to_vec() }))
                             })
                             .collect()
                     }
@@ -420,6 +436,61 @@ fn parquet_records(path: &Path, file: File) -> Result<RawRecords, CorpusError> {
         lines
     });
     Ok(Box::new(iter))
+}
+
+/// The bytes that stand for a Parquet row whose text or id is binary and not UTF-8.
+const NOT_UTF8: &[u8] = b"\xff";
+
+/// `batch` with its top-level binary columns (`binary`, `large_binary`, `binary_view`) named in
+/// `fields` as UTF-8 string columns, and which rows held a value there that is not UTF-8 (those
+/// values become null; the caller skips the rows).
+fn decode_binary_columns(
+    batch: arrow_array::RecordBatch,
+    fields: &[String],
+) -> Result<(arrow_array::RecordBatch, Vec<bool>), String> {
+    use arrow_array::{Array, ArrayRef, BinaryArray, BinaryViewArray, LargeBinaryArray, StringArray};
+    use std::sync::Arc;
+    let mut not_utf8 = vec![false; batch.num_rows()];
+    let schema = batch.schema();
+    let mut decoded = false;
+    let mut columns: Vec<(String, ArrayRef, bool)> = Vec::new();
+    for (field, col) in schema.fields().iter().zip(batch.columns()) {
+        let values: Option<Vec<Option<&[u8]>>> = if !fields.contains(field.name()) {
+            None
+        } else if let Some(a) = col.as_any().downcast_ref::<BinaryArray>() {
+            Some(a.iter().collect())
+        } else if let Some(a) = col.as_any().downcast_ref::<LargeBinaryArray>() {
+            Some(a.iter().collect())
+        } else {
+            col.as_any().downcast_ref::<BinaryViewArray>().map(|a| a.iter().collect())
+        };
+        let col = match values {
+            None => col.clone(),
+            Some(values) => {
+                decoded = true;
+                let text: StringArray = values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.and_then(|b| match std::str::from_utf8(b) {
+                            Ok(s) => Some(s),
+                            Err(_) => {
+                                not_utf8[i] = true;
+                                None
+                            }
+                        })
+                    })
+                    .collect();
+                Arc::new(text) as ArrayRef
+            }
+        };
+        columns.push((field.name().clone(), col.clone(), col.null_count() > 0 || field.is_nullable()));
+    }
+    if !decoded {
+        return Ok((batch, not_utf8));
+    }
+    let batch = arrow_array::RecordBatch::try_from_iter_with_nullable(columns).map_err(|e| e.to_string())?;
+    Ok((batch, not_utf8))
 }
 
 /// Streams the documents of a corpus, counting what it skips.
@@ -525,7 +596,7 @@ impl Iterator for CorpusReader {
         loop {
             if self.current.is_none() {
                 let file = self.files.next()?;
-                match open_records(&file) {
+                match open_records(&file, &self.config) {
                     Ok(records) => self.current = Some((file, records)),
                     Err(e) => {
                         self.failed = true;
@@ -648,10 +719,16 @@ mod tests {
 /// belong to another corpus.
 pub fn labels_by_id(path: &Path, config: CorpusConfig, field: &str, ids: &[String]) -> Result<Vec<String>, CorpusError> {
     let mut by_id = std::collections::HashMap::new();
+    let mut labelled = 0usize;
     for doc in CorpusReader::open(path, config)? {
         let doc = doc?;
-        let label = doc.field(field).unwrap_or_default();
-        by_id.insert(doc.id, label);
+        let label = doc.field(field);
+        labelled += usize::from(label.is_some());
+        by_id.insert(doc.id, label.unwrap_or_default());
+    }
+    // No record has the field: every "label" would be the same blank, and agreement perfect.
+    if labelled == 0 {
+        return Err(CorpusError::NoSuchField { field: field.to_string(), path: path.to_path_buf() });
     }
     ids.iter()
         .map(|id| {

@@ -551,7 +551,20 @@ impl ReferenceIhvp {
             let mut v = Array2::<f64>::zeros(grad.raw_dim());
             for (r, f) in &lf.blocks {
                 let delta = damping.for_block(f, strategy)?;
+                // A relative damping of a block with no curvature is 0: the solve would divide by
+                // it. Refused with the cause (factors fitted on too few tokens).
+                if !(delta > 0.0 && delta.is_finite()) {
+                    return Err(InfluenceError::Input(format!(
+                        "{id} block {r:?}: damping {delta} (the factors' eigenvalues there are all 0: they were fitted on {} tokens; fit them on more)",
+                        factors.tokens
+                    )));
+                }
                 let block = f.ihvp(r.of(grad.view()), strategy, delta)?;
+                if block.iter().any(|x| !x.is_finite()) {
+                    return Err(InfluenceError::Input(format!(
+                        "{id} block {r:?}: the inverse-Hessian-vector product is not finite (damping {delta}; the reference gradient or the factors hold extreme values)"
+                    )));
+                }
                 v.slice_mut(s![r.rows.0..r.rows.1, r.cols.0..r.cols.1]).assign(&block);
             }
             layers.push((*id, v));

@@ -170,6 +170,19 @@ pub fn score_token_batch(
 ) -> Result<Vec<Option<(f64, f64)>>, InfluenceError> {
     let cap = loaded.model.capture_batch(batch, opts.context, &opts.selection, crate::model::Labels::Observed)?;
     let scores = ihvp.score_batch(&cap)?;
+    // Finite or refused, with the cause: every scoring path comes through here.
+    for (s, l) in scores.iter().zip(&cap.losses) {
+        if let Some(l) = l.filter(|l| !l.is_finite()) {
+            return Err(InfluenceError::Input(format!(
+                "the model's loss on a document is {l}: its weights or config (rms_norm_eps, rope_theta) do not give finite values"
+            )));
+        }
+        if let Some(s) = s.filter(|s| !s.is_finite()) {
+            return Err(InfluenceError::Input(format!(
+                "an influence score is {s} although the model's loss is finite: the factors or the reference gradient hold non-finite values (refit them)"
+            )));
+        }
+    }
     Ok(scores.into_iter().zip(cap.losses).map(|(s, l)| s.zip(l)).collect())
 }
 
@@ -217,7 +230,7 @@ impl DocumentScorer {
         batch: usize,
     ) -> Result<Self, InfluenceError> {
         let loaded = crate::model::load(model, candle_core::DType::F32, &candle_core::Device::Cpu)?;
-        let (fitted, header) = super::store::load_for_model(factors, model)?;
+        let (fitted, header) = super::store::load_for_model(factors, model, &loaded.model.config)?;
         let args = FactorArguments {
             batch: batch.max(1),
             ..FactorArguments::matching(&fitted, &header)

@@ -9,9 +9,9 @@ use candle_core::{Device, Tensor};
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
-use super::factors::{Factors, InfluenceError, LayerFactors};
+use super::factors::{block_ranges, Factors, InfluenceError, LayerFactors};
 use super::kfac::{BlockRange, KroneckerFactors};
-use crate::model::LayerId;
+use crate::model::{LayerId, LlamaConfig};
 
 /// The JSON header written beside the tensors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +83,22 @@ fn a1(t: &Tensor) -> candle_core::Result<Array1<f64>> {
 /// Writes the factors into `dir` (atomically per file).
 pub fn save(factors: &Factors, header: &FactorsHeader, dir: &Path) -> Result<(), InfluenceError> {
     let io = |p: &Path, e: std::io::Error| InfluenceError::Input(format!("{}: {e}", p.display()));
+    // Finite or refused: factors that would make every score NaN are not written.
+    if factors.tokens == 0 || factors.examples == 0 {
+        return Err(InfluenceError::Input(format!(
+            "no tokens to fit factors on ({} examples, {} tokens): give more documents or a larger token limit",
+            factors.examples, factors.tokens
+        )));
+    }
+    for lf in &factors.layers {
+        for (r, f) in &lf.blocks {
+            let finite = |mut a: ndarray::iter::Iter<'_, f64, ndarray::IxDyn>| a.all(|x| x.is_finite());
+            let parts = [f.q_a.view().into_dyn(), f.q_s.view().into_dyn(), f.lambda_a.view().into_dyn(), f.lambda_s.view().into_dyn()];
+            if !parts.into_iter().all(|p| finite(p.iter())) || f.ekfac.as_ref().is_some_and(|e| !e.iter().all(|x| x.is_finite())) {
+                return Err(InfluenceError::Input(format!("fitting gave non-finite factors for {} block {r:?}", lf.id)));
+            }
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut tensors = HashMap::new();
     for lf in &factors.layers {
@@ -104,9 +120,10 @@ pub fn save(factors: &Factors, header: &FactorsHeader, dir: &Path) -> Result<(),
     Ok(())
 }
 
-/// [`load`], refusing factors fitted on another model than `model_path`.
-pub fn load_for_model(dir: &Path, model_path: &Path) -> Result<(Factors, FactorsHeader), InfluenceError> {
-    let (factors, header) = load(dir)?;
+/// [`load`], refusing factors fitted on another model than `model_path` (whose config is
+/// `config`).
+pub fn load_for_model(dir: &Path, model_path: &Path, config: &LlamaConfig) -> Result<(Factors, FactorsHeader), InfluenceError> {
+    let (factors, header) = load(dir, config)?;
     if header.model_sha256 != model_fingerprint(model_path)? {
         return Err(InfluenceError::Input(format!(
             "the factors in {} were fitted on another model ({}); refit them with `quad factors`",
@@ -117,31 +134,88 @@ pub fn load_for_model(dir: &Path, model_path: &Path) -> Result<(Factors, Factors
     Ok((factors, header))
 }
 
-/// Reads factors written by [`save`].
-pub fn load(dir: &Path) -> Result<(Factors, FactorsHeader), InfluenceError> {
+impl FactorsHeader {
+    /// The header against the model the factors are for (`config`): at least one layer, each a
+    /// layer of that model once, with the block ranges that model's shapes give
+    /// ([`block_ranges`]); a context of at least two tokens, at least one example and token, a
+    /// finite positive damping, a known curvature.
+    pub fn check(&self, config: &LlamaConfig) -> Result<(), String> {
+        if self.layers.is_empty() {
+            return Err("`layers` is empty".into());
+        }
+        if self.context < 2 {
+            return Err(format!("`context` = {}: must be at least 2", self.context));
+        }
+        if self.examples == 0 || self.tokens == 0 {
+            return Err(format!("fitted on {} examples and {} tokens: nothing was fitted", self.examples, self.tokens));
+        }
+        if !(self.default_damping.is_finite() && self.default_damping > 0.0) {
+            return Err(format!("`default_damping` = {}: must be finite and positive", self.default_damping));
+        }
+        if self.fisher != "true" && self.fisher != "empirical" {
+            return Err(format!("`fisher` = {:?}: must be \"true\" or \"empirical\"", self.fisher));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (id, ranges) in &self.layers {
+            if id.block >= config.num_hidden_layers {
+                return Err(format!("layer {id}: the model has {} layers", config.num_hidden_layers));
+            }
+            if !seen.insert(*id) {
+                return Err(format!("layer {id} is listed twice"));
+            }
+            let expected = block_ranges(config, *id, self.per_head);
+            if *ranges != expected {
+                return Err(format!("layer {id}: blocks {ranges:?}, but this model's shapes give {expected:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads factors written by [`save`] for the model whose config is `config`: the header is
+/// checked against it ([`FactorsHeader::check`]), every tensor's shape against its block, and
+/// every value is finite (eigenvalues ≥ 0 up to rounding). The error names the file and the value.
+pub fn load(dir: &Path, config: &LlamaConfig) -> Result<(Factors, FactorsHeader), InfluenceError> {
     let hp = dir.join("factors.json");
     let text = std::fs::read_to_string(&hp).map_err(|e| InfluenceError::Input(format!("{}: {e}", hp.display())))?;
     let header: FactorsHeader =
         serde_json::from_str(&text).map_err(|e| InfluenceError::Input(format!("{}: {e}", hp.display())))?;
-    let mut tensors = candle_core::safetensors::load(dir.join("factors.safetensors"), &Device::Cpu)?;
-    let mut take = |name: String| {
-        tensors
+    header.check(config).map_err(|e| InfluenceError::Input(format!("{}: {e}", hp.display())))?;
+    let tp = dir.join("factors.safetensors");
+    let mut tensors = candle_core::safetensors::load(&tp, &Device::Cpu)
+        .map_err(|e| InfluenceError::Input(format!("{}: {e}", tp.display())))?;
+    let mut take = |name: String, shape: &[usize]| {
+        let t = tensors
             .remove(&name)
-            .ok_or_else(|| InfluenceError::Input(format!("factors lack tensor {name}")))
+            .ok_or_else(|| InfluenceError::Input(format!("{}: lacks tensor {name}", tp.display())))?;
+        checked(t, &name, shape, &tp)
     };
     let mut layers = Vec::new();
     for (id, ranges) in &header.layers {
         let mut blocks = Vec::new();
         for (b, r) in ranges.iter().enumerate() {
             let p = format!("{id}.block{b}");
-            let ekfac = take(format!("{p}.ekfac")).ok().map(|t| a2(&t)).transpose()?;
+            let (rows, cols) = (r.rows.1 - r.rows.0, r.cols.1 - r.cols.0);
+            let ekfac = match take(format!("{p}.ekfac"), &[rows, cols]) {
+                Ok(t) => Some(a2(&t)?),
+                // Plain K-FAC factors have none; a present one of the wrong shape is an error.
+                Err(_) if !tensors_has(&tp, &format!("{p}.ekfac")) => None,
+                Err(e) => return Err(e),
+            };
+            let lambda_a = a1(&take(format!("{p}.lambda_a"), &[cols])?)?;
+            let lambda_s = a1(&take(format!("{p}.lambda_s"), &[rows])?)?;
+            for (name, l) in [("lambda_a", &lambda_a), ("lambda_s", &lambda_s)] {
+                if let Some(x) = l.iter().find(|&&x| x < -1e-6 * l.iter().fold(1.0f64, |m, v| m.max(v.abs()))) {
+                    return Err(InfluenceError::Input(format!("{}: {p}.{name} has a negative eigenvalue {x}", tp.display())));
+                }
+            }
             blocks.push((
                 *r,
                 KroneckerFactors {
-                    q_a: a2(&take(format!("{p}.q_a"))?)?,
-                    lambda_a: a1(&take(format!("{p}.lambda_a"))?)?,
-                    q_s: a2(&take(format!("{p}.q_s"))?)?,
-                    lambda_s: a1(&take(format!("{p}.lambda_s"))?)?,
+                    q_a: a2(&take(format!("{p}.q_a"), &[cols, cols])?)?,
+                    lambda_a,
+                    q_s: a2(&take(format!("{p}.q_s"), &[rows, rows])?)?,
+                    lambda_s,
                     ekfac,
                     ekfac_examples: header.examples,
                 },
@@ -158,6 +232,23 @@ pub fn load(dir: &Path) -> Result<(Factors, FactorsHeader), InfluenceError> {
         },
         header,
     ))
+}
+
+/// A loaded tensor as f64 of exactly `shape` with finite values, or an error naming it in `file`.
+fn checked(t: Tensor, name: &str, shape: &[usize], file: &Path) -> Result<Tensor, InfluenceError> {
+    if t.dims() != shape {
+        return Err(InfluenceError::Input(format!("{}: {name} has shape {:?}, expected {shape:?}", file.display(), t.dims())));
+    }
+    let t = t.to_dtype(candle_core::DType::F64)?;
+    if !t.sum_all()?.to_scalar::<f64>()?.is_finite() && !t.flatten_all()?.to_vec1::<f64>()?.iter().all(|x| x.is_finite()) {
+        return Err(InfluenceError::Input(format!("{}: {name} holds NaN or infinite values", file.display())));
+    }
+    Ok(t)
+}
+
+/// Whether the safetensors file names tensor `name` (read from its header only).
+fn tensors_has(file: &Path, name: &str) -> bool {
+    crate::weights::safetensors_names(file).is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
 /// Saves per-layer matrices (e.g. the reference gradient) as f64 tensors named by layer, atomically.
@@ -179,14 +270,21 @@ fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<(), In
         .map_err(|e| InfluenceError::Input(format!("{}: {e}", path.display())))
 }
 
-/// Loads matrices saved by [`save_layers`] for the given layers, in that order.
-pub fn load_layers(path: &Path, ids: &[LayerId]) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+/// Loads matrices saved by [`save_layers`] for the given layers of the model whose config is
+/// `config`, in that order: each of that layer's weight shape, with finite values.
+pub fn load_layers(path: &Path, ids: &[LayerId], config: &LlamaConfig) -> Result<Vec<(LayerId, Array2<f64>)>, InfluenceError> {
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| InfluenceError::Input(format!("{}: {e}", path.display())))?;
     ids.iter()
         .map(|id| {
+            if id.block >= config.num_hidden_layers {
+                return Err(InfluenceError::Input(format!("layer {id}: the model has {} layers", config.num_hidden_layers)));
+            }
             let t = tensors
                 .remove(&id.to_string())
                 .ok_or_else(|| InfluenceError::Input(format!("{} lacks {id}", path.display())))?;
+            let whole = block_ranges(config, *id, false)[0];
+            let t = checked(t, &id.to_string(), &[whole.rows.1, whole.cols.1], path)?;
             Ok((*id, a2(&t)?))
         })
         .collect()

@@ -35,6 +35,15 @@ pub struct LlamaConfig {
     pub hidden_act: Option<String>,
 }
 
+/// The most decoder layers a config may declare (the largest public Llama has 126).
+pub const MAX_LAYERS: usize = 1024;
+
+/// The most elements one weight tensor may have (2³⁴: 64 GiB of f32, beyond any proxy).
+pub const MAX_TENSOR_ELEMENTS: usize = 1 << 34;
+
+/// `model_type`s whose decoder is this file's: Llama and the families built the same way.
+pub const LLAMA_MODEL_TYPES: &[&str] = &["llama", "qwen2"];
+
 fn default_eps() -> f64 {
     1e-5
 }
@@ -57,10 +66,29 @@ impl LlamaConfig {
         self.hidden_size / self.num_attention_heads
     }
 
-    /// Checks the shapes fit together, with a message naming the offending field.
+    /// Checks every field against the bounds the forward pass needs, with a message naming the
+    /// field and its value: positive sizes, heads that divide the width (and K/V heads that
+    /// divide the heads), an even head dimension, a context of at least two positions, a finite
+    /// positive `rms_norm_eps` and `rope_theta`, and a Llama-family `model_type`. Sizes are also
+    /// bounded (no tensor over [`MAX_TENSOR_ELEMENTS`], at most [`MAX_LAYERS`] layers), so a
+    /// config cannot ask for more memory than any real checkpoint holds before its weights are
+    /// checked against it.
     pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+        ];
+        if let Some((field, v)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{field} = {v}: must be positive"));
+        }
+        if self.num_hidden_layers > MAX_LAYERS {
+            return Err(format!("num_hidden_layers = {}: more than {MAX_LAYERS}", self.num_hidden_layers));
+        }
         let h = self.num_attention_heads;
-        if h == 0 || self.hidden_size % h != 0 {
+        if self.hidden_size % h != 0 {
             return Err(format!(
                 "hidden_size {} is not divisible by num_attention_heads {h}",
                 self.hidden_size
@@ -73,13 +101,40 @@ impl LlamaConfig {
         if kv == 0 || h % kv != 0 {
             return Err(format!("num_attention_heads {h} is not a multiple of num_key_value_heads {kv}"));
         }
+        for (field, a, b) in [
+            ("vocab_size × hidden_size", self.vocab_size, self.hidden_size),
+            ("intermediate_size × hidden_size", self.intermediate_size, self.hidden_size),
+        ] {
+            if a.checked_mul(b).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+                return Err(format!("{field} = {a} × {b}: more than {MAX_TENSOR_ELEMENTS} elements in one tensor"));
+            }
+        }
+        if self.max_position_embeddings < 2 {
+            return Err(format!(
+                "max_position_embeddings = {}: a causal LM needs at least 2 positions",
+                self.max_position_embeddings
+            ));
+        }
+        for (field, v) in [("rms_norm_eps", self.rms_norm_eps), ("rope_theta", self.rope_theta)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{field} = {v}: must be finite and positive"));
+            }
+        }
+        // An eps as large as the activations' scale flattens every norm to ~0: no model is trained so.
+        if self.rms_norm_eps >= 1.0 {
+            return Err(format!("rms_norm_eps = {}: must be below 1", self.rms_norm_eps));
+        }
+        if !LLAMA_MODEL_TYPES.contains(&self.model_type.as_str()) {
+            return Err(format!(
+                "model_type {:?} is not a Llama-family decoder (one of {})",
+                self.model_type,
+                LLAMA_MODEL_TYPES.join(", ")
+            ));
+        }
         if let Some(act) = &self.hidden_act {
             if act != "silu" && act != "swish" {
                 return Err(format!("hidden_act {act:?} is not supported (Llama-family models use silu)"));
             }
-        }
-        if self.vocab_size == 0 || self.num_hidden_layers == 0 || self.intermediate_size == 0 {
-            return Err("vocab_size, num_hidden_layers and intermediate_size must be positive".into());
         }
         Ok(())
     }

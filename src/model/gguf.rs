@@ -61,7 +61,7 @@ pub fn config_from_metadata(ct: &Content) -> Result<LlamaConfig, ModelError> {
             .unwrap_or(default)
     };
     let heads = md_usize(ct, "llama.attention.head_count")?;
-    Ok(LlamaConfig {
+    let config = LlamaConfig {
         vocab_size: vocab,
         hidden_size: md_usize(ct, "llama.embedding_length")?,
         intermediate_size: md_usize(ct, "llama.feed_forward_length")?,
@@ -77,7 +77,17 @@ pub fn config_from_metadata(ct: &Content) -> Result<LlamaConfig, ModelError> {
         eos_token_id: md_usize(ct, "tokenizer.ggml.eos_token_id").ok().map(|x| x as u32),
         model_type: "llama".into(),
         hidden_act: Some("silu".into()),
-    })
+    };
+    // Checked before a tensor is read or sized by it (a zero head count divided the Q rows).
+    config.validate().map_err(|e| ModelError::Config(format!("GGUF metadata: {e}")))?;
+    let present = names::layers_present(ct.tensor_infos.keys().map(String::as_str), "blk");
+    if present != config.num_hidden_layers {
+        return Err(ModelError::Config(format!(
+            "GGUF metadata: llama.block_count = {} but the file holds {present} blocks",
+            config.num_hidden_layers
+        )));
+    }
+    Ok(config)
 }
 
 /// Inverts llama.cpp's rotary permutation of a Q or K weight (`heads` = head groups in it).
@@ -105,8 +115,13 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<(LlamaModel, T
     let mut file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     let ct = Content::read(&mut file)
         .map_err(|e| ModelError::Format(format!("{}: not a GGUF file: {e}", path.display())))?;
-    let config = config_from_metadata(&ct)?;
-    let tokenizer = tokenizer_from_metadata(&ct)?;
+    let in_file = |e: ModelError| match e {
+        ModelError::Config(m) | ModelError::Format(m) => ModelError::Format(format!("{}: {m}", path.display())),
+        ModelError::Tokenizer(m) => ModelError::Tokenizer(format!("{}: {m}", path.display())),
+        e => e,
+    };
+    let config = config_from_metadata(&ct).map_err(in_file)?;
+    let tokenizer = tokenizer_from_metadata(&ct).map_err(in_file)?;
     let mut get = |name: &str| -> Result<Tensor, ModelError> {
         Ok(ct
             .tensor(&mut file, name, device)
@@ -134,7 +149,8 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<(LlamaModel, T
             tensors.insert(names::linear_weight(i, kind), w);
         }
     }
-    let model = LlamaModel::from_tensors(config, tensors, dtype, device)?;
+    let model = LlamaModel::from_tensors(config, tensors, dtype, device).map_err(in_file)?;
+    super::check_tokenizer(&tokenizer, &model.config, path, path)?;
     Ok((model, tokenizer))
 }
 

@@ -241,6 +241,19 @@ pub mod names {
         format!("blk.{n}.{}.weight", norm.gguf_name())
     }
 
+    /// How many decoder layers a set of tensor names holds: distinct `N` of `PREFIX.N.…` names
+    /// (`model.layers` for Hugging Face names, `blk` for GGUF's).
+    pub fn layers_present<'a>(names: impl IntoIterator<Item = &'a str>, prefix: &str) -> usize {
+        let mut seen = std::collections::BTreeSet::new();
+        for name in names {
+            let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')) else { continue };
+            if let Some(n) = rest.split('.').next().and_then(|n| n.parse::<usize>().ok()) {
+                seen.insert(n);
+            }
+        }
+        seen.len()
+    }
+
     /// Whether a tensor is an RMSNorm weight (initialised to ones).
     pub fn is_norm(name: &str) -> bool {
         name == FINAL_NORM || BlockNorm::ALL.iter().any(|n| name.ends_with(&format!(".{}.weight", n.hf_name())))

@@ -115,6 +115,15 @@ impl LlamaModel {
         device: &Device,
     ) -> Result<Self, ModelError> {
         config.validate().map_err(ModelError::Config)?;
+        // The config's layer count against the weights' (before anything is sized by it): a
+        // config that claims fewer layers would silently drop the rest.
+        let present = names::layers_present(tensors.keys().map(String::as_str), "model.layers");
+        if present != config.num_hidden_layers {
+            return Err(ModelError::Config(format!(
+                "num_hidden_layers = {} but the weights hold {present} layers",
+                config.num_hidden_layers
+            )));
+        }
         let mut take = |name: &str, shape: &[usize]| -> Result<Var, ModelError> {
             let t = tensors
                 .remove(name)
@@ -126,7 +135,13 @@ impl LlamaModel {
                     found: t.dims().to_vec(),
                 });
             }
-            Ok(Var::from_tensor(&t.to_dtype(dtype)?.to_device(device)?)?)
+            let t = t.to_dtype(dtype)?.to_device(device)?;
+            // NaN or ±inf weights make every loss and score non-finite (and the factors' eigensolver
+            // fail): refuse them here, naming the tensor. The sum is taken in f64 (no overflow).
+            if !t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?.is_finite() {
+                return Err(ModelError::Format(format!("tensor {name} holds NaN or infinite values")));
+            }
+            Ok(Var::from_tensor(&t)?)
         };
         let c = &config;
         let h = c.hidden_size;

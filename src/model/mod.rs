@@ -118,6 +118,8 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, M
     let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::io(&cfg_path, e))?;
     let config: LlamaConfig = serde_json::from_str(&text)
         .map_err(|e| ModelError::Config(format!("{}: {e}", cfg_path.display())))?;
+    // Checked before any weight is read or any size is taken from it.
+    config.validate().map_err(|e| ModelError::Config(format!("{}: {e}", cfg_path.display())))?;
     let tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&weights, device)
         .map_err(|e| ModelError::Format(format!("{}: {e}", weights.display())))?;
     // Some checkpoints store a tied lm_head anyway; drop it so the tie holds.
@@ -127,7 +129,7 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, M
     }
     // Weights that do not fit the config: say which file.
     let model = LlamaModel::from_tensors(config, tensors, dtype, device).map_err(|e| match e {
-        ModelError::Shape { .. } | ModelError::MissingTensor(_) => {
+        ModelError::Shape { .. } | ModelError::MissingTensor(_) | ModelError::Config(_) | ModelError::Format(_) => {
             ModelError::Format(format!("{} (with {}): {e}", weights.display(), cfg_path.display()))
         }
         e => e,
@@ -135,11 +137,28 @@ pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel, M
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
         .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+    check_tokenizer(&tokenizer, &model.config, &tok_path, &weights)?;
     Ok(LoadedModel {
         model,
         tokenizer,
         source: path.to_path_buf(),
     })
+}
+
+/// Refuses a tokenizer whose ids reach past the model's embedding rows (a tokenizer of another
+/// model): every such token would fail deep in the forward pass.
+pub(crate) fn check_tokenizer(tokenizer: &Tokenizer, config: &LlamaConfig, tokenizer_file: &Path, model_file: &Path) -> Result<(), ModelError> {
+    if let Some(max) = tokenizer.get_vocab(true).values().max() {
+        if *max as usize >= config.vocab_size {
+            return Err(ModelError::Tokenizer(format!(
+                "{} gives token ids up to {max}, but {} has vocab_size {}: the tokenizer and the model do not match",
+                tokenizer_file.display(),
+                model_file.display(),
+                config.vocab_size
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Keeps large freed blocks in the heap instead of returning them to the OS.

@@ -241,9 +241,7 @@ impl SelectConfig {
                 self.influence.damping_rel
             )));
         }
-        if self.embed.hashing_dim == 0 {
-            return Err(SelectError::Config("[embed] hashing_dim must be at least 1".into()));
-        }
+        HashingEmbedder::check_dim(self.embed.hashing_dim).map_err(|e| SelectError::Config(format!("[embed] hashing_dim: {e}")))?;
         if self.embed.batch_size == 0 {
             return Err(SelectError::Config("[embed] batch_size must be at least 1".into()));
         }

@@ -96,11 +96,11 @@ impl ScoringSetup {
         let cfg = self.config.clone().check()?;
         let loaded = crate::model::load(&self.proxy, candle_core::DType::F32, &candle_core::Device::Cpu)?;
         let factors: Option<Factors> = match &self.factors {
-            Some(dir) => Some(store::load(dir)?.0),
+            Some(dir) => Some(store::load(dir, &loaded.model.config)?.0),
             None => None,
         };
         let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
-        let grad = store::load_layers(&self.reference_gradient, &layer_ids)?;
+        let grad = store::load_layers(&self.reference_gradient, &layer_ids, &loaded.model.config)?;
         let ihvp = crate::influence::stage::reference_ihvp(factors.as_ref(), &grad, cfg.factors.per_head, &cfg.scoring)?;
         Ok(DocumentScorer::new(loaded, ihvp, &cfg.factors, cfg.scoring.max_tokens))
     }

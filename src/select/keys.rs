@@ -30,9 +30,20 @@ pub fn proxy(cfg: &ValidSelectConfig, corpus_key: &str) -> String {
     key_of(&json!(["proxy", corpus_key, cfg.raw.proxy.train]))
 }
 
+/// `parts` with `[influence] batch` appended when it is not the default: documents per pass
+/// change the padding and so the last bits of factors, gradients and scores (a cache warmed at
+/// another batch must not answer for this one). Left out at the default, so keys made before it
+/// was named stay valid.
+fn with_batch(cfg: &ValidSelectConfig, mut parts: Value) -> Value {
+    if cfg.raw.influence.batch != crate::influence::DEFAULT_BATCH {
+        parts.as_array_mut().expect("an array").push(json!({ "batch": cfg.raw.influence.batch }));
+    }
+    parts
+}
+
 /// The factors fitted with the proxy on the pool.
 pub fn factors(cfg: &ValidSelectConfig, proxy_sha: &str, corpus_key: &str) -> String {
-    key_of(&json!(["factors", proxy_sha, corpus_key, cfg.raw.factors]))
+    key_of(&with_batch(cfg, json!(["factors", proxy_sha, corpus_key, cfg.raw.factors])))
 }
 
 /// The reference gradient: the proxy, the reference's bytes and the field its text is read from,
@@ -44,13 +55,13 @@ pub fn reference_gradient(cfg: &ValidSelectConfig, proxy_sha: &str, ref_sha: &st
     if cfg.reference.text_field != crate::corpus::CorpusConfig::default().text_field {
         parts.as_array_mut().expect("an array").push(json!({ "text_field": cfg.reference.text_field }));
     }
-    key_of(&parts)
+    key_of(&with_batch(cfg, parts))
 }
 
 /// The documents' scores against that reference through those factors.
 pub fn scores(cfg: &ValidSelectConfig, ref_key: &str, factors_key: &str) -> String {
     let i = &cfg.raw.influence;
-    key_of(&json!(["scores", ref_key, factors_key, i.strategy, i.damping_rel, i.max_tokens]))
+    key_of(&with_batch(cfg, json!(["scores", ref_key, factors_key, i.strategy, i.damping_rel, i.max_tokens])))
 }
 
 /// A bandit run: the clustering, the proxy, the scores, the bandit's settings, the budget and the
@@ -106,6 +117,24 @@ mod tests {
         let mut pool_field = SelectConfig::default();
         pool_field.text_field = "content".into();
         assert_eq!(reference_gradient(&pool_field.check().unwrap(), "proxy", "ref"), key(Some("content")));
+    }
+
+    /// Another `[influence] batch` gives other bits (padding), so other entries from the factors on.
+    #[test]
+    fn the_batch_is_in_the_factor_gradient_and_score_keys() {
+        let keys = |batch: usize| {
+            let mut c = SelectConfig::default();
+            c.influence.batch = batch;
+            let cfg = c.check().unwrap();
+            let f = factors(&cfg, "proxy", "corpus");
+            let r = reference_gradient(&cfg, "proxy", "ref");
+            let s = scores(&cfg, &r, &f);
+            [f, r, s]
+        };
+        let (a, b) = (keys(crate::influence::DEFAULT_BATCH), keys(crate::influence::DEFAULT_BATCH + 3));
+        for i in 0..3 {
+            assert_ne!(a[i], b[i], "key {i}");
+        }
     }
 
     const PINNED: [&str; 8] = [

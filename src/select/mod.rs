@@ -142,13 +142,19 @@ impl Selector {
     /// an older selection to be taken for its own.
     /// A resumed run is also checked against its checkpoint's request first
     /// ([`Selector::check_resume`]): a changed flag is refused before anything is removed.
-    pub fn prepare_out(&self, pool: &Path, reference: &Path, budget: Budget, out: &Path) -> Result<(), SelectError> {
+    /// Returns the folder's lock ([`crate::atomic::FolderLock`]): hold it until the outputs are
+    /// written; a second run into the same folder meanwhile is refused, naming this one's pid.
+    pub fn prepare_out(&self, pool: &Path, reference: &Path, budget: Budget, out: &Path) -> Result<crate::atomic::FolderLock, SelectError> {
         self.check_paths(pool, reference, Some(out))?;
         self.check_resume(pool, reference, budget)?;
         std::fs::create_dir_all(out).map_err(crate::path_io::at(out))?;
+        // One run a folder: a second run into it is refused before it clears anything; keep the
+        // lock until the outputs are written.
+        let lock = crate::atomic::FolderLock::acquire(out).map_err(crate::path_io::at(out))?;
         // A run killed while it wrote an output or its checkpoint left a temporary here.
         crate::atomic::remove_stale_temporaries(out, 0);
-        Selection::clear_outputs(out)
+        Selection::clear_outputs(out)?;
+        Ok(lock)
     }
 
     /// Runs every stage (reusing cached ones) and the bandit until the budget is met, the pool

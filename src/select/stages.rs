@@ -166,6 +166,10 @@ fn read_inputs(
         name: "read corpus",
         cached: false,
     });
+    // Hashed before they are read, and checked unchanged after: the keys and the documents
+    // come from the same bytes (a file replaced in between is refused, never cached).
+    let pool_snapshot = crate::hash::Snapshot::take(&crate::corpus::corpus_files(pool)?)?;
+    let ref_snapshot = crate::hash::Snapshot::take(&crate::corpus::corpus_files(reference)?)?;
     // The first record that already has a "quad" field (selected.jsonl adds one).
     let mut clash: Option<(String, String)> = None;
     let (docs, pool_report) = DocumentStore::read(pool, cfg.corpus.clone(), scratch, |d| {
@@ -187,8 +191,12 @@ fn read_inputs(
             "{id} ({location}) already has a \"quad\" field, which selected.jsonl would overwrite"
         )));
     }
-    let pool_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(pool)?)?;
-    let ref_sha = crate::hash::sha256_files(&crate::corpus::corpus_files(reference)?)?;
+    for snapshot in [&pool_snapshot, &ref_snapshot] {
+        snapshot
+            .check_unchanged()
+            .map_err(|path| SelectError::Io(crate::path_io::PathIoError::new(&path, crate::hash::changed())))?;
+    }
+    let (pool_sha, ref_sha) = (pool_snapshot.sha256, ref_snapshot.sha256);
     let corpus_key = keys::corpus(cfg, &pool_sha);
     cache.finish(observer, "corpus", started, false, &corpus_key)?;
     Ok(Inputs {
@@ -269,9 +277,15 @@ fn cluster_pool(
     let docs = &inputs.pool;
     let key = keys::cluster(cfg, &embed_key);
     let artifact = cache.file("cluster", &key, "json");
+    // An entry that parses is not yet this problem's: checked against the pool and k (a failure
+    // is discarded and fitted again by the cache).
     let load = |p: &Path| -> Result<(Vec<usize>, Vec<Vec<f64>>), SelectError> {
         let text = std::fs::read_to_string(p).map_err(at(p))?;
-        serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", p.display())))
+        let (assignment, distances): (Vec<usize>, Vec<Vec<f64>>) =
+            serde_json::from_str(&text).map_err(|e| SelectError::Config(format!("{}: {e}", p.display())))?;
+        check_clusters(&assignment, &distances, docs.len(), cfg.kmeans.k.resolve(docs.len()))
+            .map_err(|e| SelectError::Config(format!("{}: {e}", p.display())))?;
+        Ok((assignment, distances))
     };
     let (assignment, distances) = cache.stage(observer, ("cluster", "cluster"), &key, Some(&artifact), load, |p, obs| {
         let valid = &cfg.kmeans;
@@ -311,6 +325,26 @@ fn cluster_pool(
     })
 }
 
+/// A clustering against its problem: one cluster id per document, each below `k`, and a k × k
+/// matrix of finite, non-negative centroid distances.
+fn check_clusters(assignment: &[usize], distances: &[Vec<f64>], docs: usize, k: usize) -> Result<(), String> {
+    if assignment.len() != docs {
+        return Err(format!("{} cluster assignments for {docs} documents", assignment.len()));
+    }
+    if distances.len() != k || distances.iter().any(|r| r.len() != k) {
+        return Err(format!("the centroid distances are not {k} × {k}"));
+    }
+    if let Some((d, c)) = assignment.iter().enumerate().find(|(_, &c)| c >= k) {
+        return Err(format!("document {d} is in cluster {c}, out of range for k = {k}"));
+    }
+    for (i, row) in distances.iter().enumerate() {
+        if let Some((j, x)) = row.iter().enumerate().find(|(_, x)| !(x.is_finite() && **x >= 0.0)) {
+            return Err(format!("centroid distance ({i}, {j}) = {x}"));
+        }
+    }
+    Ok(())
+}
+
 /// The given proxy, or the in-house one trained on the pool (cached).
 fn load_proxy(
     cfg: &ValidSelectConfig,
@@ -323,11 +357,12 @@ fn load_proxy(
     let mut loaded = None;
     let (path, cached) = match &raw.proxy.model {
         Some(m) => {
+            // A model given is loaded, not taken from the cache.
             let _ = observer.event(Event::Stage {
                 name: "load model",
-                cached: true,
+                cached: false,
             });
-            (m.clone(), true)
+            (m.clone(), false)
         }
         None => {
             let key = keys::proxy(cfg, &inputs.corpus_key);
@@ -529,7 +564,7 @@ fn reference_ihvp(
             store::save(&f, &header, p.expect("factors have a folder"))?;
             Ok(f)
         };
-        let load = |p: &Path| Ok(store::load(p)?.0);
+        let load = |p: &Path| Ok(store::load(p, &proxy.loaded.model.config)?.0);
         factors = Some(cache.stage(observer, ("factors", "fit factors"), &result.factors_key, Some(&factors_artifact), load, fit)?);
         let factors_file = factors_artifact.path.join("factors.safetensors");
         result.factors_sha = Some(crate::hash::sha256_file(&factors_file).map_err(SelectError::Io)?);
@@ -541,7 +576,7 @@ fn reference_ihvp(
         ("reference", "reference gradient"),
         &ref_key,
         Some(&artifact),
-        |p| Ok(store::load_layers(p, &layer_ids)?),
+        |p| Ok(store::load_layers(p, &layer_ids, &proxy.loaded.model.config)?),
         |p, obs| {
             let ref_tokens = encode_all(&proxy.loaded, &inputs.ref_docs)?;
             let g = infl::reference_gradient(&proxy.loaded, &ref_tokens, &cfg.factors, cfg.scoring.max_tokens, &mut |done, total| {

@@ -15,6 +15,8 @@ use crate::cli::progress::{bar, spinner};
 /// (rows scaled to unit norm).
 pub fn embed(corpus: &CorpusArgs, args: &EmbedderArgs, out: &Path) -> Result<()> {
     let started = Instant::now();
+    // A run killed here (SIGTERM, SIGKILL) left its partial matrix as a temporary.
+    crate::atomic::remove_stale_temporaries(out, 0);
     let (written, describe) = embed_into(corpus, args, out)?;
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -75,6 +77,8 @@ pub fn cluster(
     out: &Path,
 ) -> Result<()> {
     let scratch;
+    // A run killed here left its scratch embeddings as a temporary.
+    crate::atomic::remove_stale_temporaries(out, 0);
     let (path, given) = match embeddings {
         Some(path) => (path, true),
         None => {

@@ -43,7 +43,26 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             if reference.len() != out.len() {
                 bail!("{} --reference for {} --out: give one output per reference", reference.len(), out.len());
             }
+            // One result a file: a second --out of the same file would overwrite the first.
+            if let Some(dup) = duplicate(&out) {
+                bail!("--out {} is given twice: give each reference its own output", dup.display());
+            }
+            if let Some(dup) = duplicate(&reference) {
+                bail!("--reference {} is given twice", dup.display());
+            }
             let sel = read(&selection)?;
+            // Training on the held-out documents makes the held-out loss meaningless.
+            let held_ids: std::collections::HashSet<String> =
+                read(&split.join(eval::SPLIT_HELDOUT))?.into_iter().map(|d| d.id).collect();
+            let overlap = sel.iter().filter(|d| held_ids.contains(&d.id)).count();
+            if overlap > 0 {
+                let first = &sel.iter().find(|d| held_ids.contains(&d.id)).expect("counted").id;
+                bail!(
+                    "{}: {overlap} selected documents (the first: {first}) are in the held-out set of {}: select from the split's pool, not from the held-out documents",
+                    selection.display(),
+                    split.display()
+                );
+            }
             let refs: Vec<Vec<String>> = reference
                 .iter()
                 .map(|r| Ok(read(r)?.into_iter().map(|d| d.text).collect()))
@@ -68,7 +87,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
                 .iter()
                 .map(|d| serde_json::from_str(&d.record))
                 .collect::<Result<_, _>>()?;
-            let stats = eval::selection_stats(&records, k, &label_field);
+            let stats = eval::selection_stats(&records, k, &label_field)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", selection.display()))?;
             for ((result, out), reference) in results.iter().zip(&out).zip(&reference) {
                 println!(
                     "{}: reference loss {:.4}, held-out mean {:.4} ({} domains), cluster entropy {:.3}, {} clusters, {:.0} s",
@@ -85,6 +105,13 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The first path given twice (the same file, however it is spelled, when it exists).
+fn duplicate(paths: &[std::path::PathBuf]) -> Option<&std::path::PathBuf> {
+    let key = |p: &Path| crate::path_io::resolve(p);
+    let mut seen = std::collections::HashSet::new();
+    paths.iter().find(|p| !seen.insert(key(p)))
 }
 
 /// The k recorded in the manifest beside a selection.

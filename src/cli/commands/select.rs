@@ -15,7 +15,7 @@ pub fn run(args: &SelectArgs) -> Result<()> {
     let selector = Selector::new(config)
         .cache(&args.cache)
         .checkpoint(args.out.join("checkpoint.json"), args.resume);
-    selector.prepare_out(&args.input, &args.reference, budget, &args.out)?;
+    let _lock = selector.prepare_out(&args.input, &args.reference, budget, &args.out)?;
     stop_on_ctrl_c();
     let mut observer = CliObserver::new();
     let started = Instant::now();
