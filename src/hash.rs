@@ -165,6 +165,28 @@ mod tests {
         assert_eq!(fnv1a(&[b"foo", b"bar"]), fnv1a(&[b"foobar"]));
     }
 
+    /// Finding 12: a file replaced or rewritten after it was hashed is caught, not keyed with
+    /// the old bytes' hash.
+    #[test]
+    fn a_snapshot_sees_a_file_replaced_or_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pool.jsonl");
+        std::fs::write(&p, b"one").unwrap();
+        let snap = Snapshot::take(std::slice::from_ref(&p)).unwrap();
+        assert_eq!(snap.sha256, sha256_files(std::slice::from_ref(&p)).unwrap());
+        assert!(snap.check_unchanged().is_ok());
+        // Replaced by a rename (another inode), with the same size.
+        let other = dir.path().join("new.jsonl");
+        std::fs::write(&other, b"two").unwrap();
+        std::fs::rename(&other, &p).unwrap();
+        assert_eq!(snap.check_unchanged(), Err(p.clone()));
+        // Written in place.
+        let snap = Snapshot::take(std::slice::from_ref(&p)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&p, b"three").unwrap();
+        assert_eq!(snap.check_unchanged(), Err(p));
+    }
+
     #[test]
     fn sha256_of_a_file_matches_the_known_digest() {
         let dir = tempfile::tempdir().unwrap();

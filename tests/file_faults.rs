@@ -219,3 +219,86 @@ fn eval_refuses_held_out_selections_a_wrong_k_and_one_output_twice() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert!(!d.join("r.json").exists() && !d.join("r2.json").exists());
 }
+
+fn select_args(cache: &Path, out: &Path, reference: &Path) -> Vec<String> {
+    let sample = common::repo().join("experiments/data/sample.jsonl");
+    let config = common::repo().join("tests/fixtures/tiny-select.toml");
+    [
+        "select", "--input", sample.to_str().unwrap(), "--reference", reference.to_str().unwrap(),
+        "--budget-tokens", "30000", "--config", config.to_str().unwrap(),
+        "--cache", cache.to_str().unwrap(), "--out", out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Cache entries that parse but are not this problem's (finding 8 and the "not fixed by a
+/// rerun" states): each is discarded, said once with its path, and computed again, giving the
+/// clean run's bytes.
+#[test]
+fn cache_entries_that_parse_but_do_not_fit_are_computed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let reference = common::devil_reference(d);
+    let cache = d.join("cache");
+    common::quad(&select_args(&cache, &d.join("solo"), &reference).iter().map(String::as_str).collect::<Vec<_>>());
+    let expected = std::fs::read(d.join("solo/selected.jsonl")).unwrap();
+    let entry = |prefix: &str| {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} entry"))
+    };
+    let edit_json = |path: &Path, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = common::read_json(path);
+        edit(&mut v);
+        std::fs::write(path, v.to_string()).unwrap();
+    };
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        ("5 assignments removed", "cluster-", Box::new(|v| { v[0].as_array_mut().unwrap().truncate(395); })),
+        ("a cluster id out of range", "cluster-", Box::new(|v| v[0][3] = serde_json::json!(99))),
+        ("centroid distances []", "cluster-", Box::new(|v| v[1] = serde_json::json!([]))),
+        ("a negative centroid distance", "cluster-", Box::new(|v| v[1][0][1] = serde_json::json!(-0.5))),
+        ("factors with layers []", "factors-", Box::new(|v| v["layers"] = serde_json::json!([]))),
+        ("factors with another block layout", "factors-", Box::new(|v| v["per_head"] = serde_json::json!(false))),
+    ];
+    for (i, (name, prefix, edit)) in cases.iter().enumerate() {
+        let path = entry(prefix);
+        let file = if path.is_dir() { path.join("factors.json") } else { path.clone() };
+        edit_json(&file, edit.as_ref());
+        let out = d.join(format!("again{i}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_quad")).args(select_args(&cache, &out, &reference)).output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {stderr}");
+        let said: Vec<&str> = stderr.lines().filter(|l| l.contains("could not be loaded")).collect();
+        assert_eq!(said.len(), 1, "{name}: {stderr}");
+        assert!(said[0].contains(path.file_name().unwrap().to_str().unwrap()), "{name}: the note names no entry: {}", said[0]);
+        assert_eq!(std::fs::read(out.join("selected.jsonl")).unwrap(), expected, "{name}: another selection");
+    }
+}
+
+/// Finding 18: one writer per output folder; the second is told who holds it, and the lock
+/// goes with its holder (a killed run's is no obstacle).
+#[test]
+fn a_second_run_into_a_held_output_folder_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let reference = common::devil_reference(d);
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let held = quad_select::atomic::FolderLock::acquire(&out).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_quad")).args(select_args(&d.join("cache"), &out, &reference)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("(pid {})", std::process::id())) && stderr.contains("is writing into this folder"), "{stderr}");
+    drop(held);
+    // A holder killed with SIGKILL leaves its lock file, not its lock.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quad")).args(select_args(&d.join("cache"), &out, &reference)).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    common::quad(&select_args(&d.join("cache"), &out, &reference).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.join("selected.jsonl").exists());
+}
