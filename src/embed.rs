@@ -332,18 +332,21 @@ impl BertEmbedder {
 /// positions, and as many layers as the weights hold (`encoder.layer.N`, with or without a
 /// `bert.` prefix).
 pub fn check_bert_config(c: &BertConfig, tensor_names: &[String]) -> Result<(), String> {
-    use crate::model::config::{MAX_LAYERS, MAX_TENSOR_ELEMENTS};
-    let positive = [
-        ("vocab_size", c.vocab_size),
-        ("hidden_size", c.hidden_size),
-        ("num_hidden_layers", c.num_hidden_layers),
-        ("num_attention_heads", c.num_attention_heads),
-        ("intermediate_size", c.intermediate_size),
-        ("type_vocab_size", c.type_vocab_size),
-    ];
-    if let Some((field, v)) = positive.iter().find(|(_, v)| *v == 0) {
-        return Err(format!("{field} = {v}: must be positive"));
-    }
+    crate::model::config::check_sizes(
+        &[
+            ("vocab_size", c.vocab_size),
+            ("hidden_size", c.hidden_size),
+            ("num_hidden_layers", c.num_hidden_layers),
+            ("num_attention_heads", c.num_attention_heads),
+            ("intermediate_size", c.intermediate_size),
+            ("type_vocab_size", c.type_vocab_size),
+        ],
+        &[
+            ("vocab_size × hidden_size", c.vocab_size, c.hidden_size),
+            ("intermediate_size × hidden_size", c.intermediate_size, c.hidden_size),
+            ("max_position_embeddings × hidden_size", c.max_position_embeddings, c.hidden_size),
+        ],
+    )?;
     if c.hidden_size % c.num_attention_heads != 0 {
         return Err(format!(
             "hidden_size {} is not divisible by num_attention_heads {}",
@@ -355,18 +358,6 @@ pub fn check_bert_config(c: &BertConfig, tensor_names: &[String]) -> Result<(), 
     }
     if !(c.layer_norm_eps.is_finite() && c.layer_norm_eps > 0.0 && c.layer_norm_eps < 1.0) {
         return Err(format!("layer_norm_eps = {}: must be finite, positive and below 1", c.layer_norm_eps));
-    }
-    if c.num_hidden_layers > MAX_LAYERS {
-        return Err(format!("num_hidden_layers = {}: more than {MAX_LAYERS}", c.num_hidden_layers));
-    }
-    for (field, a, b) in [
-        ("vocab_size × hidden_size", c.vocab_size, c.hidden_size),
-        ("intermediate_size × hidden_size", c.intermediate_size, c.hidden_size),
-        ("max_position_embeddings × hidden_size", c.max_position_embeddings, c.hidden_size),
-    ] {
-        if a.checked_mul(b).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
-            return Err(format!("{field} = {a} × {b}: more than {MAX_TENSOR_ELEMENTS} elements in one tensor"));
-        }
     }
     let stripped = tensor_names.iter().map(|n| n.strip_prefix("bert.").unwrap_or(n));
     let present = crate::model::layers::names::layers_present(stripped, "encoder.layer");

@@ -689,7 +689,9 @@ fn unusable_values_are_refused_naming_what_is_wrong() {
         a
     };
     let eval_run = |extra: &[&str]| -> Vec<String> {
-        let mut a: Vec<String> = ["eval", "run", "--selection", &s, "--quick", "--out", &dp("r.json")].iter().map(|x| x.to_string()).collect();
+        // The split's pool: a selection must not share documents with the held-out set.
+        let pool = dp("split/pool.jsonl");
+        let mut a: Vec<String> = ["eval", "run", "--selection", &pool, "--quick", "--out", &dp("r.json")].iter().map(|x| x.to_string()).collect();
         a.extend(extra.iter().map(|x| x.to_string()));
         a
     };

@@ -8,12 +8,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A tiny proxy trained on the sample into `dir` (`width` wide, one layer).
-fn tiny_proxy(dir: &Path, width: &str) {
+/// A tiny proxy trained on the sample into `dir` (`width` wide, one layer, `vocab` tokens).
+fn tiny_proxy(dir: &Path, width: &str, vocab: &str) {
     let sample = common::repo().join("experiments/data/sample.jsonl");
     common::quad(&[
         "proxy", "train", "--input", sample.to_str().unwrap(), "--out", dir.to_str().unwrap(),
-        "--layers", "1", "--width", width, "--heads", "2", "--context", "48", "--vocab-size", "512",
+        "--layers", "1", "--width", width, "--heads", "2", "--context", "48", "--vocab-size", vocab,
         "--steps", "10", "--eval-every", "10",
     ]);
 }
@@ -53,6 +53,18 @@ fn refused(args: &[&str], says: &str) -> Option<String> {
     (!clean || !stderr.contains(says)).then(|| format!("quad {args:?}: exit {:?}, wanted «{says}» in:\n{stderr}", o.status.code()))
 }
 
+/// Every case (name, arguments, what stderr must say) refused cleanly; all failures at once.
+fn assert_all_refused(cases: &[(&str, Vec<String>, &str)]) {
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(name, args, says)| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            refused(&args, says).map(|f| format!("{name}: {f}"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[test]
 fn edited_model_configs_and_factors_are_refused_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
@@ -62,8 +74,10 @@ fn edited_model_configs_and_factors_are_refused_naming_the_field() {
     let reference = common::devil_reference(d);
     let r = reference.to_str().unwrap();
     let (model, wide) = (d.join("model"), d.join("wide"));
-    tiny_proxy(&model, "16");
-    tiny_proxy(&wide, "32");
+    tiny_proxy(&model, "16", "512");
+    tiny_proxy(&wide, "32", "512");
+    let small_vocab = d.join("small-vocab");
+    tiny_proxy(&small_vocab, "16", "300");
     let (factors, wide_factors) = (d.join("factors"), d.join("wide-factors"));
     fit(&model, &factors);
     fit(&wide, &wide_factors);
@@ -93,6 +107,13 @@ fn edited_model_configs_and_factors_are_refused_naming_the_field() {
         if let Some(f) = refused(&["factors", "--input", s, "--model", m.to_str().unwrap(), "--out", out.to_str().unwrap()], "config.json") {
             failures.push(format!("{name} (names the file): {f}"));
         }
+    }
+
+    // A tokenizer of another model (ids past the embedding rows): said so, not an index error.
+    let swapped = edited(&small_vocab, &d.join("swapped"), "config.json", &|_| {});
+    std::fs::copy(model.join("tokenizer.json"), swapped.join("tokenizer.json")).unwrap();
+    if let Some(f) = refused(&["factors", "--input", s, "--model", swapped.to_str().unwrap(), "--out", d.join("fs").to_str().unwrap()], "the tokenizer and the model do not match") {
+        failures.push(format!("a tokenizer of another model: {f}"));
     }
 
     // Findings 5-7, 10: `quad influence` with edited factors.
@@ -162,11 +183,7 @@ fn values_out_of_range_in_flags_and_toml_are_refused() {
         ("--max-seq-length with the hashing embedder", strings(&["embed", "--input", s, "--max-seq-length", "64", "--out", &dp("e2")]), "maximum sequence length"),
         ("cluster --label-field nope", strings(&["cluster", "--input", s, "--k", "3", "--label-field", "nope", "--out", &dp("c")]), "field \"nope\""),
     ];
-    let failures: Vec<String> = cases.iter().filter_map(|(name, args, says)| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        refused(&args, says).map(|f| format!("{name}: {f}"))
-    }).collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert_all_refused(&cases);
     for e in std::fs::read_dir(d).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
         assert!(!name.ends_with(".tmp"), "temporary left: {name}");
@@ -212,11 +229,7 @@ fn eval_refuses_held_out_selections_a_wrong_k_and_one_output_twice() {
         ("one --out twice (finding 17)", run(&sel, &["--reference", r, "--reference", s, "--k", "6", "--out", &out, "--out", &out]), "given twice"),
         ("one --reference twice", run(&sel, &["--reference", r, "--reference", r, "--k", "6", "--out", &out, "--out", &out2]), "given twice"),
     ];
-    let failures: Vec<String> = cases.iter().filter_map(|(name, args, says)| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        refused(&args, says).map(|f| format!("{name}: {f}"))
-    }).collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert_all_refused(&cases);
     assert!(!d.join("r.json").exists() && !d.join("r2.json").exists());
 }
 
@@ -301,4 +314,16 @@ fn a_second_run_into_a_held_output_folder_is_refused() {
     let _ = child.wait();
     common::quad(&select_args(&d.join("cache"), &out, &reference).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.join("selected.jsonl").exists());
+}
+
+/// A pool with CR-only line endings reads as one bad line: the report says why.
+#[test]
+fn cr_only_line_endings_are_named_in_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("mac.jsonl");
+    std::fs::write(&p, b"{\"id\":\"a\",\"text\":\"one\"}\r{\"id\":\"b\",\"text\":\"two\"}\r").unwrap();
+    let (docs, report) = quad_select::corpus::CorpusReader::read_all(&p, quad_select::corpus::CorpusConfig::default()).unwrap();
+    assert!(docs.is_empty());
+    assert_eq!(report.cr_only_lines, 1);
+    assert!(report.to_string().contains("CR-only line endings"), "{report}");
 }

@@ -202,6 +202,10 @@ pub struct ReadReport {
     pub blank_lines: u64,
     /// The first few skipped records, for the user to look at.
     pub first_skips: Vec<(Location, SkipReason)>,
+    /// Records that were not JSON and hold a carriage return between what look like records
+    /// (`}\r{`): a file with CR-only line endings reads as one long line.
+    #[serde(default)]
+    pub cr_only_lines: u64,
 }
 
 impl ReadReport {
@@ -235,6 +239,13 @@ impl fmt::Display for ReadReport {
         }
         if self.blank_lines > 0 {
             write!(f, "; {} blank line(s) ignored", self.blank_lines)?;
+        }
+        if self.cr_only_lines > 0 {
+            write!(
+                f,
+                "\n  hint: {} skipped line(s) hold records separated by a carriage return alone (CR-only line endings); convert them to LF (tr '\\r' '\\n')",
+                self.cr_only_lines
+            )?;
         }
         Ok(())
     }
@@ -621,12 +632,18 @@ impl Iterator for CorpusReader {
                 self.report.blank_lines += 1;
                 continue;
             }
+            // Looked at only when the line fails: a CR between two records.
+            let cr_joined = |b: &[u8]| b.windows(3).any(|w| w[0] == b'}' && w[1] == b'\r' && w[2] == b'{');
+            let cr_only = bytes.contains(&b'\r') && cr_joined(&bytes);
             match self.parse(&file, line, bytes) {
                 Ok(doc) => {
                     self.report.documents += 1;
                     return Some(Ok(doc));
                 }
                 Err(reason) => {
+                    if reason == SkipReason::InvalidJson && cr_only {
+                        self.report.cr_only_lines += 1;
+                    }
                     if let Some(err) = self.skip(Location { file, line }, reason) {
                         self.failed = true;
                         return Some(Err(err));

@@ -44,6 +44,24 @@ pub const MAX_TENSOR_ELEMENTS: usize = 1 << 34;
 /// `model_type`s whose decoder is this file's: Llama and the families built the same way.
 pub const LLAMA_MODEL_TYPES: &[&str] = &["llama", "qwen2"];
 
+/// The size checks every model config shares: each of `positive` above 0 (`num_hidden_layers`
+/// also at most [`MAX_LAYERS`]), and each product in `tensors` (a weight's rows × columns) at most
+/// [`MAX_TENSOR_ELEMENTS`]. The message names the field and its value.
+pub fn check_sizes(positive: &[(&str, usize)], tensors: &[(&str, usize, usize)]) -> Result<(), String> {
+    if let Some((field, v)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(format!("{field} = {v}: must be positive"));
+    }
+    if let Some((field, v)) = positive.iter().find(|(f, v)| *f == "num_hidden_layers" && *v > MAX_LAYERS) {
+        return Err(format!("{field} = {v}: more than {MAX_LAYERS}"));
+    }
+    for (field, a, b) in tensors {
+        if a.checked_mul(*b).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
+            return Err(format!("{field} = {a} × {b}: more than {MAX_TENSOR_ELEMENTS} elements in one tensor"));
+        }
+    }
+    Ok(())
+}
+
 fn default_eps() -> f64 {
     1e-5
 }
@@ -74,19 +92,19 @@ impl LlamaConfig {
     /// config cannot ask for more memory than any real checkpoint holds before its weights are
     /// checked against it.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-        ];
-        if let Some((field, v)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{field} = {v}: must be positive"));
-        }
-        if self.num_hidden_layers > MAX_LAYERS {
-            return Err(format!("num_hidden_layers = {}: more than {MAX_LAYERS}", self.num_hidden_layers));
-        }
+        check_sizes(
+            &[
+                ("vocab_size", self.vocab_size),
+                ("hidden_size", self.hidden_size),
+                ("intermediate_size", self.intermediate_size),
+                ("num_hidden_layers", self.num_hidden_layers),
+                ("num_attention_heads", self.num_attention_heads),
+            ],
+            &[
+                ("vocab_size × hidden_size", self.vocab_size, self.hidden_size),
+                ("intermediate_size × hidden_size", self.intermediate_size, self.hidden_size),
+            ],
+        )?;
         let h = self.num_attention_heads;
         if self.hidden_size % h != 0 {
             return Err(format!(
@@ -100,14 +118,6 @@ impl LlamaConfig {
         let kv = self.num_kv_heads();
         if kv == 0 || h % kv != 0 {
             return Err(format!("num_attention_heads {h} is not a multiple of num_key_value_heads {kv}"));
-        }
-        for (field, a, b) in [
-            ("vocab_size × hidden_size", self.vocab_size, self.hidden_size),
-            ("intermediate_size × hidden_size", self.intermediate_size, self.hidden_size),
-        ] {
-            if a.checked_mul(b).is_none_or(|n| n > MAX_TENSOR_ELEMENTS) {
-                return Err(format!("{field} = {a} × {b}: more than {MAX_TENSOR_ELEMENTS} elements in one tensor"));
-            }
         }
         if self.max_position_embeddings < 2 {
             return Err(format!(
