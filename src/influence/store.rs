@@ -184,7 +184,7 @@ pub fn load(dir: &Path, config: &LlamaConfig) -> Result<(Factors, FactorsHeader)
     let tp = dir.join("factors.safetensors");
     let mut tensors = candle_core::safetensors::load(&tp, &Device::Cpu)
         .map_err(|e| InfluenceError::Input(format!("{}: {e}", tp.display())))?;
-    let mut take = |name: String, shape: &[usize]| {
+    let take = |tensors: &mut HashMap<String, Tensor>, name: String, shape: &[usize]| {
         let t = tensors
             .remove(&name)
             .ok_or_else(|| InfluenceError::Input(format!("{}: lacks tensor {name}", tp.display())))?;
@@ -196,25 +196,27 @@ pub fn load(dir: &Path, config: &LlamaConfig) -> Result<(Factors, FactorsHeader)
         for (b, r) in ranges.iter().enumerate() {
             let p = format!("{id}.block{b}");
             let (rows, cols) = (r.rows.1 - r.rows.0, r.cols.1 - r.cols.0);
-            let ekfac = match take(format!("{p}.ekfac"), &[rows, cols]) {
-                Ok(t) => Some(a2(&t)?),
-                // Plain K-FAC factors have none; a present one of the wrong shape is an error.
-                Err(_) if !tensors_has(&tp, &format!("{p}.ekfac")) => None,
-                Err(e) => return Err(e),
+            // Plain K-FAC factors have none; a present one of the wrong shape is an error.
+            let ekfac_name = format!("{p}.ekfac");
+            let ekfac = if tensors.contains_key(&ekfac_name) {
+                Some(a2(&take(&mut tensors, ekfac_name, &[rows, cols])?)?)
+            } else {
+                None
             };
-            let lambda_a = a1(&take(format!("{p}.lambda_a"), &[cols])?)?;
-            let lambda_s = a1(&take(format!("{p}.lambda_s"), &[rows])?)?;
+            let lambda_a = a1(&take(&mut tensors, format!("{p}.lambda_a"), &[cols])?)?;
+            let lambda_s = a1(&take(&mut tensors, format!("{p}.lambda_s"), &[rows])?)?;
             for (name, l) in [("lambda_a", &lambda_a), ("lambda_s", &lambda_s)] {
-                if let Some(x) = l.iter().find(|&&x| x < -1e-6 * l.iter().fold(1.0f64, |m, v| m.max(v.abs()))) {
+                let tolerance = -1e-6 * l.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                if let Some(x) = l.iter().find(|&&x| x < tolerance) {
                     return Err(InfluenceError::Input(format!("{}: {p}.{name} has a negative eigenvalue {x}", tp.display())));
                 }
             }
             blocks.push((
                 *r,
                 KroneckerFactors {
-                    q_a: a2(&take(format!("{p}.q_a"), &[cols, cols])?)?,
+                    q_a: a2(&take(&mut tensors, format!("{p}.q_a"), &[cols, cols])?)?,
                     lambda_a,
-                    q_s: a2(&take(format!("{p}.q_s"), &[rows, rows])?)?,
+                    q_s: a2(&take(&mut tensors, format!("{p}.q_s"), &[rows, rows])?)?,
                     lambda_s,
                     ekfac,
                     ekfac_examples: header.examples,
@@ -244,11 +246,6 @@ fn checked(t: Tensor, name: &str, shape: &[usize], file: &Path) -> Result<Tensor
         return Err(InfluenceError::Input(format!("{}: {name} holds NaN or infinite values", file.display())));
     }
     Ok(t)
-}
-
-/// Whether the safetensors file names tensor `name` (read from its header only).
-fn tensors_has(file: &Path, name: &str) -> bool {
-    crate::weights::safetensors_names(file).is_ok_and(|names| names.iter().any(|n| n == name))
 }
 
 /// Saves per-layer matrices (e.g. the reference gradient) as f64 tensors named by layer, atomically.
