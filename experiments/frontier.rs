@@ -45,6 +45,9 @@ use quad_select::corpus::{CorpusConfig, CorpusReader};
 use quad_select::eval;
 use quad_select::select::SelectConfig;
 
+/// Selectors that take `NAME:KEY=V+KEY=V` (bandit keys changed from the defaults).
+const SWEEPABLE: [&str; 5] = ["ucb", "predicted", "dsir", "classifier", "perplexity"];
+
 /// Selectors at the middle budget and at the others (the grid).
 const FULL_SELECTORS: [&str; 7] = ["random", "uniform", "topk", "mix-0.25", "mix-0.5", "mix-0.75", "ucb"];
 const SMALL_SELECTORS: [&str; 4] = ["random", "topk", "mix-0.5", "ucb"];
@@ -70,6 +73,8 @@ pub struct Opts {
     pub readme: bool,
     /// The `quad` binary that runs the evaluations.
     pub quad: PathBuf,
+    /// External rankings evaluated beside the selectors: (name, path template).
+    pub external: Vec<(String, String)>,
 }
 
 /// Selection quality against the random/top-k frontier (see the module docs).
@@ -105,6 +110,14 @@ struct Args {
     /// Write the tables into experiments/README.md (default: for the full default run).
     #[arg(long)]
     readme: bool,
+    /// An external selector, NAME=PATH: a JSONL ranking of the selectable pool (one `{"id": …}`
+    /// a line, best first; ids not in the pool are refused), taken in order until the budget is
+    /// met in the proxy's tokens, as `quad select` meets it. `{reference}`, `{budget}` and
+    /// `{seed}` in PATH are replaced by the setting's (e.g. experiments/results/anchors/
+    /// dsir-{reference}-s{seed}.jsonl). A file PATH.seconds, if there, holds its wall time.
+    /// Repeat or comma-separate.
+    #[arg(long, value_delimiter = ',')]
+    external: Vec<String>,
 }
 
 fn parse() -> Result<Opts> {
@@ -114,6 +127,11 @@ fn parse() -> Result<Opts> {
     let (quick, refs, budgets, selectors, seeds, jobs, select_only, out, cache, config) =
         (a.quick, a.references, a.budgets, a.selectors, a.seeds, a.jobs as usize, a.select_only, a.out, a.cache, a.config);
     let readme = a.readme.then_some(true);
+    let external = a
+        .external
+        .iter()
+        .map(|e| e.split_once('=').map(|(n, p)| (n.to_string(), p.to_string())).with_context(|| format!("--external {e}: expected NAME=PATH")))
+        .collect::<Result<Vec<_>>>()?;
 
     let data = shared.join("data");
     let references = refs
@@ -147,6 +165,7 @@ fn parse() -> Result<Opts> {
         config,
         readme,
         quad: quad_binary(),
+        external,
     })
 }
 
@@ -154,6 +173,8 @@ fn parse() -> Result<Opts> {
 struct Selector {
     name: String,
     mix: Option<f64>,
+    /// The path template of an external ranking (`--external`).
+    external: Option<String>,
 }
 
 impl Selector {
@@ -162,11 +183,11 @@ impl Selector {
             "random" => Some(0.0),
             "topk" => Some(1.0),
             s if s.starts_with("mix-") => Some(s[4..].parse::<f64>().with_context(|| format!("selector {s}"))?),
-            "uniform" | "ucb" | "greedy" | "thompson" | "predicted" => None,
-            s if s.starts_with("ucb:") || s.starts_with("predicted:") => None,
+            "uniform" | "ucb" | "greedy" | "thompson" | "predicted" | "dsir" | "classifier" | "perplexity" => None,
+            s if SWEEPABLE.iter().any(|p| s.starts_with(&format!("{p}:"))) => None,
             s => bail!("unknown selector {s:?}"),
         };
-        Ok(Self { name: spec.to_string(), mix })
+        Ok(Self { name: spec.to_string(), mix, external: None })
     }
 
     /// The run's configuration: `base` with this selector's policy and the seed.
@@ -180,13 +201,16 @@ impl Selector {
             "greedy" => PolicyName::Greedy,
             "thompson" => PolicyName::Thompson,
             s if s == "predicted" || s.starts_with("predicted:") => PolicyName::Predicted,
+            s if s == "dsir" || s.starts_with("dsir:") => PolicyName::Dsir,
+            s if s == "classifier" || s.starts_with("classifier:") => PolicyName::Classifier,
+            s if s == "perplexity" || s.starts_with("perplexity:") => PolicyName::Perplexity,
             s if s.starts_with("mix-") => {
                 c.bandit.mix = self.mix.expect("parsed");
                 PolicyName::Mix
             }
             _ => PolicyName::Ucb,
         };
-        if let Some(keys) = self.name.strip_prefix("ucb:").or_else(|| self.name.strip_prefix("predicted:")) {
+        if let Some(keys) = SWEEPABLE.iter().find_map(|p| self.name.strip_prefix(&format!("{p}:"))) {
             // Keys as TOML: bandit keys by name (ucb:gamma=1.0+chunk=16), others by section
             // (ucb:cluster.k=64).
             let mut table = toml::Table::try_from(&c)?;
@@ -289,7 +313,13 @@ pub fn run(o: &Opts) -> Result<String> {
                 dir: o.out.join(format!("{name}-{}", budget_label(budget))),
                 target: dir.join(eval::REFERENCE_TARGET),
                 eval: dir.join(eval::REFERENCE_EVAL),
-                selectors: specs.iter().map(|s| Selector::parse(s)).collect::<Result<_>>()?,
+                selectors: specs
+                    .iter()
+                    .map(|s| Selector::parse(s))
+                    .chain(o.external.iter().map(|(name, path)| {
+                        Ok(Selector { name: name.clone(), mix: None, external: Some(path.clone()) })
+                    }))
+                    .collect::<Result<_>>()?,
             });
         }
     }
@@ -303,9 +333,19 @@ pub fn run(o: &Opts) -> Result<String> {
                 if s.dir.join(format!("{name}.json")).exists() {
                     continue;
                 }
-                let cfg = sel.config(&o.config, seed)?;
                 let run_dir = s.dir.join("runs").join(&name);
-                if !run_dir.join("manifest.json").exists() {
+                if let Some(template) = &sel.external {
+                    let path = template
+                        .replace("{reference}", &s.reference)
+                        .replace("{budget}", &s.budget.to_string())
+                        .replace("{seed}", &seed.to_string());
+                    if !run_dir.join("selected.jsonl").exists() {
+                        let whole = whole_pool(o, &split, &s.target)?;
+                        external_selection(Path::new(&path), &whole, s.budget, &run_dir)?;
+                    }
+                }
+                let cfg = sel.config(&o.config, seed)?;
+                if sel.external.is_none() && !run_dir.join("manifest.json").exists() {
                     eprintln!("select {}/{name}", s.dir.file_name().unwrap_or_default().to_string_lossy());
                     let started = std::time::Instant::now();
                     let pool = split.join(eval::SPLIT_POOL);
@@ -316,9 +356,9 @@ pub fn run(o: &Opts) -> Result<String> {
                 if !out.exists() {
                     let steps = if o.quick { 20 } else { eval::eval_params_for_budget(s.budget).steps };
                     let selection = run_dir.join("selected.jsonl");
-                    // `random` and `uniform` never see the reference: the same selection for every
+                    // `random`, `uniform` and `perplexity` never see the reference: the same selection for every
                     // reference, so one trained model is measured on each reference's half.
-                    let shared = matches!(cfg.bandit.policy, PolicyName::Random | PolicyName::Uniform).then(|| (sel.name.clone(), s.budget, seed));
+                    let shared = matches!(cfg.bandit.policy, PolicyName::Random | PolicyName::Uniform | PolicyName::Perplexity).then(|| (sel.name.clone(), s.budget, seed));
                     if let Some(j) = jobs.iter_mut().find(|j: &&mut EvalJob| shared.is_some() && j.shared == shared) {
                         if selection_ids(&j.selection)? == selection_ids(&selection)? {
                             j.targets.push((s.eval.clone(), out));
@@ -364,6 +404,71 @@ pub fn run(o: &Opts) -> Result<String> {
         summary.push_str(&format!("## {} at {} tokens\n\n{md}\n", s.reference, s.budget));
     }
     Ok(summary)
+}
+
+/// The whole selectable pool as `quad select` annotates it (each record with its cluster) and
+/// each document's tokens in the proxy's tokenizer: a `random` selection of every document,
+/// made once into `split/whole-pool/` (the cached clustering and proxy: no scoring).
+struct WholePool {
+    records: std::collections::HashMap<String, (String, usize)>,
+    clusters_csv: PathBuf,
+}
+
+fn whole_pool(o: &Opts, split: &Path, reference: &Path) -> Result<WholePool> {
+    let dir = split.join("whole-pool");
+    let tokens_file = dir.join("tokens.json");
+    if !tokens_file.exists() {
+        let pool = split.join(eval::SPLIT_POOL);
+        let (docs, _) = CorpusReader::read_all(&pool, CorpusConfig::default())?;
+        let mut cfg = o.config.clone();
+        cfg.bandit.policy = PolicyName::Random;
+        let selection = select_into(cfg, &pool, reference, Budget::Documents(docs.len()), &o.cache, &dir)?;
+        let tokens: BTreeMap<String, usize> = selection.documents.iter().map(|d| (d.id.clone(), d.tokens)).collect();
+        quad_select::atomic::write_string_atomic(&tokens_file, &serde_json::to_string(&tokens)?)?;
+    }
+    let tokens: BTreeMap<String, usize> = serde_json::from_str(&std::fs::read_to_string(&tokens_file)?)?;
+    let (docs, _) = CorpusReader::read_all(&dir.join("selected.jsonl"), CorpusConfig::default())?;
+    let records = docs
+        .into_iter()
+        .map(|d| {
+            let t = *tokens.get(&d.id).with_context(|| format!("{}: no token count", d.id))?;
+            Ok((d.id, (d.record, t)))
+        })
+        .collect::<Result<_>>()?;
+    Ok(WholePool { records, clusters_csv: dir.join("clusters.csv") })
+}
+
+/// An external ranking cut at the budget: its documents in order until their tokens meet
+/// `budget` (the last one taken meets it, as `quad select` does), written as `selected.jsonl`
+/// with the pool's records and clusters, beside the clustering's `clusters.csv`.
+fn external_selection(ranking: &Path, whole: &WholePool, budget: usize, run_dir: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(ranking).with_context(|| format!("external ranking {}", ranking.display()))?;
+    let mut out = String::new();
+    let (mut used, mut seen) = (0usize, std::collections::HashSet::new());
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        if used >= budget {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(line).with_context(|| format!("{}:{}", ranking.display(), i + 1))?;
+        let id = v["id"].as_str().map(str::to_string).or_else(|| v["id"].as_u64().map(|n| n.to_string()));
+        let id = id.with_context(|| format!("{}:{}: no \"id\"", ranking.display(), i + 1))?;
+        let (record, tokens) = whole.records.get(&id).with_context(|| format!("{}:{}: {id} is not in the selectable pool", ranking.display(), i + 1))?;
+        if !seen.insert(id.clone()) {
+            bail!("{}:{}: {id} twice", ranking.display(), i + 1);
+        }
+        used += tokens;
+        out.push_str(record.trim_end());
+        out.push('\n');
+    }
+    if used < budget {
+        bail!("{}: the ranking holds {used} tokens, short of the budget of {budget}", ranking.display());
+    }
+    std::fs::create_dir_all(run_dir)?;
+    std::fs::copy(&whole.clusters_csv, run_dir.join("clusters.csv"))?;
+    let seconds = std::fs::read_to_string(format!("{}.seconds", ranking.display())).unwrap_or_else(|_| "0".into());
+    std::fs::write(run_dir.join("select-seconds"), seconds.trim())?;
+    quad_select::atomic::write_string_atomic(&run_dir.join("selected.jsonl"), &out)?;
+    Ok(())
 }
 
 /// `quad eval run` for one job (the binary built beside this example).
@@ -471,7 +576,8 @@ fn collect_rows(s: &Setting, seeds: u64) -> Result<Vec<Row>> {
                 seed,
                 eval: serde_json::from_value(ev["eval"].clone())?,
                 selection: eval::selection_stats(&recs, k, "domain").map_err(anyhow::Error::msg)?,
-                scored_fraction: scored_fraction(&run_dir)?,
+                // An external ranking scored nothing with our proxy (it has no manifest).
+                scored_fraction: if sel.external.is_some() { 0.0 } else { scored_fraction(&run_dir)? },
                 select_seconds: std::fs::read_to_string(run_dir.join("select-seconds")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0.0),
             };
             quad_select::atomic::write_string_atomic(&path, &serde_json::to_string_pretty(&row)?)?;

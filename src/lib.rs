@@ -71,6 +71,7 @@ pub mod model;
 pub mod npy;
 pub mod path_io;
 pub mod select;
+pub mod signals;
 pub mod weights;
 
 pub use model::tune_allocator;

@@ -53,6 +53,16 @@ fn planted(means: Vec<f64>, cluster: Vec<usize>, noise: f64) -> impl FnMut(&[usi
     }
 }
 
+/// A bandit for any policy: a signal policy gets a seeded signal (one value per document).
+fn signalled(params: BanditParams, prob: Problem) -> Bandit {
+    let signal = params.policy.signal().map(|_| (0..prob.tokens.len()).map(|d| ((d * 7919) % 101) as f64 / 10.0).collect());
+    let bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
+    match signal {
+        Some(v) => bandit.with_signal(v).unwrap(),
+        None => bandit,
+    }
+}
+
 fn policy_strategy() -> impl Strategy<Value = PolicyName> {
     prop::sample::select(PolicyName::ALL.to_vec())
 }
@@ -89,7 +99,7 @@ proptest! {
         };
         let n = prob.tokens.len();
         let tokens = prob.tokens.clone();
-        let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
+        let mut bandit = signalled(params, prob);
         let mut rounds = 0;
         loop {
             let unavailable: HashSet<usize> = bandit.state().arms.iter().enumerate()
@@ -155,7 +165,7 @@ proptest! {
             let means: Vec<f64> = (0..sizes.len()).map(|c| (c as f64).cos()).collect();
             let mut scorer = planted(means, prob.cluster.clone(), 0.8);
             let params = BanditParams { policy, seed, calibration: 8, ..Default::default() };
-            let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap();
+            let mut bandit = signalled(params, prob);
             bandit.run(&mut scorer, |_, _| true).unwrap();
             bandit.into_state()
         };
@@ -172,7 +182,7 @@ proptest! {
         let picks = |policy: PolicyName, alpha: f64| {
             let mut scorer = planted(means.clone(), prob.cluster.clone(), 0.5);
             let params = BanditParams { policy, alpha, seed, calibration: 0, gamma: Some(-2.0), explore_first: false, allocation: AllocationName::Threshold, ..Default::default() };
-            let mut bandit = Bandit::new(params.check().unwrap(), prob.clone()).unwrap();
+            let mut bandit = signalled(params, prob.clone());
             let mut out = Vec::new();
             loop {
                 let before = bandit.state().clone();
@@ -665,4 +675,68 @@ fn a_calibration_sample_of_equal_scores_is_an_error() {
         }
     };
     assert!(e.contains("all equal"), "{e}");
+}
+
+/// The signal policies (`dsir`, `classifier`, `perplexity`): without β the highest signals
+/// first until the budget is met, as `topk` meets it; nothing scored.
+#[test]
+fn a_signal_policy_without_beta_takes_the_highest_signals_first() {
+    for policy in [PolicyName::Classifier, PolicyName::Perplexity] {
+        let prob = problem(&[30, 20, 10], Budget::Tokens(300), 4);
+        let n = prob.tokens.len();
+        let signal: Vec<f64> = (0..n).map(|d| ((d * 37) % n) as f64).collect();
+        let tokens = prob.tokens.clone();
+        let params = BanditParams { policy, ..Default::default() };
+        let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap().with_signal(signal.clone()).unwrap();
+        let mut never = |_: &[usize]| -> Result<Vec<f64>, String> { panic!("a signal policy scores nothing") };
+        bandit.run(&mut never, |_, _| true).unwrap();
+        let st = bandit.state();
+        let docs: Vec<usize> = st.selected.iter().map(|s| s.doc).collect();
+        let mut ranked: Vec<usize> = (0..n).collect();
+        ranked.sort_by(|&a, &b| signal[b].total_cmp(&signal[a]));
+        assert_eq!(docs, ranked[..docs.len()]);
+        // The budget is met by the last document taken, not before.
+        let used: usize = docs.iter().map(|&d| tokens[d]).sum();
+        assert!(used >= 300 && used - tokens[*docs.last().unwrap()] < 300);
+        assert_eq!((st.documents_scored, st.stop.clone()), (0, Some(StopReason::BudgetMet)));
+    }
+}
+
+/// With β, documents are drawn without replacement with probability ∝ exp(β · s): the first
+/// document taken, over many seeds, follows that law (signals 0, ln 2, ln 4 at β = 1: 1/7, 2/7,
+/// 4/7; at β = 2: 1/21, 4/21, 16/21).
+#[test]
+fn a_signal_policy_with_beta_draws_in_proportion_to_exp_beta_signal() {
+    for (beta, expect) in [(1.0, [1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0]), (2.0, [1.0 / 21.0, 4.0 / 21.0, 16.0 / 21.0])] {
+        let mut first = [0usize; 3];
+        let draws = 4000;
+        for seed in 0..draws {
+            let prob = problem(&[3], Budget::Documents(1), 0);
+            let params = BanditParams { policy: PolicyName::Dsir, beta: Some(beta), seed, ..Default::default() };
+            let signal = vec![0.0, 2f64.ln(), 4f64.ln()];
+            let mut bandit = Bandit::new(params.check().unwrap(), prob).unwrap().with_signal(signal).unwrap();
+            bandit.run(&mut |_: &[usize]| -> Result<Vec<f64>, String> { unreachable!() }, |_, _| true).unwrap();
+            first[bandit.state().selected[0].doc] += 1;
+        }
+        for d in 0..3 {
+            let p = first[d] as f64 / draws as f64;
+            // 4 binomial SDs at 4,000 draws.
+            let sd = (expect[d] * (1.0 - expect[d]) / draws as f64).sqrt();
+            assert!((p - expect[d]).abs() < 4.0 * sd, "β {beta}, doc {d}: {p} vs {}", expect[d]);
+        }
+    }
+}
+
+#[test]
+fn a_signal_policy_refuses_a_missing_or_bad_signal() {
+    let prob = || problem(&[5, 5], Budget::Documents(3), 1);
+    let params = || BanditParams { policy: PolicyName::Dsir, ..Default::default() }.check().unwrap();
+    let mut bandit = Bandit::new(params(), prob()).unwrap();
+    let e = bandit.run(&mut |_: &[usize]| -> Result<Vec<f64>, String> { unreachable!() }, |_, _| true).unwrap_err();
+    assert!(e.to_string().contains("dsir signal"), "{e}");
+    assert!(Bandit::new(params(), prob()).unwrap().with_signal(vec![0.0; 9]).is_err());
+    let mut nan = vec![0.0; 10];
+    nan[4] = f64::NAN;
+    let e = Bandit::new(params(), prob()).unwrap().with_signal(nan).err().unwrap();
+    assert!(e.to_string().contains("document 4"), "{e}");
 }

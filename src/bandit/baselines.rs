@@ -2,9 +2,12 @@
 //! documents each, no scoring: pure diversity), `random` (documents in the pool's seeded random
 //! order: no clusters, no scoring), `topk` (score everything, take the best: pure quality) and
 //! `mix` (a fraction of the budget from `topk`, the rest at random, no document twice: the
-//! quality/diversity frontier that can be had without clusters).
+//! quality/diversity frontier that can be had without clusters), and the signal policies (the
+//! whole pool by a per-document signal, [`crate::signals`]).
 
 use std::fmt;
+
+use rand::Rng;
 
 use super::state::ArmPick;
 use super::{Bandit, BanditError};
@@ -78,5 +81,34 @@ impl Bandit {
         let mut picks = self.round_topk(scorer, part)?;
         picks.extend(self.round_random(usize::MAX));
         Ok(picks)
+    }
+
+    /// Every document by its signal s_d, best first: with β, the Gumbel top-k of `β · s_d`
+    /// (`key_d = β · s_d − ln(−ln U_d)`, U_d seeded uniform), which draws documents without
+    /// replacement with probability ∝ exp(β · s_d) (Kool et al., ICML 2019, "Stochastic beams and
+    /// where to find them"); without β, the signal itself. Ties go to the lower index.
+    pub(super) fn round_signal(&mut self, signal: crate::signals::Signal, beta: Option<f64>) -> Result<Vec<ArmPick>, BanditError> {
+        let values = self
+            .signal
+            .as_ref()
+            .ok_or_else(|| BanditError::Problem(format!("the {signal} policy needs every document's {signal} signal")))?;
+        let keys: Vec<f64> = match beta {
+            Some(beta) => {
+                let mut rng = self.rng();
+                values
+                    .iter()
+                    .map(|&s| {
+                        // U in (0, 1), both ends out: −ln(−ln U) stays finite.
+                        let u: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+                        beta * s - (-u.ln()).ln()
+                    })
+                    .collect()
+            }
+            None => values.clone(),
+        };
+        let mut order: Vec<usize> = (0..keys.len()).filter(|&d| !self.state.taken[d]).collect();
+        order.sort_by(|&a, &b| keys[b].total_cmp(&keys[a]).then(a.cmp(&b)));
+        let accepted = self.take_in_order(order, None, usize::MAX);
+        Ok(vec![whole_pool(0, accepted)])
     }
 }

@@ -32,7 +32,8 @@
 //! fraction of the budget from `topk`, the rest at random: the frontier that can be had without
 //! clusters); and `predicted` ([`tilted`]: a uniform sample of the allowance scored, then the
 //! document-level tilt with a learned estimate, [`estimate`]: Quad without the bandit's choice of
-//! what to score).
+//! what to score); and the signal policies `dsir`, `classifier`, `perplexity` ([`baselines`]: the
+//! whole pool by a signal given with [`Bandit::with_signal`], no scoring).
 //!
 //! Parameters are written flat ([`BanditParams`], the TOML's `[bandit]`) and checked once into a
 //! [`ValidBanditParams`] whose [`Policy`] carries what each rule reads ([`params`]). The state is
@@ -92,6 +93,8 @@ pub struct Bandit {
     /// Every document's estimated z once scoring is over (estimators other than the cluster
     /// mean); derived from the state, so a resumed run computes the same.
     doc_estimates: Option<Vec<f64>>,
+    /// Every document's signal (the signal policies: [`crate::signals`]).
+    signal: Option<Vec<f64>>,
 }
 
 /// One cluster's even share of the budget, in documents: ⌈budget in documents / k⌉, at least 4
@@ -190,6 +193,7 @@ impl Bandit {
             state,
             features: None,
             doc_estimates: None,
+            signal: None,
         }
     }
 
@@ -204,6 +208,19 @@ impl Bandit {
             )));
         }
         self.features = Some(features);
+        Ok(self)
+    }
+
+    /// Gives the bandit every document's signal (row d: document d), which the signal policies
+    /// take documents by: one finite value per document.
+    pub fn with_signal(mut self, values: Vec<f64>) -> Result<Self, BanditError> {
+        if values.len() != self.problem.tokens.len() {
+            return Err(BanditError::Problem(format!("{} signal values for {} documents", values.len(), self.problem.tokens.len())));
+        }
+        if let Some(d) = values.iter().position(|v| !v.is_finite()) {
+            return Err(BanditError::Problem(format!("the signal of document {d} is {}", values[d])));
+        }
+        self.signal = Some(values);
         Ok(self)
     }
 
@@ -265,6 +282,7 @@ impl Bandit {
             Policy::Topk => Some(self.round_topk(scorer, self.problem.budget.limit())?),
             Policy::Mix { fraction } => Some(self.round_mix(scorer, fraction)?),
             Policy::Predicted { temperature } => self.round_predicted(scorer, temperature)?,
+            Policy::Signal { signal, beta } => Some(self.round_signal(signal, beta)?),
             Policy::Arms { explore_first, allocation, .. } => self.round_arms(scorer, explore_first, allocation)?,
         };
         let Some(picks) = picks else {

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::estimate::Estimator;
+use crate::signals::Signal;
 use super::BanditError;
 
 /// A policy's name as written (`policy = "ucb"`, `--policy ucb`).
@@ -39,10 +40,18 @@ pub enum PolicyName {
     /// take by the same document-level tilt at the same T. Quad without the bandit's choice of
     /// what to score.
     Predicted,
+    /// DSIR: importance resampling by hashed n-gram log weights, reference against pool
+    /// ([`crate::signals::dsir`]); no clusters, no scoring.
+    Dsir,
+    /// A logistic-regression quality classifier on hashed n-grams, reference against a pool
+    /// sample ([`crate::signals::logistic`]), documents by logit, highest first.
+    Classifier,
+    /// The proxy's mean token loss of each document, lowest first (a forward pass each).
+    Perplexity,
 }
 
 impl PolicyName {
-    pub const ALL: [PolicyName; 9] = [
+    pub const ALL: [PolicyName; 12] = [
         PolicyName::Ucb,
         PolicyName::Thompson,
         PolicyName::EpsilonGreedy,
@@ -52,6 +61,9 @@ impl PolicyName {
         PolicyName::Topk,
         PolicyName::Mix,
         PolicyName::Predicted,
+        PolicyName::Dsir,
+        PolicyName::Classifier,
+        PolicyName::Perplexity,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,12 +77,25 @@ impl PolicyName {
             PolicyName::Topk => "topk",
             PolicyName::Mix => "mix",
             PolicyName::Predicted => "predicted",
+            PolicyName::Dsir => "dsir",
+            PolicyName::Classifier => "classifier",
+            PolicyName::Perplexity => "perplexity",
         }
     }
 
     /// Whether the policy needs influence scores.
     pub fn scores(self) -> bool {
-        !matches!(self, PolicyName::Uniform | PolicyName::Random)
+        !matches!(self, PolicyName::Uniform | PolicyName::Random) && self.signal().is_none()
+    }
+
+    /// The signal a signal policy takes documents by.
+    pub fn signal(self) -> Option<Signal> {
+        match self {
+            PolicyName::Dsir => Some(Signal::Dsir),
+            PolicyName::Classifier => Some(Signal::Classifier),
+            PolicyName::Perplexity => Some(Signal::Perplexity),
+            _ => None,
+        }
     }
 }
 
@@ -147,6 +172,12 @@ pub struct BanditParams {
     /// ([`Estimator`]); the cluster mean needs no embeddings.
     #[serde(skip_serializing_if = "Estimator::is_cluster_mean")]
     pub estimator: Estimator,
+    /// β of the signal policies: documents drawn without replacement with probability
+    /// ∝ exp(β · signal) (for `dsir`, ∝ w^β), by Gumbel top-k. None: the policy's own rule —
+    /// `dsir` β = 1 (the paper's importance resampling), `classifier` and `perplexity` the
+    /// highest signal first (β → ∞).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
     pub seed: u64,
 }
 
@@ -169,6 +200,7 @@ impl Default for BanditParams {
             allowance: None,
             mix: 0.5,
             estimator: Estimator::ClusterMean,
+            beta: None,
             seed: 0,
         }
     }
@@ -208,6 +240,9 @@ pub enum Policy {
     Topk,
     Mix { fraction: f64 },
     Predicted { temperature: f64 },
+    /// Documents by a per-document signal ([`crate::signals`]): drawn ∝ exp(β · signal) without
+    /// replacement (Gumbel top-k), or highest first when `beta` is None.
+    Signal { signal: Signal, beta: Option<f64> },
 }
 
 /// Bandit parameters that passed [`BanditParams::check`]: what [`super::Bandit::new`] takes.
@@ -294,6 +329,11 @@ impl BanditParams {
             PolicyName::Topk => Policy::Topk,
             PolicyName::Mix => Policy::Mix { fraction: self.mix },
             PolicyName::Predicted => Policy::Predicted { temperature },
+            PolicyName::Dsir => Policy::Signal { signal: Signal::Dsir, beta: Some(self.beta.unwrap_or(1.0)) },
+            PolicyName::Classifier | PolicyName::Perplexity => Policy::Signal {
+                signal: self.policy.signal().expect("a signal policy"),
+                beta: self.beta,
+            },
         }
     }
 
@@ -332,6 +372,14 @@ impl BanditParams {
                 "allowance = {a} is below calibration = {}: the documents scored up front to standardise scores count against the allowance (lower calibration too)",
                 self.calibration
             )));
+        }
+        if let Some(b) = self.beta {
+            if self.policy.signal().is_none() {
+                return bad("beta applies to the signal policies (dsir, classifier, perplexity)");
+            }
+            if !(b > 0.0 && b.is_finite()) {
+                return bad("beta must be a finite number > 0");
+            }
         }
         if let Estimator::Knn { k: 0 } | Estimator::Mlp { hidden: 0, .. } = self.estimator {
             return bad("estimator: knn's k and mlp's hidden must be positive");
@@ -386,6 +434,19 @@ mod tests {
         );
         assert_eq!(p(PolicyName::Mix, AllocationName::TiltedDocuments), Policy::Mix { fraction: 0.5 });
         assert_eq!(p(PolicyName::Predicted, AllocationName::Tilted), Policy::Predicted { temperature: 0.5 });
+        assert_eq!(p(PolicyName::Dsir, AllocationName::Tilted), Policy::Signal { signal: Signal::Dsir, beta: Some(1.0) });
+        assert_eq!(
+            p(PolicyName::Perplexity, AllocationName::Tilted),
+            Policy::Signal { signal: Signal::Perplexity, beta: None }
+        );
+        let beta = |policy, beta| BanditParams { policy, beta, ..Default::default() }.check().map(|v| v.policy);
+        assert_eq!(
+            beta(PolicyName::Classifier, Some(2.0)).unwrap(),
+            Policy::Signal { signal: Signal::Classifier, beta: Some(2.0) }
+        );
+        assert!(beta(PolicyName::Ucb, Some(2.0)).is_err(), "beta where it means nothing");
+        assert!(beta(PolicyName::Dsir, Some(0.0)).is_err() && beta(PolicyName::Dsir, Some(f64::INFINITY)).is_err());
+        assert!(!PolicyName::Dsir.scores() && !PolicyName::Perplexity.scores() && PolicyName::Predicted.scores());
         for name in PolicyName::ALL {
             assert_eq!(name.to_string().parse::<PolicyName>(), Ok(name));
         }

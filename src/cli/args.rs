@@ -315,7 +315,8 @@ pub struct SelectArgs {
     /// Number of clusters, or "auto": 2^round(log2 √(n/16)), 32 for 18k documents, 256 for 1M.
     #[arg(long)]
     pub k: Option<ClusterCount>,
-    /// ucb, thompson, epsilon-greedy, greedy, uniform, random, topk, mix or predicted.
+    /// ucb, thompson, epsilon-greedy, greedy, uniform, random, topk, mix, predicted, or a
+    /// practitioner's baseline: dsir, classifier, perplexity.
     #[arg(long)]
     pub policy: Option<crate::bandit::PolicyName>,
     /// α: exploration weight of the Cluster Score.
@@ -331,6 +332,10 @@ pub struct SelectArgs {
     /// "The temperature".
     #[arg(long, conflicts_with = "gamma", allow_negative_numbers = true)]
     pub temperature: Option<f64>,
+    /// β of dsir, classifier and perplexity: documents drawn ∝ exp(β · signal) without
+    /// replacement (dsir: ∝ w^β). Unset: dsir β = 1, the others highest signal first.
+    #[arg(long)]
+    pub beta: Option<f64>,
     /// τ: neighbour radius (centroid cosine distance).
     #[arg(long)]
     pub tau: Option<f64>,
@@ -383,6 +388,9 @@ impl SelectArgs {
         }
         if let Some(t) = self.temperature {
             c.bandit = c.bandit.with_temperature(t)?;
+        }
+        if self.beta.is_some() {
+            c.bandit.beta = self.beta;
         }
         set!(self.tau, c.bandit.tau);
         set!(self.arms_per_round, c.bandit.arms_per_round);

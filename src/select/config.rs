@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::SelectError;
 use crate::bandit::{BanditParams, ValidBanditParams};
+use crate::signals::{SignalsConfig, ValidSignalsConfig};
 use crate::cluster::{KMeansParams, ValidKMeansParams};
 use crate::corpus::CorpusConfig;
 use crate::embed::HashingEmbedder;
@@ -180,6 +181,10 @@ pub struct SelectConfig {
     pub factors: FactorsConfig,
     pub influence: InfluenceConfig,
     pub bandit: BanditParams,
+    /// The signal policies' features and classifier sample (`[signals]`; left out of the
+    /// serialised form, and so of keys and checkpoints, at its defaults).
+    #[serde(skip_serializing_if = "SignalsConfig::is_default")]
+    pub signals: SignalsConfig,
 }
 
 impl Default for SelectConfig {
@@ -196,6 +201,7 @@ impl Default for SelectConfig {
             factors: FactorsConfig::default(),
             influence: InfluenceConfig::default(),
             bandit: BanditParams::default(),
+            signals: SignalsConfig::default(),
         }
     }
 }
@@ -213,6 +219,7 @@ pub struct ValidSelectConfig {
     pub factors: FactorArguments,
     pub scoring: ScoreArguments,
     pub bandit: ValidBanditParams,
+    pub signals: ValidSignalsConfig,
 }
 
 /// `0` in a config means "the whole document".
@@ -230,6 +237,7 @@ impl SelectConfig {
     /// Checks every setting once and parses the config into the stages' arguments.
     pub fn check(self) -> Result<ValidSelectConfig, SelectError> {
         let bandit = self.bandit.clone().check()?;
+        let signals = self.signals.check().map_err(|e| SelectError::Config(e.to_string()))?;
         let kmeans = self.cluster.clone().check()?;
         self.proxy.train.validate()?;
         if self.factors.fit_docs == 0 || self.factors.context < 2 || self.influence.batch == 0 {
@@ -265,6 +273,7 @@ impl SelectConfig {
             factors,
             scoring,
             bandit,
+            signals,
         })
     }
 }

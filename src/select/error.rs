@@ -18,6 +18,8 @@ pub enum SelectError {
     #[error(transparent)]
     Bandit(#[from] BanditError),
     #[error(transparent)]
+    Signal(#[from] crate::signals::SignalError),
+    #[error(transparent)]
     Io(#[from] crate::path_io::PathIoError),
     #[error(transparent)]
     Overlap(#[from] crate::path_io::OverlapError),

@@ -64,6 +64,24 @@ pub fn scores(cfg: &ValidSelectConfig, ref_key: &str, factors_key: &str) -> Stri
     key_of(&with_batch(cfg, json!(["scores", ref_key, factors_key, i.strategy, i.damping_rel, i.max_tokens])))
 }
 
+/// A signal policy's values: the signal, its settings, the pool as read and tokenized (the
+/// eligible documents: the proxy's tokenizer) and the reference. Stands in for the score key in
+/// [`run`] (signal policies score nothing).
+pub fn signal(cfg: &ValidSelectConfig, signal: crate::signals::Signal, (corpus_key, proxy_sha, ref_sha): (&str, &str, &str)) -> String {
+    let mut parts = json!(["signal", signal, cfg.raw.signals, corpus_key, proxy_sha]);
+    // Perplexity reads the pool and the proxy only; a new reference must not invalidate it.
+    if signal != crate::signals::Signal::Perplexity {
+        parts.as_array_mut().expect("an array").push(json!([ref_sha, cfg.reference.text_field]));
+    }
+    key_of(&parts)
+}
+
+/// The proxy's mean token loss of each document (`losses-KEY.jsonl`, by document id): the proxy,
+/// the tokens read ([`crate::influence::encode_for_scoring`] with `max_tokens`) and the window.
+pub fn losses(cfg: &ValidSelectConfig, proxy_sha: &str) -> String {
+    key_of(&with_batch(cfg, json!(["losses", proxy_sha, cfg.raw.influence.max_tokens, cfg.raw.factors.context])))
+}
+
 /// A bandit run: the clustering, the proxy, the scores, the bandit's settings, the budget and the
 /// documents too short to score.
 pub fn run(

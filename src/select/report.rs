@@ -133,6 +133,10 @@ pub struct Manifest {
     /// Scoring inside this run (none when nothing was scored here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scoring: Option<ScoringThroughput>,
+    /// The signal a signal policy took documents by: what computing it read and took
+    /// (forward-passed tokens for perplexity) and the classifier's fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<crate::signals::SignalReport>,
 }
 
 impl Manifest {
@@ -317,6 +321,7 @@ pub(super) struct RunInputs<'a> {
     /// Predicted tokens scoring reads of each selectable document.
     pub scoring_tokens: &'a [usize],
     pub scoring: Option<ScoringThroughput>,
+    pub signal: Option<crate::signals::SignalReport>,
 }
 
 /// The selected documents of a finished bandit run, their records read back from the pool.
@@ -416,6 +421,7 @@ pub(super) fn assemble(
         calibration: state.calibration.map(|(median, std)| Calibration { median, std }),
         stages: timings,
         scoring: inputs.scoring,
+        signal: inputs.signal.clone(),
     };
     Selection {
         documents,

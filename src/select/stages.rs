@@ -83,8 +83,10 @@ pub(super) fn run(
     let proxy = load_proxy(cfg, &inputs, &mut cache, observer)?;
     let tokens = tokenize(&proxy, &inputs.pool, &mut cache, observer)?;
     let influence = reference_ihvp(cfg, &inputs, &proxy, &tokens, &mut cache, observer)?;
+    let signal = signal_values(cfg, &inputs, &proxy, &tokens, &selector.cache, &mut cache, observer)?;
     let started = StageClock::start();
-    let run_key = keys::run(cfg, (&clusters.key, &proxy.sha, &influence.score_key), budget, tokens.too_short);
+    let value_key = signal.as_ref().map_or(&influence.score_key, |s| &s.key);
+    let run_key = keys::run(cfg, (&clusters.key, &proxy.sha, value_key), budget, tokens.too_short);
     let problem = Problem {
         cluster: tokens.eligible.iter().map(|&i| clusters.assignment[i]).collect(),
         tokens: tokens.eligible.iter().map(|&i| tokens.counts[i] as usize).collect(),
@@ -108,7 +110,8 @@ pub(super) fn run(
         inner: clusters.embeddings,
         index: tokens.eligible.clone(),
     });
-    let state = run_bandit(selector, problem, features, (&request, &run_key), &mut scorer, observer)?;
+    let (signal_values, signal_report) = signal.map(|s| (s.values, s.report)).unzip();
+    let state = run_bandit(selector, problem, (features, signal_values), (&request, &run_key), &mut scorer, observer)?;
     let scoring = scorer.throughput();
     let cap = cfg.scoring.max_tokens.unwrap_or(usize::MAX);
     let scoring_tokens: Vec<usize> = doc_tokens.iter().map(|&t| t.saturating_sub(1).min(cap)).collect();
@@ -139,6 +142,7 @@ pub(super) fn run(
         tokens: &doc_tokens,
         scoring_tokens: &scoring_tokens,
         scoring,
+        signal: signal_report,
     };
     Ok(report::assemble(&cfg.raw, budget, documents, inputs.pool.len(), tokens.eligible.len(), state, &run, cache.timings))
 }
@@ -597,6 +601,124 @@ fn reference_ihvp(
     Ok(result)
 }
 
+/// A signal policy's values, one per eligible document, and what computing them took.
+struct SignalValues {
+    values: Vec<f64>,
+    report: crate::signals::SignalReport,
+    key: String,
+}
+
+/// The signal of a signal policy ([`crate::signals`]), for the eligible documents: DSIR's log
+/// weights or the classifier's logits (computed here: seconds), or minus the proxy's mean token
+/// loss (forward passes, kept by document id in `losses-KEY.jsonl`, so another budget or
+/// reference reuses them).
+fn signal_values(
+    cfg: &ValidSelectConfig,
+    inputs: &Inputs,
+    proxy: &Proxy,
+    tokens: &Tokens,
+    cache_dir: &Path,
+    cache: &mut StageCache,
+    observer: &mut dyn Observer,
+) -> Result<Option<SignalValues>, SelectError> {
+    use crate::signals::{self, Signal};
+    let Some(signal) = cfg.raw.bandit.policy.signal() else {
+        return Ok(None);
+    };
+    let key = keys::signal(cfg, signal, (&inputs.corpus_key, &proxy.sha, &inputs.ref_sha));
+    let started = StageClock::start();
+    let label = format!("signal ({signal})");
+    let _ = observer.event(Event::Stage { name: &label, cached: false });
+    let n = tokens.eligible.len();
+    let read = |idx: &[usize]| -> Result<Vec<String>, SelectError> {
+        let picked: Vec<usize> = idx.iter().map(|&i| tokens.eligible[i]).collect();
+        Ok(inputs.pool.documents(&picked)?.into_iter().map(|d| d.text).collect())
+    };
+    let reference: Vec<String> = inputs.ref_docs.iter().map(|d| d.text.clone()).collect();
+    let (values, report) = match signal {
+        Signal::Dsir => signals::dsir_weights(&cfg.signals, n, &reference, read)?,
+        Signal::Classifier => signals::classifier_logits(&cfg.signals, n, &reference, cfg.bandit.seed, read)?,
+        Signal::Perplexity => {
+            let path = cache_dir.join(format!("losses-{}.jsonl", keys::losses(cfg, &proxy.sha)));
+            proxy_losses(cfg, inputs, proxy, tokens, &path, observer)?
+        }
+    };
+    cache.finish(observer, "signal", started, report.cached, &key)?;
+    Ok(Some(SignalValues { values, report, key }))
+}
+
+/// Minus the proxy's mean next-token loss of each eligible document (its first `max_tokens`),
+/// from `path` where a finite, non-negative loss is kept for its id, else by a forward pass
+/// (saved there at once). Runs here, never on a scoring executor (which scores influence).
+fn proxy_losses(
+    cfg: &ValidSelectConfig,
+    inputs: &Inputs,
+    proxy: &Proxy,
+    tokens: &Tokens,
+    path: &Path,
+    observer: &mut dyn Observer,
+) -> Result<(Vec<f64>, crate::signals::SignalReport), SelectError> {
+    use rayon::prelude::*;
+    let clock = std::time::Instant::now();
+    let mut kept = ScoreCache::open(path)?;
+    let ids = inputs.pool.ids();
+    let n = tokens.eligible.len();
+    let mut out = vec![0.0; n];
+    let mut todo = Vec::new();
+    for (d, &i) in tokens.eligible.iter().enumerate() {
+        match kept.get(&ids[i]).filter(|l| l.is_finite() && *l >= 0.0) {
+            Some(l) => out[d] = -l,
+            None => todo.push(d),
+        }
+    }
+    let opts = cfg.factors.gradient_options();
+    let loaded = &proxy.loaded;
+    let mut forward_tokens = 0;
+    for (piece, ds) in todo.chunks(256).enumerate() {
+        let picked: Vec<usize> = ds.iter().map(|&d| tokens.eligible[d]).collect();
+        let docs = inputs.pool.documents(&picked)?;
+        let encoded = docs
+            .iter()
+            .map(|d| influence::encode_for_scoring(loaded, &d.id, &d.text, cfg.scoring.max_tokens))
+            .collect::<Result<Vec<_>, _>>()?;
+        forward_tokens += encoded.iter().map(|e| e.len()).sum::<usize>();
+        let plan = influence::plan_batches(&encoded, opts.batch);
+        let results = plan
+            .par_iter()
+            .map(|b| {
+                let batch: Vec<Vec<u32>> = b.iter().map(|&k| encoded[k].clone()).collect();
+                loaded.model.doc_losses(&batch, opts.context)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SelectError::Model(model::ModelError::from(e)))?;
+        for (k, loss) in influence::scatter(&plan, results, encoded.len()).into_iter().enumerate() {
+            let loss = loss.ok_or_else(|| SelectError::Config(format!("{}: no tokens to take a loss over", docs[k].id)))?;
+            if !(loss.is_finite() && loss >= 0.0) {
+                return Err(SelectError::Config(format!(
+                    "{}: the proxy's loss is {loss}: its weights or config do not give finite values",
+                    docs[k].id
+                )));
+            }
+            out[ds[k]] = -loss;
+            kept.put(&docs[k].id, loss);
+        }
+        kept.flush()?;
+        let done = ((piece + 1) * 256).min(todo.len()) as u64;
+        if observer.event(Event::Progress { done, total: todo.len() as u64 }).is_break() {
+            return Err(SelectError::stopped());
+        }
+    }
+    let report = crate::signals::SignalReport {
+        signal: crate::signals::Signal::Perplexity,
+        documents: n,
+        forward_tokens,
+        seconds: clock.elapsed().as_secs_f64(),
+        cached: todo.is_empty(),
+        classifier: None,
+    };
+    Ok((out, report))
+}
+
 /// An influence error as a selection error: a stop asked for by the observer is the run's
 /// [`SelectError::stopped`].
 fn stopped_or(e: influence::InfluenceError) -> SelectError {
@@ -690,7 +812,7 @@ impl Scorer<'_> {
 fn run_bandit(
     selector: &Selector,
     problem: Problem,
-    features: Box<dyn crate::bandit::FeatureRows>,
+    (features, signal): (Box<dyn crate::bandit::FeatureRows>, Option<Vec<f64>>),
     (request, run_key): (&serde_json::Value, &str),
     scorer: &mut Scorer<'_>,
     observer: &mut dyn Observer,
@@ -715,6 +837,9 @@ fn run_bandit(
             Bandit::new(params, problem)?.with_features(features)?
         }
     };
+    if let Some(values) = signal {
+        bandit = bandit.with_signal(values)?;
+    }
     let policy = format!("select ({})", selector.config.raw.bandit.policy);
     let _ = observer.event(Event::Stage {
         name: &policy,
