@@ -42,6 +42,7 @@ fn quick_frontier_runs_end_to_end() {
         config: quad_select::select::SelectConfig::from_toml_file(&common::repo().join("experiments/compare-quick.toml")).unwrap(),
         readme: false,
         quad: env!("CARGO_BIN_EXE_quad").into(),
+        external: Vec::new(),
     };
     let md = frontier::run(&opts).unwrap();
     eprintln!("{md}");
