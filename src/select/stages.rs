@@ -682,16 +682,15 @@ fn proxy_losses(
             .map(|d| influence::encode_for_scoring(loaded, &d.id, &d.text, cfg.scoring.max_tokens))
             .collect::<Result<Vec<_>, _>>()?;
         forward_tokens += encoded.iter().map(|e| e.len()).sum::<usize>();
-        let plan = influence::plan_batches(&encoded, opts.batch);
-        let results = plan
-            .par_iter()
-            .map(|b| {
-                let batch: Vec<Vec<u32>> = b.iter().map(|&k| encoded[k].clone()).collect();
-                loaded.model.doc_losses(&batch, opts.context)
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SelectError::Model(model::ModelError::from(e)))?;
-        for (k, loss) in influence::scatter(&plan, results, encoded.len()).into_iter().enumerate() {
+        // Batches of similar length, as scoring plans them, each one forward pass.
+        let losses = influence::run_planned(&encoded, opts.batch, |batches| {
+            batches
+                .par_iter()
+                .map(|b| loaded.model.doc_losses(b, opts.context))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| SelectError::Model(model::ModelError::from(e)))
+        })?;
+        for (k, loss) in losses.into_iter().enumerate() {
             let loss = loss.ok_or_else(|| SelectError::Config(format!("{}: no tokens to take a loss over", docs[k].id)))?;
             if !(loss.is_finite() && loss >= 0.0) {
                 return Err(SelectError::Config(format!(

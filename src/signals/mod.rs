@@ -58,11 +58,6 @@ impl Signal {
             Signal::Perplexity => "perplexity",
         }
     }
-
-    /// Whether the signal reads the proxy model (a forward pass per document).
-    pub fn needs_model(self) -> bool {
-        self == Signal::Perplexity
-    }
 }
 
 impl fmt::Display for Signal {
@@ -172,6 +167,29 @@ fn for_each_counts<E: fmt::Display>(
     Ok(())
 }
 
+/// `value(counts)` of each of the pool's `n` documents, in order (one pass over the pool).
+fn map_counts<E: fmt::Display>(
+    n: usize,
+    ngrams: HashedNgrams,
+    read: &mut impl FnMut(&[usize]) -> Result<Vec<String>, E>,
+    value: impl Fn(&ngrams::Counts) -> f64,
+) -> Result<Vec<f64>, SignalError> {
+    let mut out = vec![0.0; n];
+    for_each_counts(n, ngrams, read, |first, counts| {
+        for (k, c) in counts.iter().enumerate() {
+            out[first + k] = value(c);
+        }
+    })?;
+    Ok(out)
+}
+
+impl SignalReport {
+    /// The report of an n-gram signal (no forward passes, no cache) over `documents`.
+    fn ngram(signal: Signal, documents: usize, clock: Instant, classifier: Option<ClassifierFit>) -> Self {
+        Self { signal, documents, forward_tokens: 0, seconds: clock.elapsed().as_secs_f64(), cached: false, classifier }
+    }
+}
+
 /// Dense bucket totals of some texts.
 fn totals(ngrams: HashedNgrams, texts: &[String]) -> Vec<u64> {
     let mut total = vec![0u64; ngrams.buckets() as usize];
@@ -196,20 +214,8 @@ pub fn dsir_weights<E: fmt::Display>(
         counts.iter().for_each(|c| HashedNgrams::accumulate(&mut raw, c));
     })?;
     let model = Dsir::fit(&target, &raw);
-    let mut out = vec![0.0; n];
-    for_each_counts(n, cfg.ngrams, &mut read, |first, counts| {
-        for (k, c) in counts.iter().enumerate() {
-            out[first + k] = model.log_weight(c);
-        }
-    })?;
-    let report = SignalReport {
-        signal: Signal::Dsir,
-        documents: n,
-        forward_tokens: 0,
-        seconds: clock.elapsed().as_secs_f64(),
-        cached: false,
-        classifier: None,
-    };
+    let out = map_counts(n, cfg.ngrams, &mut read, |c| model.log_weight(c))?;
+    let report = SignalReport::ngram(Signal::Dsir, n, clock, None);
     finite(Signal::Dsir, out).map(|v| (v, report))
 }
 
@@ -239,26 +245,9 @@ pub fn classifier_logits<E: fmt::Display>(
     let labels: Vec<bool> = (0..rows.len()).map(|i| i < reference.len()).collect();
     let dim = cfg.ngrams.buckets() as usize;
     let (fit, cv_losses) = Logistic::fit_cv(&rows, &labels, dim, &logistic::LAMBDAS, logistic::FOLDS, seed);
-    let mut out = vec![0.0; n];
-    for_each_counts(n, cfg.ngrams, &mut read, |first, counts| {
-        for (k, c) in counts.iter().enumerate() {
-            out[first + k] = fit.logit(&logistic::tf_row(c));
-        }
-    })?;
-    let report = SignalReport {
-        signal: Signal::Classifier,
-        documents: n,
-        forward_tokens: 0,
-        seconds: clock.elapsed().as_secs_f64(),
-        cached: false,
-        classifier: Some(ClassifierFit {
-            positives: reference.len(),
-            negatives: m,
-            lambda: fit.lambda,
-            cv_losses,
-            solver_steps: fit.steps,
-        }),
-    };
+    let out = map_counts(n, cfg.ngrams, &mut read, |c| fit.logit(&logistic::tf_row(c)))?;
+    let fitted = ClassifierFit { positives: reference.len(), negatives: m, lambda: fit.lambda, cv_losses, solver_steps: fit.steps };
+    let report = SignalReport::ngram(Signal::Classifier, n, clock, Some(fitted));
     finite(Signal::Classifier, out).map(|v| (v, report))
 }
 
