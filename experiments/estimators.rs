@@ -12,7 +12,12 @@
 //!     cargo run --release --example estimators -- \
 //!         --features hashing=.quad-cache/embed-KEY:.quad-cache/cluster-KEY.json \
 //!         --scores wiki=.quad-cache/scores-KEY.jsonl --scores abstracts=.quad-cache/scores-KEY.jsonl \
-//!         [--signal loss=FILE] [--draws 5] [--out experiments/results/estimators/study.md]
+//!         [--pool POOL --reference wiki=TARGET --reference abstracts=TARGET --losses FILE] \
+//!         [--draws 5] [--out experiments/results/estimators/study.md]
+//!
+//! With `--pool` and `--reference`, the practitioners' signals (issue 33: DSIR log weight,
+//! classifier logit, and with `--losses` the proxy loss) are also tried: ridge on them, the
+//! cluster mean plus a ridge fit of its residual on them, and each signal alone.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +47,47 @@ struct Args {
     /// Where the Markdown table goes (also printed).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The pool (JSONL with the ids of the features): with `--reference`, every document's
+    /// practitioners' signals (DSIR log weight, classifier logit) are computed and tried as
+    /// features of the estimate (`quad_select::signals`, the `dsir` and `classifier` policies').
+    #[arg(long)]
+    pool: Option<PathBuf>,
+    /// NAME=TARGET_FILE: the reference half each `--scores NAME` was scored against; repeatable.
+    #[arg(long)]
+    reference: Vec<String>,
+    /// The proxy's loss of every pool document (`["id", loss]` a line; `full_scores`' losses.jsonl),
+    /// the third signal.
+    #[arg(long)]
+    losses: Option<PathBuf>,
+}
+
+/// Every document's signals for one reference (pool order of the features), z-scored over the
+/// pool, with their names: the columns of the signal estimators' feature rows.
+struct Signals {
+    names: Vec<&'static str>,
+    columns: Vec<Vec<f64>>,
+}
+
+impl Signals {
+    fn compute(f: &FeatureSet, texts: &[String], reference: &[String], losses: Option<&HashMap<String, f64>>) -> Result<Self> {
+        let cfg = quad_select::signals::SignalsConfig::default().check()?;
+        let read = |idx: &[usize]| -> Result<Vec<String>, String> { Ok(idx.iter().map(|&i| texts[i].clone()).collect()) };
+        let (dsir, _) = quad_select::signals::dsir_weights(&cfg, texts.len(), reference, read)?;
+        let (logit, fit) = quad_select::signals::classifier_logits(&cfg, texts.len(), reference, 0, read)?;
+        eprintln!("classifier: {:?}", fit.classifier);
+        let mut out = Signals { names: vec!["DSIR log weight", "classifier logit"], columns: vec![dsir, logit] };
+        if let Some(l) = losses {
+            out.names.push("proxy loss");
+            out.columns.push(f.ids.iter().map(|id| l.get(id).copied().with_context(|| format!("no loss for {id}"))).collect::<Result<_>>()?);
+        }
+        Ok(out)
+    }
+
+    /// The z-scored columns as feature rows (documents × signals), as the pipeline forms them.
+    fn rows(&self) -> Array2<f32> {
+        let columns: Vec<&[f64]> = self.columns.iter().map(Vec::as_slice).collect();
+        quad_select::signals::zscored_rows(&columns)
+    }
 }
 
 fn split_named(s: &str) -> Result<(String, String)> {
@@ -129,6 +175,23 @@ struct Metrics {
     top30: Vec<f64>,
 }
 
+impl Metrics {
+    /// Adds one draw: `all` is the prediction for every document, measured on `rest` (the
+    /// unscored) against `truth`; R² only for a fitted estimate (a raw signal has no scale).
+    fn measure(&mut self, all: &[f64], rest: &[usize], truth: &[f64], fitted: bool) {
+        let pred: Vec<f64> = rest.iter().map(|&d| all[d]).collect();
+        self.spearman.push(spearman(&pred, truth));
+        if fitted {
+            let tm = truth.iter().sum::<f64>() / truth.len() as f64;
+            let sse: f64 = pred.iter().zip(truth).map(|(p, t)| (p - t).powi(2)).sum();
+            let sst: f64 = truth.iter().map(|t| (t - tm).powi(2)).sum();
+            self.r2.push(1.0 - sse / sst);
+        }
+        self.top10.push(top_mean(&pred, truth, 0.1));
+        self.top30.push(top_mean(&pred, truth, 0.3));
+    }
+}
+
 fn mean_sd(v: &[f64]) -> String {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
@@ -162,6 +225,20 @@ fn main() -> Result<()> {
         Estimator::ClusterRidge,
         Estimator::Mlp { hidden: 64, seed: 0 },
     ];
+    let pool: Option<(HashMap<String, usize>, Vec<String>)> = match &args.pool {
+        Some(p) => {
+            let (docs, _) = quad_select::corpus::CorpusReader::read_all(p, quad_select::corpus::CorpusConfig::default())?;
+            Some((docs.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect(), docs.into_iter().map(|d| d.text).collect()))
+        }
+        None => None,
+    };
+    let mut references: HashMap<String, Vec<String>> = HashMap::new();
+    for spec in &args.reference {
+        let (name, path) = split_named(spec)?;
+        let (docs, _) = quad_select::corpus::CorpusReader::read_all(Path::new(&path), quad_select::corpus::CorpusConfig::default())?;
+        references.insert(name, docs.into_iter().map(|d| d.text).collect());
+    }
+    let losses = args.losses.as_ref().map(|p| load_scores(&p.display().to_string())).transpose()?;
     let mut md = String::from(
         "| features | reference | draw | estimator | Spearman | R² | mean true z, top 10% | mean true z, top 30% |\n|---|---|---|---|---|---|---|---|\n",
     );
@@ -182,10 +259,33 @@ fn main() -> Result<()> {
             let mean = raw.iter().sum::<f64>() / raw.len() as f64;
             let sd = (raw.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (raw.len() - 1) as f64).sqrt();
             let z: Vec<f64> = raw.iter().map(|s| (s - median) / sd).collect();
+            let signals = match (&pool, references.get(&rname)) {
+                (Some((index, texts)), Some(reference)) => {
+                    let ordered: Vec<String> = f
+                        .ids
+                        .iter()
+                        .map(|id| index.get(id).map(|&i| texts[i].clone()).with_context(|| format!("{id} is not in --pool")))
+                        .collect::<Result<_>>()?;
+                    let sig = Signals::compute(&f, &ordered, reference, losses.as_ref())?;
+                    let rows = sig.rows();
+                    for (name, col) in sig.names.iter().zip(&sig.columns) {
+                        let (m, n) = (col.iter().sum::<f64>() / col.len() as f64, col.len() as f64);
+                        let sd = (col.iter().map(|v| (v - m).powi(2)).sum::<f64>() / n).sqrt();
+                        notes.push(format!(
+                            "{} / {rname}: the {name} has mean {m:.3} and SD {sd:.3} over the pool; its Spearman with z {:.3}",
+                            f.name,
+                            spearman(col, &z)
+                        ));
+                    }
+                    Some((sig, rows))
+                }
+                _ => None,
+            };
             notes.push(format!("{} / {rname}: η² between the {} clusters {:.3}", f.name, f.distances.len(), eta_squared(&z, &f.cluster)));
             let size = quad_draw(&f, &raw, 0)?.len();
             for kind in ["quad", "uniform"] {
                 let mut per: Vec<Metrics> = vec![Metrics::default(); estimators.len()];
+                let mut extra: Vec<(String, Metrics)> = Vec::new();
                 let mut oracle = Metrics::default();
                 for seed in 0..args.draws {
                     let drawn = if kind == "quad" { quad_draw(&f, &raw, seed)? } else { uniform_draw(raw.len(), size, seed) };
@@ -198,25 +298,35 @@ fn main() -> Result<()> {
                     oracle.top30.push(top_mean(&truth, &truth, 0.3));
                     let sample = Sample { features: &f.rows, cluster: &f.cluster, k: f.distances.len(), scored: &scored };
                     for (e, m) in estimators.iter().zip(per.iter_mut()) {
-                        let all = e.predict(&sample)?;
-                        let pred: Vec<f64> = rest.iter().map(|&d| all[d]).collect();
-                        m.spearman.push(spearman(&pred, &truth));
-                        let tm = truth.iter().sum::<f64>() / truth.len() as f64;
-                        let sse: f64 = pred.iter().zip(&truth).map(|(p, t)| (p - t).powi(2)).sum();
-                        let sst: f64 = truth.iter().map(|t| (t - tm).powi(2)).sum();
-                        m.r2.push(1.0 - sse / sst);
-                        m.top10.push(top_mean(&pred, &truth, 0.1));
-                        m.top30.push(top_mean(&pred, &truth, 0.3));
+                        m.measure(&e.predict(&sample)?, &rest, &truth, true);
+                    }
+                    if let Some((sig, rows)) = &signals {
+                        let on_signals = Sample { features: rows, ..sample };
+                        let mut e = 0;
+                        let mut next = |label: String, all: &[f64], fitted: bool| {
+                            if extra.len() <= e {
+                                extra.push((label, Metrics::default()));
+                            }
+                            extra[e].1.measure(all, &rest, &truth, fitted);
+                            e += 1;
+                        };
+                        next(format!("ridge on [{}]", sig.names.join(", ")), &Estimator::Ridge.predict(&on_signals)?, true);
+                        next(format!("cluster mean + ridge residual on [{}]", sig.names.join(", ")), &Estimator::ClusterRidge.predict(&on_signals)?, true);
+                        for (name, col) in sig.names.iter().zip(&sig.columns) {
+                            next(format!("{name}, highest first (no fit)"), col, false);
+                            let neg: Vec<f64> = col.iter().map(|v| -v).collect();
+                            next(format!("{name}, lowest first (no fit)"), &neg, false);
+                        }
                     }
                     eprintln!("{} {rname} {kind} draw {seed}: {} scored", f.name, drawn.len());
                 }
-                for (e, m) in estimators.iter().zip(&per) {
+                let named = estimators.iter().map(|e| e.name()).zip(per.iter()).chain(extra.iter().map(|(n, m)| (n.clone(), m)));
+                for (name, m) in named {
+                    let r2 = if m.r2.is_empty() { "–".to_string() } else { mean_sd(&m.r2) };
                     md += &format!(
-                        "| {} | {rname} | {kind} ({size}) | {} | {} | {} | {} | {} |\n",
+                        "| {} | {rname} | {kind} ({size}) | {name} | {} | {r2} | {} | {} |\n",
                         f.name,
-                        e.name(),
                         mean_sd(&m.spearman),
-                        mean_sd(&m.r2),
                         mean_sd(&m.top10),
                         mean_sd(&m.top30)
                     );

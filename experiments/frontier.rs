@@ -719,7 +719,64 @@ fn table(s: &Setting, rows: &[Row], o: &Opts) -> Result<String> {
             if held { verdict(gap, sd, 1.0) } else { "FAIL (worse held-out loss)" }
         ));
     }
+    baseline_verdicts(s, &st, &mut md);
     Ok(md)
+}
+
+/// Whether a selector is a practitioners' baseline (issue 33): a signal policy or an external
+/// ranking.
+fn is_baseline(sel: &Selector) -> bool {
+    let base = sel.name.split_once(':').map_or(sel.name.as_str(), |(b, _)| b);
+    sel.external.is_some() || matches!(base, "dsir" | "classifier" | "perplexity")
+}
+
+/// (d) for the practitioners' baselines: every baseline point at least 1 SD above Quad's
+/// temperature curve (`ucb` at its T points, interpolated linearly in held-out loss, flat beyond
+/// its ends: [`frontier_at`]) at the baseline's held-out loss; and no baseline point better than
+/// the default's on both axes.
+fn baseline_verdicts(s: &Setting, st: &BTreeMap<String, Stat>, md: &mut String) {
+    let curve: Vec<(f64, (f64, f64), (f64, f64))> = s
+        .selectors
+        .iter()
+        .filter_map(|sel| {
+            let (family, t) = curve_of(&sel.name)?;
+            let x = st.get(&sel.name)?;
+            (family == "ucb").then_some((t, x.heldout, x.reference))
+        })
+        .collect();
+    let default = st.get("ucb");
+    let mut ts: Vec<f64> = curve.iter().map(|c| c.0).collect();
+    ts.sort_by(f64::total_cmp);
+    for sel in s.selectors.iter().filter(|sel| is_baseline(sel)) {
+        let Some(b) = st.get(&sel.name) else { continue };
+        if curve.len() >= 2 {
+            if let Some((y, ysd)) = frontier_at(&curve, b.heldout.0) {
+                let sd = ysd.max(b.reference.1);
+                let gap = b.reference.0 - y;
+                md.push_str(&format!(
+                    "- (d) {} against Quad's curve (T = {ts:?}): at held-out {:.4} the curve gives {y:.4}, {} {:.4}, {gap:.4} above ({}): **{}**\n",
+                    sel.name,
+                    b.heldout.0,
+                    sel.name,
+                    b.reference.0,
+                    in_sd(gap, sd),
+                    verdict(gap, sd, 1.0)
+                ));
+            }
+        }
+        if let Some(q) = default {
+            let dominates = b.reference.0 < q.reference.0 && b.heldout.0 < q.heldout.0;
+            md.push_str(&format!(
+                "- (d) {} against the default's point: reference {:.4} vs {:.4}, held-out {:.4} vs {:.4}: **{}**\n",
+                sel.name,
+                b.reference.0,
+                q.reference.0,
+                b.heldout.0,
+                q.heldout.0,
+                if dominates { "FAIL (better on both axes)" } else { "PASS (not better on both)" }
+            ));
+        }
+    }
 }
 
 /// A gap in units of the larger seed-to-seed SD (none with one seed).

@@ -15,14 +15,21 @@ fn config() -> SelectConfig {
     toml::from_str(&text).unwrap()
 }
 
-#[test]
-fn select_through_the_library_and_resume_after_an_observer_stop() {
-    let tmp = tempfile::tempdir().unwrap();
+/// The shipped sample, a reference of its first 20 `devil` records written into `dir`, and the
+/// sample's text.
+fn sample_and_reference(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, String) {
     let pool = common::repo().join("experiments/data/sample.jsonl");
-    let reference = tmp.path().join("ref.jsonl");
+    let reference = dir.join("ref.jsonl");
     let sample = std::fs::read_to_string(&pool).unwrap();
     let lines: Vec<&str> = sample.lines().filter(|l| l.contains("\"domain\": \"devil\"")).take(20).collect();
     std::fs::write(&reference, lines.join("\n") + "\n").unwrap();
+    (pool, reference, sample)
+}
+
+#[test]
+fn select_through_the_library_and_resume_after_an_observer_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, reference, sample) = sample_and_reference(tmp.path());
     let cache = tmp.path().join("cache");
     let budget = Budget::Tokens(30_000);
 
@@ -116,4 +123,46 @@ fn a_stop_inside_a_stage_ends_it_at_the_next_batch() {
     }
     let rerun = Selector::new(config().check().unwrap()).cache(&cache).select(&pool, &reference, budget, &mut Quiet).unwrap();
     assert_eq!(rerun.documents, solo.documents);
+}
+
+/// The practitioners' baselines through the whole pipeline: each signal policy meets the budget
+/// without scoring and reports its signal (perplexity's losses come from the cache on a rerun);
+/// Quad with `estimator = "signals"` reads the DSIR and classifier signals as its feature rows,
+/// reports both, and gives the same selection again.
+#[test]
+fn signal_policies_and_the_signal_estimator_select_through_the_pipeline() {
+    use quad_select::bandit::{Estimator, PolicyName};
+    use quad_select::signals::Signal;
+    let tmp = tempfile::tempdir().unwrap();
+    let (pool, reference, _) = sample_and_reference(tmp.path());
+    let cache = tmp.path().join("cache");
+    let budget = Budget::Tokens(30_000);
+    let run = |policy: PolicyName, estimator: Estimator| {
+        let mut cfg = config();
+        cfg.bandit.policy = policy;
+        cfg.bandit.estimator = estimator;
+        Selector::new(cfg.check().unwrap()).cache(&cache).select(&pool, &reference, budget, &mut Quiet).unwrap()
+    };
+    for (policy, signal) in [(PolicyName::Dsir, Signal::Dsir), (PolicyName::Classifier, Signal::Classifier), (PolicyName::Perplexity, Signal::Perplexity)] {
+        let s = run(policy, Estimator::ClusterMean);
+        let m = &s.manifest;
+        assert!(s.tokens() >= 30_000, "{policy}: {} tokens", s.tokens());
+        assert_eq!(m.documents.scored, 0, "{policy} scored documents");
+        let r = m.signal.as_ref().unwrap_or_else(|| panic!("{policy}: no signal report"));
+        assert_eq!((r.signal, r.documents), (signal, m.documents.selectable));
+        assert_eq!(r.forward_tokens > 0, policy == PolicyName::Perplexity, "{policy}: {r:?}");
+        assert_eq!(r.classifier.is_some(), policy == PolicyName::Classifier);
+        assert!(m.estimator_signals.is_empty());
+    }
+    let again = run(PolicyName::Perplexity, Estimator::ClusterMean);
+    let r = again.manifest.signal.unwrap();
+    assert!(r.cached && r.forward_tokens == 0, "the losses were not read back from the cache: {r:?}");
+
+    let quad = run(PolicyName::Ucb, Estimator::Signals);
+    let m = &quad.manifest;
+    assert!(m.documents.scored > 0 && quad.tokens() >= 30_000);
+    assert!(m.signal.is_none());
+    let read: Vec<Signal> = m.estimator_signals.iter().map(|r| r.signal).collect();
+    assert_eq!(read, [Signal::Dsir, Signal::Classifier]);
+    assert_eq!(run(PolicyName::Ucb, Estimator::Signals).documents, quad.documents);
 }

@@ -12,6 +12,9 @@
 //!   `w = X_cᵀ (X_c X_cᵀ + λ I)⁻¹ (y − ȳ)` (the dual form: n scored ≪ embedding dimension), λ chosen
 //!   by exact leave-one-out error ([`RidgeFit`]).
 //! - [`Estimator::ClusterRidge`]: the cluster mean plus a ridge fit of the residual `z − cluster mean`.
+//! - [`Estimator::Signals`]: the same fit on the document's practitioners' signals instead of its
+//!   embedding (DSIR log weight and classifier logit, z-scored over the pool;
+//!   [`crate::signals`]): document-level and reference-aware, at no scoring cost.
 //! - [`Estimator::Knn`]: the mean z of the k scored documents of highest cosine similarity.
 //! - [`Estimator::Mlp`]: a one-hidden-layer network on the embedding (tanh, Adam, weight decay,
 //!   the epoch chosen on a fifth held out).
@@ -109,7 +112,7 @@ fn clipped(y: &Array1<f64>) -> Array1<f64> {
 
 /// How an unscored document's score is estimated (see the module docs). In TOML:
 /// `estimator = "cluster-mean"` (the default), `"ridge"`, `"cluster-ridge"`,
-/// `{ knn = { k = 20 } }` or `{ mlp = { hidden = 64, seed = 0 } }`.
+/// `"signals"`, `{ knn = { k = 20 } }` or `{ mlp = { hidden = 64, seed = 0 } }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Estimator {
@@ -117,6 +120,9 @@ pub enum Estimator {
     ClusterMean,
     Ridge,
     ClusterRidge,
+    /// [`Estimator::ClusterRidge`] whose feature rows are the signals of
+    /// [`Estimator::signals`], not the embedding (the pipeline passes those rows).
+    Signals,
     Knn { k: usize },
     Mlp { hidden: usize, seed: u64 },
 }
@@ -132,14 +138,26 @@ impl Estimator {
             Estimator::ClusterMean => "cluster mean".into(),
             Estimator::Ridge => "ridge".into(),
             Estimator::ClusterRidge => "cluster mean + ridge residual".into(),
+            Estimator::Signals => "cluster mean + ridge residual on signals".into(),
             Estimator::Knn { k } => format!("kNN-{k}"),
             Estimator::Mlp { hidden, .. } => format!("MLP-{hidden}"),
         }
     }
 
-    /// Whether the estimate reads the embedding (the cluster mean does not).
+    /// Whether the estimate reads feature rows (the cluster mean does not).
     pub fn needs_features(&self) -> bool {
         !matches!(self, Estimator::ClusterMean)
+    }
+
+    /// The signals whose z-scored values are this estimator's feature rows, in column order
+    /// (none: it reads the embedding, or nothing). The proxy loss is not among them: its forward
+    /// passes over the whole pool cost about a sixth of scoring it in full, more than the 5%
+    /// scoring allowance.
+    pub fn signals(&self) -> &'static [crate::signals::Signal] {
+        match self {
+            Estimator::Signals => &[crate::signals::Signal::Dsir, crate::signals::Signal::Classifier],
+            _ => &[],
+        }
     }
 }
 
@@ -209,7 +227,7 @@ impl Estimator {
                 let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), clipped(&sample.targets()).view());
                 sample.per_block(|b| fit.predict(b))?
             }
-            Estimator::ClusterRidge => {
+            Estimator::ClusterRidge | Estimator::Signals => {
                 let base = cluster_means(sample, &sample.targets());
                 let residual: Array1<f64> = sample.scored.iter().map(|&(d, z)| z - base[d]).collect();
                 let fit = RidgeFit::fit(sample.scored_rows()?.mapv(f64::from).view(), clipped(&residual).view());
@@ -548,6 +566,9 @@ mod tests {
         assert!(corr(&Estimator::Knn { k: 5 }.predict(&sample).unwrap()) > 0.5);
         // The clusters carry no signal here.
         assert!(corr(&Estimator::ClusterMean.predict(&sample).unwrap()).abs() < 0.3);
+
+        // On the same rows, the signal form is the residual form (the pipeline passes other rows).
+        assert_eq!(Estimator::Signals.predict(&sample).unwrap(), Estimator::ClusterRidge.predict(&sample).unwrap());
 
         let out_of_range = [(n, 1.0)];
         let bad = Sample { scored: &out_of_range, ..sample };

@@ -137,6 +137,9 @@ pub struct Manifest {
     /// (forward-passed tokens for perplexity) and the classifier's fit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<crate::signals::SignalReport>,
+    /// The signals the estimator read as feature rows (`estimator = "signals"`), in column order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub estimator_signals: Vec<crate::signals::SignalReport>,
 }
 
 impl Manifest {
@@ -322,6 +325,7 @@ pub(super) struct RunInputs<'a> {
     pub scoring_tokens: &'a [usize],
     pub scoring: Option<ScoringThroughput>,
     pub signal: Option<crate::signals::SignalReport>,
+    pub estimator_signals: Vec<crate::signals::SignalReport>,
 }
 
 /// The selected documents of a finished bandit run, their records read back from the pool.
@@ -422,6 +426,7 @@ pub(super) fn assemble(
         stages: timings,
         scoring: inputs.scoring,
         signal: inputs.signal.clone(),
+        estimator_signals: inputs.estimator_signals.clone(),
     };
     Selection {
         documents,

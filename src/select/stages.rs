@@ -83,10 +83,10 @@ pub(super) fn run(
     let proxy = load_proxy(cfg, &inputs, &mut cache, observer)?;
     let tokens = tokenize(&proxy, &inputs.pool, &mut cache, observer)?;
     let influence = reference_ihvp(cfg, &inputs, &proxy, &tokens, &mut cache, observer)?;
-    let signal = signal_values(cfg, &inputs, &proxy, &tokens, &selector.cache, &mut cache, observer)?;
+    let mut signals = all_signals(cfg, &inputs, &proxy, &tokens, &selector.cache, &mut cache, observer)?;
     let started = StageClock::start();
-    let value_key = signal.as_ref().map_or(&influence.score_key, |s| &s.key);
-    let run_key = keys::run(cfg, (&clusters.key, &proxy.sha, value_key), budget, tokens.too_short);
+    let value_key = signals.value_key(&influence.score_key);
+    let run_key = keys::run(cfg, (&clusters.key, &proxy.sha, &value_key), budget, tokens.too_short);
     let problem = Problem {
         cluster: tokens.eligible.iter().map(|&i| clusters.assignment[i]).collect(),
         tokens: tokens.eligible.iter().map(|&i| tokens.counts[i] as usize).collect(),
@@ -105,12 +105,8 @@ pub(super) fn run(
         scores: ScoreCache::open(&selector.cache.join(format!("scores-{}.jsonl", influence.score_key)))?,
         scored_here: (0, 0, 0.0),
     };
-    // The bandit's documents are the eligible ones: its row d is the pool's row eligible[d].
-    let features = Box::new(crate::bandit::estimate::Reindexed {
-        inner: clusters.embeddings,
-        index: tokens.eligible.clone(),
-    });
-    let (signal_values, signal_report) = signal.map(|s| (s.values, s.report)).unzip();
+    let (features, estimator_reports) = signals.estimator_features(clusters.embeddings, &tokens.eligible);
+    let (signal_values, signal_report) = signals.policy.map(|s| (s.values, s.report)).unzip();
     let state = run_bandit(selector, problem, (features, signal_values), (&request, &run_key), &mut scorer, observer)?;
     let scoring = scorer.throughput();
     let cap = cfg.scoring.max_tokens.unwrap_or(usize::MAX);
@@ -143,6 +139,7 @@ pub(super) fn run(
         scoring_tokens: &scoring_tokens,
         scoring,
         signal: signal_report,
+        estimator_signals: estimator_reports,
     };
     Ok(report::assemble(&cfg.raw, budget, documents, inputs.pool.len(), tokens.eligible.len(), state, &run, cache.timings))
 }
@@ -608,11 +605,44 @@ struct SignalValues {
     key: String,
 }
 
-/// The signal of a signal policy ([`crate::signals`]), for the eligible documents: DSIR's log
-/// weights or the classifier's logits (computed here: seconds), or minus the proxy's mean token
-/// loss (forward passes, kept by document id in `losses-KEY.jsonl`, so another budget or
-/// reference reuses them).
-fn signal_values(
+/// The signals a run reads: the signal policy's, and the estimator's feature columns.
+struct RunSignals {
+    policy: Option<SignalValues>,
+    estimator: Vec<SignalValues>,
+}
+
+impl RunSignals {
+    /// What the run's selection depends on beside the clusters and the proxy: the scores (or
+    /// the policy's signal) and the estimator's signals.
+    fn value_key(&self, score_key: &str) -> String {
+        let first = self.policy.as_ref().map_or(score_key, |s| &s.key);
+        std::iter::once(first).chain(self.estimator.iter().map(|s| s.key.as_str())).collect::<Vec<_>>().join("+")
+    }
+
+    /// The estimator's feature rows (the bandit's row d is the pool's row `eligible[d]`): the
+    /// z-scored signal columns where it reads signals, else the embedding; and the signals'
+    /// reports.
+    fn estimator_features(
+        &mut self,
+        embeddings: crate::npy::NpyRows,
+        eligible: &[usize],
+    ) -> (Box<dyn crate::bandit::FeatureRows>, Vec<crate::signals::SignalReport>) {
+        let estimator = std::mem::take(&mut self.estimator);
+        if estimator.is_empty() {
+            let rows = crate::bandit::estimate::Reindexed { inner: embeddings, index: eligible.to_vec() };
+            return (Box::new(rows), Vec::new());
+        }
+        let columns: Vec<&[f64]> = estimator.iter().map(|s| s.values.as_slice()).collect();
+        let rows = crate::signals::zscored_rows(&columns);
+        (Box::new(rows), estimator.into_iter().map(|s| s.report).collect())
+    }
+}
+
+/// The signals a run reads ([`RunSignals`]), each of the eligible documents: DSIR's log weights
+/// or the classifier's logits (computed here: seconds), or minus the proxy's mean token loss
+/// (forward passes, kept by document id in `losses-KEY.jsonl`, so another budget or reference
+/// reuses them).
+fn all_signals(
     cfg: &ValidSelectConfig,
     inputs: &Inputs,
     proxy: &Proxy,
@@ -620,31 +650,33 @@ fn signal_values(
     cache_dir: &Path,
     cache: &mut StageCache,
     observer: &mut dyn Observer,
-) -> Result<Option<SignalValues>, SelectError> {
-    use crate::signals::{self, Signal};
-    let Some(signal) = cfg.raw.bandit.policy.signal() else {
-        return Ok(None);
+) -> Result<RunSignals, SelectError> {
+    let mut one = |signal: crate::signals::Signal| -> Result<SignalValues, SelectError> {
+        use crate::signals::{self, Signal};
+        let key = keys::signal(cfg, signal, (&inputs.corpus_key, &proxy.sha, &inputs.ref_sha));
+        let started = StageClock::start();
+        let label = format!("signal ({signal})");
+        let _ = observer.event(Event::Stage { name: &label, cached: false });
+        let n = tokens.eligible.len();
+        let read = |idx: &[usize]| -> Result<Vec<String>, SelectError> {
+            let picked: Vec<usize> = idx.iter().map(|&i| tokens.eligible[i]).collect();
+            Ok(inputs.pool.documents(&picked)?.into_iter().map(|d| d.text).collect())
+        };
+        let reference: Vec<String> = inputs.ref_docs.iter().map(|d| d.text.clone()).collect();
+        let (values, report) = match signal {
+            Signal::Dsir => signals::dsir_weights(&cfg.signals, n, &reference, read)?,
+            Signal::Classifier => signals::classifier_logits(&cfg.signals, n, &reference, cfg.bandit.seed, read)?,
+            Signal::Perplexity => {
+                let path = cache_dir.join(format!("losses-{}.jsonl", keys::losses(cfg, &proxy.sha)));
+                proxy_losses(cfg, inputs, proxy, tokens, &path, observer)?
+            }
+        };
+        cache.finish(observer, "signal", started, report.cached, &key)?;
+        Ok(SignalValues { values, report, key })
     };
-    let key = keys::signal(cfg, signal, (&inputs.corpus_key, &proxy.sha, &inputs.ref_sha));
-    let started = StageClock::start();
-    let label = format!("signal ({signal})");
-    let _ = observer.event(Event::Stage { name: &label, cached: false });
-    let n = tokens.eligible.len();
-    let read = |idx: &[usize]| -> Result<Vec<String>, SelectError> {
-        let picked: Vec<usize> = idx.iter().map(|&i| tokens.eligible[i]).collect();
-        Ok(inputs.pool.documents(&picked)?.into_iter().map(|d| d.text).collect())
-    };
-    let reference: Vec<String> = inputs.ref_docs.iter().map(|d| d.text.clone()).collect();
-    let (values, report) = match signal {
-        Signal::Dsir => signals::dsir_weights(&cfg.signals, n, &reference, read)?,
-        Signal::Classifier => signals::classifier_logits(&cfg.signals, n, &reference, cfg.bandit.seed, read)?,
-        Signal::Perplexity => {
-            let path = cache_dir.join(format!("losses-{}.jsonl", keys::losses(cfg, &proxy.sha)));
-            proxy_losses(cfg, inputs, proxy, tokens, &path, observer)?
-        }
-    };
-    cache.finish(observer, "signal", started, report.cached, &key)?;
-    Ok(Some(SignalValues { values, report, key }))
+    let policy = cfg.raw.bandit.policy.signal().map(&mut one).transpose()?;
+    let estimator = cfg.raw.bandit.estimator.signals().iter().map(|&sig| one(sig)).collect::<Result<Vec<_>, _>>()?;
+    Ok(RunSignals { policy, estimator })
 }
 
 /// Minus the proxy's mean next-token loss of each eligible document (its first `max_tokens`),

@@ -10,7 +10,7 @@
 //!
 //! the log-likelihood ratio of the document under the two bags of n-grams. Resampling takes
 //! documents without replacement with probability ∝ `w^β` (β = 1 in the paper): the Gumbel top-k
-//! of `β · log w` ([`crate::bandit`]'s signal policies).
+//! of `β · log w` (the bandit's signal policies).
 
 use super::ngrams::Counts;
 

@@ -1,6 +1,6 @@
 //! Cheap document-level signals of how much a document looks like the reference: what a
 //! practitioner reaches for before influence functions, and the selectors built on them
-//! (`--policy dsir | classifier | perplexity`, [`crate::bandit`]'s signal policies).
+//! (`--policy dsir | classifier | perplexity`, the bandit's signal policies).
 //!
 //! - [`Signal::Dsir`]: DSIR's log importance weight ([`dsir`]), a bag of hashed unigrams and
 //!   bigrams ([`ngrams`]) of the reference against one of the pool.
@@ -251,6 +251,22 @@ pub fn classifier_logits<E: fmt::Display>(
     finite(Signal::Classifier, out).map(|v| (v, report))
 }
 
+/// Feature rows (documents × signals) of signal columns, each z-scored over the documents:
+/// `(v − mean) / SD` (population SD; a constant column gives zeros), so that a ridge fit's
+/// penalty weighs every signal alike whatever its unit.
+pub fn zscored_rows(columns: &[&[f64]]) -> ndarray::Array2<f32> {
+    let n = columns.first().map_or(0, |c| c.len());
+    let mut rows = ndarray::Array2::<f32>::zeros((n, columns.len()));
+    for (j, c) in columns.iter().enumerate() {
+        let mean = c.iter().sum::<f64>() / n.max(1) as f64;
+        let sd = (c.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n.max(1) as f64).sqrt();
+        for (i, v) in c.iter().enumerate() {
+            rows[[i, j]] = if sd > 0.0 { ((v - mean) / sd) as f32 } else { 0.0 };
+        }
+    }
+    rows
+}
+
 /// The values, or an error naming the first that is not finite.
 pub fn finite(signal: Signal, values: Vec<f64>) -> Result<Vec<f64>, SignalError> {
     match values.iter().position(|v| !v.is_finite()) {
@@ -275,6 +291,21 @@ mod tests {
 
     fn read(p: &[String]) -> impl FnMut(&[usize]) -> Result<Vec<String>, String> + '_ {
         move |idx| Ok(idx.iter().map(|&i| p[i].clone()).collect())
+    }
+
+    #[test]
+    fn zscored_rows_have_mean_zero_and_unit_spread_per_column() {
+        let a = [1.0, 2.0, 3.0, 6.0];
+        let b = [5.0, 5.0, 5.0, 5.0];
+        let rows = zscored_rows(&[&a, &b]);
+        assert_eq!(rows.dim(), (4, 2));
+        let col: Vec<f64> = rows.column(0).iter().map(|&v| f64::from(v)).collect();
+        let mean = col.iter().sum::<f64>() / 4.0;
+        let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 4.0;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-6, "{mean} {var}");
+        // Direct: (1 − 3) / sqrt(3.5).
+        assert!((col[0] + 2.0 / 3.5f64.sqrt()).abs() < 1e-6);
+        assert!(rows.column(1).iter().all(|&v| v == 0.0));
     }
 
     #[test]
