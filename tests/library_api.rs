@@ -143,6 +143,12 @@ fn signal_policies_and_the_signal_estimator_select_through_the_pipeline() {
         cfg.bandit.estimator = estimator;
         Selector::new(cfg.check().unwrap()).cache(&cache).select(&pool, &reference, budget, &mut Quiet).unwrap()
     };
+    // Policies that only count tokens train the proxy's tokenizer, not the proxy.
+    let counted_only = run(PolicyName::Dsir, Estimator::ClusterMean);
+    let names: Vec<String> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("proxy-")), "a proxy was trained for dsir: {names:?}");
+    assert!(names.iter().any(|n| n.starts_with("tokenizer-") && n.ends_with(".json")), "{names:?}");
+    assert!(counted_only.manifest.stages.iter().any(|s| s.stage == "tokenizer"));
     for (policy, signal) in [(PolicyName::Dsir, Signal::Dsir), (PolicyName::Classifier, Signal::Classifier), (PolicyName::Perplexity, Signal::Perplexity)] {
         let s = run(policy, Estimator::ClusterMean);
         let m = &s.manifest;
@@ -154,6 +160,11 @@ fn signal_policies_and_the_signal_estimator_select_through_the_pipeline() {
         assert_eq!(r.classifier.is_some(), policy == PolicyName::Classifier);
         assert!(m.estimator_signals.is_empty());
     }
+    // Perplexity trained the proxy; dsir now counts with the proxy's own tokenizer: the same
+    // tokens, the same selection, the same fingerprint.
+    let with_proxy = run(PolicyName::Dsir, Estimator::ClusterMean);
+    assert_eq!(with_proxy.documents, counted_only.documents);
+    assert_eq!(with_proxy.manifest.model.sha256, counted_only.manifest.model.sha256);
     let again = run(PolicyName::Perplexity, Estimator::ClusterMean);
     let r = again.manifest.signal.unwrap();
     assert!(r.cached && r.forward_tokens == 0, "the losses were not read back from the cache: {r:?}");

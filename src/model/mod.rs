@@ -74,24 +74,31 @@ impl LoadedModel {
     /// Tokens in `text`, counted a [`crate::corpus::TEXT_PIECE_BYTES`] piece at a time (cut at whitespace, so the
     /// count is that of the whole text; memory stays that of one piece).
     pub fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
-        let mut rest = text;
-        let mut n = 0;
-        while !rest.is_empty() {
-            let (head, tail) = crate::corpus::text_split(rest);
-            n += self.encode(head)?.len();
-            rest = tail;
-        }
-        Ok(n)
+        count_tokens(&self.tokenizer, text)
     }
 
     /// Token ids of a text, without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let enc = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(enc.get_ids().to_vec())
+        encode(&self.tokenizer, text)
     }
+}
+
+/// [`LoadedModel::count_tokens`] with a tokenizer alone.
+pub fn count_tokens(tokenizer: &Tokenizer, text: &str) -> Result<usize, ModelError> {
+    let mut rest = text;
+    let mut n = 0;
+    while !rest.is_empty() {
+        let (head, tail) = crate::corpus::text_split(rest);
+        n += encode(tokenizer, head)?.len();
+        rest = tail;
+    }
+    Ok(n)
+}
+
+/// [`LoadedModel::encode`] with a tokenizer alone.
+pub fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ModelError> {
+    let enc = tokenizer.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    Ok(enc.get_ids().to_vec())
 }
 
 /// Loads a model: a Hugging Face folder (`config.json`, `model.safetensors`, `tokenizer.json`) or

@@ -333,10 +333,28 @@ impl LogWindow {
 }
 
 /// Writes the proxy's folder: the model, tokenizer.json and train_log.csv (each atomically).
+/// A tokenizer as the proxy's folder holds it (`tokenizer.json`'s text).
+pub fn tokenizer_json(tokenizer: &Tokenizer) -> Result<String, ModelError> {
+    tokenizer.to_string(true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+}
+
+/// The tokenizer [`train_proxy_from`] trains (or loads) with the same documents and params,
+/// without the model: the same sample, the same texts, the same BPE. The policies that only
+/// count tokens (no scoring, no forward pass) need no more.
+pub fn train_tokenizer_from(
+    n: usize,
+    mut fetch: impl FnMut(&[usize]) -> Result<Vec<String>, ModelError>,
+    params: &ProxyParams,
+) -> Result<Tokenizer, ModelError> {
+    params.validate()?;
+    let (train_idx, _, _) = sample_split(n, params)?;
+    Ok(proxy_tokenizer(params, &fetch(&train_idx)?)?.0)
+}
+
 fn save_proxy(out: &Path, model: &LlamaModel, tokenizer: &Tokenizer, log: &[LogRow]) -> Result<(), ModelError> {
     model.save(out)?;
     let tok_path = out.join("tokenizer.json");
-    let tok_json = tokenizer.to_string(true).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let tok_json = tokenizer_json(tokenizer)?;
     crate::atomic::write_string_atomic(&tok_path, &tok_json).map_err(|e| ModelError::io(&tok_path, e))?;
     let log_path = out.join("train_log.csv");
     crate::atomic::write_atomic(&log_path, |w| {

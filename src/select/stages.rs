@@ -43,9 +43,21 @@ struct Clusters {
 
 /// The proxy model and its fingerprint.
 struct Proxy {
-    loaded: LoadedModel,
+    /// None where the policy only counts tokens (no scoring, no forward pass): then only the
+    /// proxy's tokenizer is made ([`tokenizer_only`]).
+    model: Option<LoadedModel>,
+    tokenizer: tokenizers::Tokenizer,
+    /// The model (or, without one, the tokenizer file) and its fingerprint.
     path: PathBuf,
     sha: String,
+}
+
+impl Proxy {
+    /// The model, for the stages that run it; none is loaded only for policies that never reach
+    /// them.
+    fn loaded(&self) -> Result<&LoadedModel, SelectError> {
+        self.model.as_ref().ok_or_else(|| SelectError::Config("this policy loaded no proxy model (it only counts tokens)".into()))
+    }
 }
 
 /// Token counts, and the documents long enough to score (the bandit's indices).
@@ -354,6 +366,10 @@ fn load_proxy(
     observer: &mut dyn Observer,
 ) -> Result<Proxy, SelectError> {
     let raw = &cfg.raw;
+    let needs_model = raw.bandit.policy.scores() || raw.bandit.policy.signal() == Some(crate::signals::Signal::Perplexity);
+    if raw.proxy.model.is_none() && !needs_model {
+        return tokenizer_only(cfg, inputs, cache, observer);
+    }
     let started = StageClock::start();
     let mut loaded = None;
     let (path, cached) = match &raw.proxy.model {
@@ -395,7 +411,71 @@ fn load_proxy(
     };
     let sha = store::model_fingerprint(&path)?;
     cache.finish(observer, "proxy", started, cached, &sha[..16])?;
-    Ok(Proxy { loaded, path, sha })
+    let tokenizer = loaded.tokenizer.clone();
+    Ok(Proxy { model: Some(loaded), tokenizer, path, sha })
+}
+
+/// The in-house proxy's tokenizer alone, for a policy that only counts tokens (the budget's
+/// unit): the trained proxy's own if it is cached, else `tokenizer-KEY.json`, trained as the proxy
+/// would train it (the same documents, the same BPE: the same counts either way) in seconds
+/// instead of the proxy's minutes. Its fingerprint is that of the file's text, which is the same
+/// in both places.
+fn tokenizer_only(cfg: &ValidSelectConfig, inputs: &Inputs, cache: &mut StageCache, observer: &mut dyn Observer) -> Result<Proxy, SelectError> {
+    let started = StageClock::start();
+    let key = keys::proxy(cfg, &inputs.corpus_key);
+    let proxy_tokenizer = cache.folder("proxy", &key, "model.safetensors");
+    let artifact = cache.file("tokenizer", &key, "json");
+    let (path, mut cached) = if proxy_tokenizer.marker.exists() {
+        (proxy_tokenizer.path.join("tokenizer.json"), true)
+    } else {
+        (artifact.path.clone(), artifact.marker.exists())
+    };
+    let _ = observer.event(Event::Stage { name: "tokenizer", cached });
+    let read = |p: &Path| -> Result<(tokenizers::Tokenizer, String), String> {
+        let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+        let tokenizer = text.parse::<tokenizers::Tokenizer>().map_err(|e| e.to_string())?;
+        Ok((tokenizer, text))
+    };
+    let mut got = None;
+    if cached {
+        match read(&path) {
+            Ok(t) => got = Some(t),
+            // A cached tokenizer that does not load is absent: made again, never an error.
+            Err(e) if path == artifact.path => {
+                cache.discard(observer, &artifact, &e)?;
+                cached = false;
+            }
+            Err(e) => return Err(SelectError::Config(format!("{}: {e}", path.display()))),
+        }
+    }
+    let (tokenizer, text) = match got {
+        Some(t) => t,
+        None => {
+            let tokenizer = model::train::train_tokenizer_from(inputs.pool.len(), proxy_texts(inputs), &cfg.raw.proxy.train)?;
+            let text = model::train::tokenizer_json(&tokenizer)?;
+            crate::atomic::write_string_atomic(&artifact.path, &text).map_err(at(&artifact.path))?;
+            (tokenizer, text)
+        }
+    };
+    let sha = crate::hash::sha256_hex(text.as_bytes());
+    cache.finish(observer, "tokenizer", started, cached, &sha[..16])?;
+    Ok(Proxy { model: None, tokenizer, path, sha })
+}
+
+/// The documents' texts the proxy (and its tokenizer) trains on: each document's head only
+/// ([`crate::corpus::text_head`]): one huge document must not take the tokenizer's memory with it.
+fn proxy_texts(inputs: &Inputs) -> impl FnMut(&[usize]) -> Result<Vec<String>, model::ModelError> + '_ {
+    |idx: &[usize]| {
+        let docs = inputs.pool.documents(idx).map_err(|e| model::ModelError::Config(e.to_string()))?;
+        Ok(docs
+            .into_iter()
+            .map(|d| {
+                let mut text = d.text;
+                text.truncate(crate::corpus::text_head(&text).len());
+                text
+            })
+            .collect())
+    }
 }
 
 /// Trains the in-house proxy on the pool into a scratch folder of this run's own and renames it
@@ -412,20 +492,7 @@ fn train_into_cache(
     let scratch = cache.scratch_dir(&format!("proxy-{key}."))?;
     let tmp = scratch.path();
     let steps = raw.proxy.train.steps as u64;
-    let fetch = |idx: &[usize]| -> Result<Vec<String>, model::ModelError> {
-        let docs = inputs.pool.documents(idx).map_err(|e| model::ModelError::Config(e.to_string()))?;
-        // Each document's head only (crate::corpus::text_head): one huge document must not
-        // take the tokenizer's memory with it.
-        Ok(docs
-            .into_iter()
-            .map(|d| {
-                let mut text = d.text;
-                text.truncate(crate::corpus::text_head(&text).len());
-                text
-            })
-            .collect())
-    };
-    let trained = train_proxy_from(inputs.pool.len(), fetch, &raw.proxy.train, tmp, |ev| match ev {
+    let trained = train_proxy_from(inputs.pool.len(), proxy_texts(inputs), &raw.proxy.train, tmp, |ev| match ev {
         // The observer may stop the run between two steps (Ctrl-C).
         model::train::TrainEvent::Step { step, .. } => observer.event(Event::Progress {
             done: step as u64,
@@ -464,11 +531,11 @@ fn tokenize(
     let all: Vec<usize> = (0..pool.len()).collect();
     for chunk in all.chunks(TOKENIZE_CHUNK) {
         let docs = pool.documents(chunk)?;
-        let mut heads = encode_all(&proxy.loaded, &docs)?.into_iter();
+        let mut heads = encode_all(&proxy.tokenizer, &docs)?.into_iter();
         for d in &docs {
             let head = heads.next().map_or(0, |ids| ids.len());
             // A document longer than one piece is counted piece by piece (the budget counts it whole).
-            let n = if d.text.len() > crate::corpus::TEXT_PIECE_BYTES { proxy.loaded.count_tokens(&d.text)? } else { head };
+            let n = if d.text.len() > crate::corpus::TEXT_PIECE_BYTES { model::count_tokens(&proxy.tokenizer, &d.text)? } else { head };
             counts.push(u32::try_from(n).unwrap_or(u32::MAX));
         }
         // The observer may stop the run between two chunks (Ctrl-C: minutes at a million documents).
@@ -502,10 +569,9 @@ const TOKENIZE_CHUNK: usize = 4096;
 
 /// Token ids of each document's head ([`crate::corpus::text_head`]: every stage that reads tokens uses at
 /// most the first few hundred).
-fn encode_all(loaded: &LoadedModel, docs: &[Document]) -> Result<Vec<Vec<u32>>, SelectError> {
+fn encode_all(tokenizer: &tokenizers::Tokenizer, docs: &[Document]) -> Result<Vec<Vec<u32>>, SelectError> {
     let texts: Vec<&str> = docs.iter().map(|d| crate::corpus::text_head(&d.text)).collect();
-    let enc = loaded
-        .tokenizer
+    let enc = tokenizer
         .encode_batch(texts, false)
         .map_err(|e| SelectError::Model(model::ModelError::Tokenizer(e.to_string())))?;
     Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
@@ -542,16 +608,17 @@ fn reference_ihvp(
     if !raw.bandit.policy.scores() {
         return Ok(result);
     }
+    let loaded = proxy.loaded()?;
     let mut factors: Option<Factors> = None;
     if raw.influence.strategy != influence::Strategy::Identity {
         let fit = |p: Option<&Path>, obs: &mut dyn Observer| {
             let fetch = |idx: &[usize]| -> Result<Vec<Vec<u32>>, influence::InfluenceError> {
                 let picked: Vec<usize> = idx.iter().map(|&i| tokens.eligible[i]).collect();
                 let docs = inputs.pool.documents(&picked).map_err(|e| influence::InfluenceError::Input(e.to_string()))?;
-                encode_all(&proxy.loaded, &docs).map_err(|e| influence::InfluenceError::Input(e.to_string()))
+                encode_all(&proxy.tokenizer, &docs).map_err(|e| influence::InfluenceError::Input(e.to_string()))
             };
             let (f, header) = infl::fit_factors_from(
-                &proxy.loaded,
+                loaded,
                 &proxy.path,
                 &proxy.sha,
                 tokens.eligible.len(),
@@ -565,22 +632,22 @@ fn reference_ihvp(
             store::save(&f, &header, p.expect("factors have a folder"))?;
             Ok(f)
         };
-        let load = |p: &Path| Ok(store::load(p, &proxy.loaded.model.config)?.0);
+        let load = |p: &Path| Ok(store::load(p, &loaded.model.config)?.0);
         factors = Some(cache.stage(observer, ("factors", "fit factors"), &result.factors_key, Some(&factors_artifact), load, fit)?);
         let factors_file = factors_artifact.path.join("factors.safetensors");
         result.factors_sha = Some(crate::hash::sha256_file(&factors_file).map_err(SelectError::Io)?);
     }
     let artifact = cache.file("refgrad", &ref_key, "safetensors");
-    let layer_ids = cfg.factors.layers.layers(proxy.loaded.model.config.num_hidden_layers);
+    let layer_ids = cfg.factors.layers.layers(loaded.model.config.num_hidden_layers);
     let grad = cache.stage(
         observer,
         ("reference", "reference gradient"),
         &ref_key,
         Some(&artifact),
-        |p| Ok(store::load_layers(p, &layer_ids, &proxy.loaded.model.config)?),
+        |p| Ok(store::load_layers(p, &layer_ids, &loaded.model.config)?),
         |p, obs| {
-            let ref_tokens = encode_all(&proxy.loaded, &inputs.ref_docs)?;
-            let g = infl::reference_gradient(&proxy.loaded, &ref_tokens, &cfg.factors, cfg.scoring.max_tokens, &mut |done, total| {
+            let ref_tokens = encode_all(&proxy.tokenizer, &inputs.ref_docs)?;
+            let g = infl::reference_gradient(loaded, &ref_tokens, &cfg.factors, cfg.scoring.max_tokens, &mut |done, total| {
                 obs.event(Event::Progress { done: done as u64, total: total as u64 })
             })
             .map_err(stopped_or)?;
@@ -704,7 +771,7 @@ fn proxy_losses(
         }
     }
     let opts = cfg.factors.gradient_options();
-    let loaded = &proxy.loaded;
+    let loaded = proxy.loaded()?;
     let mut forward_tokens = 0;
     for (piece, ds) in todo.chunks(256).enumerate() {
         let picked: Vec<usize> = ds.iter().map(|&d| tokens.eligible[d]).collect();
@@ -806,7 +873,7 @@ impl Scorer<'_> {
                 self.executor.prepare_scoring(&setup)?;
             }
         }
-        let loaded = &self.proxy.loaded;
+        let loaded = self.proxy.loaded()?;
         let here = |batch: &[Vec<u32>]| -> Result<Vec<Option<f64>>, influence::InfluenceError> {
             Ok(influence::score_token_batch(loaded, ihvp, batch, &opts)?.into_iter().map(|s| s.map(|(score, _)| score)).collect())
         };
