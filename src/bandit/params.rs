@@ -88,6 +88,12 @@ impl PolicyName {
         !matches!(self, PolicyName::Uniform | PolicyName::Random) && self.signal().is_none()
     }
 
+    /// Whether the policy runs the proxy model (scoring, or perplexity's forward passes); the
+    /// others only count tokens with its tokenizer.
+    pub fn needs_model(self) -> bool {
+        self.scores() || self.signal() == Some(Signal::Perplexity)
+    }
+
     /// The signal a signal policy takes documents by.
     pub fn signal(self) -> Option<Signal> {
         match self {

@@ -366,8 +366,7 @@ fn load_proxy(
     observer: &mut dyn Observer,
 ) -> Result<Proxy, SelectError> {
     let raw = &cfg.raw;
-    let needs_model = raw.bandit.policy.scores() || raw.bandit.policy.signal() == Some(crate::signals::Signal::Perplexity);
-    if raw.proxy.model.is_none() && !needs_model {
+    if raw.proxy.model.is_none() && !raw.bandit.policy.needs_model() {
         return tokenizer_only(cfg, inputs, cache, observer);
     }
     let started = StageClock::start();
@@ -665,7 +664,8 @@ fn reference_ihvp(
     Ok(result)
 }
 
-/// A signal policy's values, one per eligible document, and what computing them took.
+/// A signal's values (for the signal policy or the estimator), one per eligible document, and
+/// what computing them took.
 struct SignalValues {
     values: Vec<f64>,
     report: crate::signals::SignalReport,
@@ -718,6 +718,7 @@ fn all_signals(
     cache: &mut StageCache,
     observer: &mut dyn Observer,
 ) -> Result<RunSignals, SelectError> {
+    let reference: Vec<String> = inputs.ref_docs.iter().map(|d| d.text.clone()).collect();
     let mut one = |signal: crate::signals::Signal| -> Result<SignalValues, SelectError> {
         use crate::signals::{self, Signal};
         let key = keys::signal(cfg, signal, (&inputs.corpus_key, &proxy.sha, &inputs.ref_sha));
@@ -729,7 +730,6 @@ fn all_signals(
             let picked: Vec<usize> = idx.iter().map(|&i| tokens.eligible[i]).collect();
             Ok(inputs.pool.documents(&picked)?.into_iter().map(|d| d.text).collect())
         };
-        let reference: Vec<String> = inputs.ref_docs.iter().map(|d| d.text.clone()).collect();
         let (values, report) = match signal {
             Signal::Dsir => signals::dsir_weights(&cfg.signals, n, &reference, read)?,
             Signal::Classifier => signals::classifier_logits(&cfg.signals, n, &reference, cfg.bandit.seed, read)?,
